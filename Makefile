@@ -1,0 +1,41 @@
+# edgekit: `make demo` and `make test` are the two commands a fresh machine needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# llama-cpp-python builds from source; the portable build avoids the AMX path that crashes on
+# quantized GGUFs, and pip's wheel cache makes every later install on this machine reuse it.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-all bench lint models venv clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[llamacpp,test]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+models: venv
+	$(PY) -m edgekit.models.smollm2
+
+test: models
+	$(PY) -m pytest -m "not slow and not macos" $(PYTEST_ARGS)
+
+test-all: models
+	$(PY) -m pytest -m "not macos" $(PYTEST_ARGS)
+
+demo: models
+	$(PY) -m edgekit.demo
+
+bench: models
+	$(PY) benchmarks/run.py
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,106 @@
+"""Tiny random models of every supported architecture, built from configs in code.
+
+They test plumbing (layouts, names, shapes, metadata), never quality. Each is seeded and saved as a
+Hugging Face directory with safetensors weights, a byte-level BPE tokenizer trained on the bundled
+held-out text, and a ChatML template, so every converter runs on it exactly as on a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from edgekit.models import TINY_DIR
+
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gpt2", "mixtral", "qwen2_moe")
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+_BASE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5)
+
+
+def _configs(vocab: int, bos: int, eos: int) -> dict[str, Any]:
+    """model_type -> (config class name, model class name, kwargs)."""
+    ids = dict(vocab_size=vocab, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
+    base = {**_BASE, **ids}
+    return {
+        "llama": ("LlamaConfig", "LlamaForCausalLM", dict(base, tie_word_embeddings=False, rope_theta=10000.0)),
+        "mistral": ("MistralConfig", "MistralForCausalLM", dict(base, sliding_window=64, rope_theta=10000.0)),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(base, tie_word_embeddings=True, rope_theta=1e6)),
+        "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(base, head_dim=32, tie_word_embeddings=True)),
+        "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(base, tie_word_embeddings=False)),
+        "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
+                   dict(base, head_dim=16, query_pre_attn_scalar=16, sliding_window=32,
+                        attn_logit_softcapping=50.0, final_logit_softcapping=30.0)),
+        "gpt2": ("GPT2Config", "GPT2LMHeadModel",
+                 dict(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=256, bos_token_id=bos,
+                      eos_token_id=eos)),
+        "mixtral": ("MixtralConfig", "MixtralForCausalLM",
+                    dict(base, num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False)),
+        "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+                      dict(base, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                           shared_expert_intermediate_size=64, decoder_sparse_step=1, mlp_only_layers=[],
+                           tie_word_embeddings=False)),
+    }
+
+
+@lru_cache(maxsize=4)
+def _cached_tokenizer_json(vocab_size: int) -> str:
+    return train_bpe_tokenizer(sample_text(), vocab_size).to_str()
+
+
+def train_bpe_tokenizer(text: str, vocab_size: int = 512):
+    """A GPT-2-style byte-level BPE trained on ``text`` (a tokenizers.Tokenizer)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(text.split("\n\n"), trainer=trainer)
+    return tok
+
+
+def sample_text() -> str:
+    """The bundled held-out text (Persuasion), used to train the random models' tokenizers."""
+    return (TINY_DIR / "persuasion.txt").read_text(encoding="utf-8")
+
+
+def build(arch: str, out: Path, seed: int = 0, init_std: float = 0.2, **overrides: Any) -> Path:
+    """Save a seeded random ``arch`` model with tokenizer and chat template into ``out``; return ``out``.
+
+    ``init_std`` is larger than transformers' default so logits are peaked enough for argmax
+    comparisons across formats to be meaningful.
+    """
+    import torch
+    import transformers
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer.from_str(_cached_tokenizer_json(512))
+    eos = tok.token_to_id(SPECIALS[0])
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIALS[0], eos_token=SPECIALS[0],
+                                     pad_token=SPECIALS[0], additional_special_tokens=SPECIALS[1:])
+    hf_tok.chat_template = CHAT_TEMPLATE
+    hf_tok.save_pretrained(out)
+    config_cls, model_cls, kwargs = _configs(tok.get_vocab_size(), eos, eos)[arch]
+    kwargs = {**kwargs, **overrides}
+    config = getattr(transformers, config_cls)(**kwargs, initializer_range=init_std)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_cls)(config).eval()
+    model.save_pretrained(out)
+    # transformers omits keys equal to their defaults; keep the ones converters and tests read explicit
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.setdefault("tie_word_embeddings", bool(getattr(model.config, "tie_word_embeddings", False)))
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return out
