@@ -85,7 +85,7 @@ class _Reader:
         if has_attr:
             attrs = self.item()
             if isinstance(attrs, dict) and "names" in attrs:
-                value = dict(zip(attrs["names"], value))
+                value = dict(zip(attrs["names"], value, strict=True))
         return value
 
 
