@@ -68,16 +68,48 @@ def train_bpe_tokenizer(text: str, vocab_size: int = 512):
     return tok
 
 
+@lru_cache(maxsize=2)
+def _sentencepiece_model(vocab_size: int) -> bytes:
+    """A SentencePiece BPE model (byte fallback, Llama-style specials) trained on the sample text."""
+    import io
+
+    import sentencepiece as spm
+
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sample_text().split("\n\n")), model_writer=out, vocab_size=vocab_size,
+        model_type="bpe", byte_fallback=True, character_coverage=1.0, split_digits=True,
+        remove_extra_whitespaces=False, normalization_rule_name="identity", unk_id=0, bos_id=1, eos_id=2,
+        pad_id=-1, num_threads=1, minloglevel=2)
+    return out.getvalue()
+
+
+def sentencepiece_tokenizer(directory: Path, vocab_size: int = 1000):
+    """Write tokenizer.model and load it as transformers' LlamaTokenizer (tokenizer.json converted from it)."""
+    from transformers import AutoTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tokenizer.model").write_bytes(_sentencepiece_model(vocab_size))
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+         "add_bos_token": True, "add_eos_token": False, "legacy": True}))
+    tok = AutoTokenizer.from_pretrained(str(directory))
+    tok.add_special_tokens({"additional_special_tokens": SPECIALS[1:]})
+    return tok
+
+
 def sample_text() -> str:
     """The bundled held-out text (Persuasion), used to train the random models' tokenizers."""
     return (TINY_DIR / "persuasion.txt").read_text(encoding="utf-8")
 
 
-def build(arch: str, out: Path, seed: int = 0, init_std: float = 0.2, **overrides: Any) -> Path:
+def build(arch: str, out: Path, seed: int = 0, init_std: float = 0.2, tokenizer: str = "bpe",
+          **overrides: Any) -> Path:
     """Save a seeded random ``arch`` model with tokenizer and chat template into ``out``; return ``out``.
 
     ``init_std`` is larger than transformers' default so logits are peaked enough for argmax
-    comparisons across formats to be meaningful.
+    comparisons across formats to be meaningful. ``tokenizer`` is "bpe" (byte-level, the default) or
+    "sentencepiece" (a SentencePiece BPE with byte fallback, as Llama 2 / Mistral ship; tokenizer.model kept).
     """
     import torch
     import transformers
@@ -87,13 +119,20 @@ def build(arch: str, out: Path, seed: int = 0, init_std: float = 0.2, **override
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
     out.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer.from_str(_cached_tokenizer_json(512))
-    eos = tok.token_to_id(SPECIALS[0])
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIALS[0], eos_token=SPECIALS[0],
-                                     pad_token=SPECIALS[0], additional_special_tokens=SPECIALS[1:])
+    if tokenizer == "sentencepiece":
+        hf_tok = sentencepiece_tokenizer(out)
+        vocab, bos, eos = len(hf_tok), hf_tok.bos_token_id, hf_tok.eos_token_id
+    elif tokenizer == "bpe":
+        tok = Tokenizer.from_str(_cached_tokenizer_json(512))
+        eos = bos = tok.token_to_id(SPECIALS[0])
+        vocab = tok.get_vocab_size()
+        hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIALS[0], eos_token=SPECIALS[0],
+                                         pad_token=SPECIALS[0], additional_special_tokens=SPECIALS[1:])
+    else:
+        raise ValueError(f"unknown tokenizer kind {tokenizer!r}; known: bpe, sentencepiece")
     hf_tok.chat_template = CHAT_TEMPLATE
     hf_tok.save_pretrained(out)
-    config_cls, model_cls, kwargs = _configs(tok.get_vocab_size(), eos, eos)[arch]
+    config_cls, model_cls, kwargs = _configs(vocab, bos, eos)[arch]
     kwargs = {**kwargs, **overrides}
     config = getattr(transformers, config_cls)(**kwargs, initializer_range=init_std)
     torch.manual_seed(seed)

@@ -1,0 +1,121 @@
+"""edgekit convert --to gguf vs llama.cpp's convert_hf_to_gguf.py: wall time and peak RSS.
+
+The model is a random 1B-shaped Llama checkpoint in fp16 (hidden 2048, 16 layers, 32/8 heads,
+intermediate 8192, vocab 32000), built once into a cache directory outside git
+($EDGEKIT_BENCH_CACHE, default ~/.cache/edgekit/bench). Its tokenizer is a SentencePiece model
+(padded to 32000 entries), which llama.cpp's converter accepts without a pre-tokenizer hash.
+
+llama.cpp comes from a checkout named by $LLAMA_CPP_DIR (the llama-cpp-python sdist vendors one under
+vendor/llama.cpp/); without it the llama.cpp half is skipped with a message. Each converter runs in
+its own process, measured by a wrapper process (wall clock, children's ru_maxrss), after a plain
+read of the weights has put them in the page cache for both.
+
+    LLAMA_CPP_DIR=/path/to/llama.cpp python benchmarks/convert_gguf.py [f16|q8_0 ...]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CACHE = Path(os.environ.get("EDGEKIT_BENCH_CACHE", Path.home() / ".cache" / "edgekit" / "bench"))
+MODEL = CACHE / "llama-1b-fp16"
+SHAPE = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+             num_key_value_heads=8, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
+             rope_theta=10000.0, tie_word_embeddings=False)
+_MEASURE = ("import resource, subprocess, sys, time\n"
+            "t = time.perf_counter(); rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL,"
+            " stderr=subprocess.PIPE, text=True)\n"
+            "dt = time.perf_counter() - t\n"
+            "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc.returncode)\n"
+            "sys.stderr.write(rc.stderr[-2000:] if rc.returncode else '')\n")
+
+
+def build_model() -> Path:
+    """The benchmark checkpoint, built once (about 2.2 GB of fp16 safetensors)."""
+    if (MODEL / "model.safetensors").exists():
+        return MODEL
+    import torch
+    import transformers
+    from safetensors.torch import save_file
+
+    from edgekit.models.random import CHAT_TEMPLATE, sentencepiece_tokenizer
+
+    tmp = Path(tempfile.mkdtemp(prefix="llama-1b-", dir=CACHE if CACHE.exists() else None))
+    tok = sentencepiece_tokenizer(tmp)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(tmp)
+    config = transformers.LlamaConfig(**SHAPE, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    config.architectures = ["LlamaForCausalLM"]
+    config.torch_dtype = "float16"
+    config.save_pretrained(tmp)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in transformers.LlamaForCausalLM(config).state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    tensors = {k: (torch.randn(s, generator=gen) * 0.02).to(torch.float16) for k, s in shapes.items()}
+    for k in tensors:
+        if k.endswith("norm.weight"):
+            tensors[k] = torch.ones_like(tensors[k])
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if MODEL.exists():
+        shutil.rmtree(MODEL)
+    tmp.rename(MODEL)
+    return MODEL
+
+
+def measure(cmd: list[str]) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of ``cmd`` run in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, check=True)
+    seconds, rss_kb, rc = out.stdout.split()
+    if int(rc) != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({rc}): {out.stderr.strip().splitlines()[-1:]}")
+    return float(seconds), int(rss_kb) / 1024
+
+
+def page_in(model: Path) -> float:
+    """Read (and write) the weights once: the plain-copy baseline, and warm cache for both converters."""
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=CACHE) as d:
+        shutil.copyfile(model / "model.safetensors", Path(d) / "copy")
+    return time.perf_counter() - t
+
+
+def main(outtypes: list[str]) -> int:
+    model = build_model()
+    llama_dir = os.environ.get("LLAMA_CPP_DIR")
+    script = Path(llama_dir) / "convert_hf_to_gguf.py" if llama_dir else None
+    copy = page_in(model)
+    size = (model / "model.safetensors").stat().st_size
+    print(f"model: {model} ({size / 1e9:.2f} GB fp16); plain copy of the weights: {copy:.1f} s")
+    edgekit = str(Path(sys.executable).with_name("edgekit"))
+    rows = []
+    with tempfile.TemporaryDirectory(dir=CACHE) as d:
+        for outtype in outtypes:
+            ek = measure([edgekit, "convert", str(model), "--to", "gguf", "--outtype", outtype, "--force",
+                          "-o", f"{d}/edgekit-{outtype}.gguf"])
+            row = {"outtype": outtype, "edgekit_s": round(ek[0], 2), "edgekit_rss_mb": round(ek[1])}
+            if script is not None and script.exists():
+                lc = measure([sys.executable, str(script), str(model), "--outtype", outtype,
+                              "--outfile", f"{d}/llamacpp-{outtype}.gguf"])
+                row.update(llamacpp_s=round(lc[0], 2), llamacpp_rss_mb=round(lc[1]),
+                           time_ratio=round(ek[0] / lc[0], 2), rss_ratio=round(ek[1] / lc[1], 2))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if script is None or not script.exists():
+        print("llama.cpp: skipped (set LLAMA_CPP_DIR to a llama.cpp checkout holding convert_hf_to_gguf.py; "
+              "the llama-cpp-python sdist has one under vendor/llama.cpp)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main(sys.argv[1:] or ["f16", "q8_0"]))

@@ -1,0 +1,210 @@
+"""The stateful torch module that is traced into the Core ML program.
+
+Why not wrap transformers' own modules: transformers 5 builds its causal / sliding-window masks with
+helpers (``create_causal_mask``) whose ops (``diff``, ``new_ones``, vmap-style index functions) do not
+convert through coremltools, and its ``DynamicCache`` grows Python lists rather than writing into a
+fixed buffer, which is what a Core ML state has to be. So the decoder below is written out over the
+checkpoint's tensors (read through :func:`edgekit.checkpoint.open_checkpoint`, so a LoRA adapter is
+already merged), op for op as transformers computes llama / mistral / qwen2 / qwen3:
+
+- RMSNorm in float32, ``weight * x * rsqrt(mean(x^2) + eps)``;
+- q/k/v projections (with bias for qwen2), per-head RMSNorm on q and k for qwen3, rotary embedding
+  with the cos/sin tables produced by the family's own transformers ``*RotaryEmbedding`` (so every
+  rope scaling transformers knows, llama3 / yarn / linear / longrope, is computed by transformers);
+- grouped-query attention through ``scaled_dot_product_attention`` (Core ML 18 has a fused SDPA op),
+  key/value heads repeated as transformers' ``repeat_kv`` does;
+- SwiGLU MLP, final norm, LM head (tied to the embedding when the checkpoint ties them).
+
+The rotary tables are stored (half width, positions ``0..N-1``) rather than computed from
+``position * inv_freq`` in the graph: with fp16 compute the angle of position 2000 would carry an
+error of about 1 radian, while table values in [-1, 1] keep fp16's relative precision.
+
+Interface of the traced module (and of the Core ML program):
+
+- inputs ``input_ids`` int32 ``(1, q)`` with ``1 <= q <= N`` and ``position`` int32 ``(1,)``, the
+  number of tokens already in the cache (0 for a fresh prompt). Token ``t`` of the call sits at
+  position ``position + t``; ``position + q <= N`` is the caller's to keep (the graph does not check).
+- states ``key_cache`` / ``value_cache``, ``(num_layers, num_kv_heads, N, head_dim)`` (float32 buffers
+  here; fp16 in the Core ML program, the only state type Core ML has): the call
+  writes its keys/values at ``[position, position + q)`` and attends over ``[0, position + q)``,
+  with the causal (and, for mistral, sliding-window) mask built in the graph from those positions.
+- output ``logits`` float ``(1, 1, vocab)`` for the last token (``(1, q, vocab)`` with
+  ``last_only=False``).
+
+Truncating the conversation is just calling with a smaller ``position``: stale entries past it are
+overwritten before they are ever read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekit.errors import EdgekitError
+from edgekit.spec import ModelSpec
+
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
+# Additive mask value for hidden positions: far below any attention score, still finite in fp16
+# (a -inf can turn a softmax into NaN on some Core ML compute units).
+MASK_VALUE = -3.0e4
+_ROTARY = {"llama": ("llama", "Llama"), "mistral": ("mistral", "Mistral"), "qwen2": ("qwen2", "Qwen2"),
+           "qwen3": ("qwen3", "Qwen3")}
+
+
+def check_supported(spec: ModelSpec) -> None:
+    """Refuse an architecture (or a variant of one) the wrapper does not compute exactly."""
+    if spec.architecture not in SUPPORTED:
+        raise EdgekitError(f"Core ML export does not support model_type {spec.architecture!r}",
+                           f"supported: {', '.join(SUPPORTED)}")
+    if spec.rope is not None and spec.rope.partial_rotary_factor != 1.0:
+        raise EdgekitError(f"Core ML export does not support partial rotary embeddings "
+                           f"(partial_rotary_factor={spec.rope.partial_rotary_factor})",
+                           "convert to gguf or onnx instead")
+    if spec.rope is not None and spec.rope.scaling == "dynamic":
+        raise EdgekitError("Core ML export does not support dynamic NTK rope scaling (its frequencies change "
+                           "with the sequence length)", "convert to gguf or onnx instead")
+
+
+def rope_tables(config: dict[str, Any], spec: ModelSpec, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin for positions ``0..context-1``, first half of the head dimension, float32, as the
+    family's transformers rotary embedding computes them (including its attention scaling)."""
+    import importlib
+
+    import transformers
+
+    module, prefix = _ROTARY[spec.architecture]
+    cfg = transformers.CONFIG_MAPPING[spec.architecture].from_dict(dict(config))
+    modeling = importlib.import_module(f"transformers.models.{module}.modeling_{module}")
+    rotary = getattr(modeling, f"{prefix}RotaryEmbedding")(cfg)
+    positions = torch.arange(context)[None]
+    cos, sin = rotary(torch.zeros(1, dtype=torch.float32), positions)
+    half = spec.head_dim // 2
+    # transformers concatenates (freqs, freqs): the second half repeats the first
+    return cos[0, :, :half].contiguous(), sin[0, :, :half].contiguous()
+
+
+class StatefulCausalLM(nn.Module):
+    """llama / mistral / qwen2 / qwen3 decoder with its KV cache as registered buffers (Core ML state)."""
+
+    def __init__(self, spec: ModelSpec, weights: dict[str, torch.Tensor], cos: torch.Tensor, sin: torch.Tensor,
+                 context: int, last_only: bool = True) -> None:
+        super().__init__()
+        self.spec, self.context, self.last_only = spec, context, last_only
+        self.n_heads, self.n_kv, self.head_dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
+        self.eps = spec.norm_eps
+        self.window = spec.sliding_window if spec.architecture == "mistral" else None
+        from transformers.activations import ACT2FN
+
+        self.act = ACT2FN[spec.activation]
+        self.params = nn.ParameterDict()
+        for name, tensor in weights.items():
+            self.params[name.replace(".", "__")] = nn.Parameter(tensor, requires_grad=False)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        shape = (spec.num_layers, spec.num_kv_heads, context, spec.head_dim)
+        self.register_buffer("key_cache", torch.zeros(shape, dtype=torch.float32))
+        self.register_buffer("value_cache", torch.zeros(shape, dtype=torch.float32))
+
+    def w(self, name: str) -> torch.Tensor | None:
+        key = name.replace(".", "__")
+        return self.params[key] if key in self.params else None
+
+    def rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+    @staticmethod
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+    def forward(self, input_ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        q_len = input_ids.shape[1]
+        start = position[0]
+        end = start + q_len
+        q_pos = torch.arange(q_len, dtype=torch.int32) + start  # (q,)
+        k_pos = torch.arange(end, dtype=torch.int32)  # (end,)
+        allowed = k_pos[None, :] <= q_pos[:, None]
+        if self.window:
+            allowed = allowed & (k_pos[None, :] > q_pos[:, None] - self.window)
+        mask = torch.where(allowed, 0.0, MASK_VALUE)[None, None]  # (1, 1, q, end)
+        # half-width tables: rotate() pairs dimension i with i + head_dim/2, both rotated by angle i
+        cos = F.embedding(q_pos, self.rope_cos)[None, None]  # (1, 1, q, d/2)
+        sin = F.embedding(q_pos, self.rope_sin)[None, None]
+        h = F.embedding(input_ids, self.w("model.embed_tokens.weight"))
+        rep = self.n_heads // self.n_kv
+        for i in range(self.spec.num_layers):
+            p = f"model.layers.{i}."
+            x = self.rms(h, self.w(p + "input_layernorm.weight"))
+            q = F.linear(x, self.w(p + "self_attn.q_proj.weight"), self.w(p + "self_attn.q_proj.bias"))
+            k = F.linear(x, self.w(p + "self_attn.k_proj.weight"), self.w(p + "self_attn.k_proj.bias"))
+            v = F.linear(x, self.w(p + "self_attn.v_proj.weight"), self.w(p + "self_attn.v_proj.bias"))
+            q = q.view(1, q_len, self.n_heads, self.head_dim).transpose(1, 2)
+            k = k.view(1, q_len, self.n_kv, self.head_dim).transpose(1, 2)
+            v = v.view(1, q_len, self.n_kv, self.head_dim).transpose(1, 2)
+            if self.spec.qk_norm:
+                q = self.rms(q, self.w(p + "self_attn.q_norm.weight"))
+                k = self.rms(k, self.w(p + "self_attn.k_norm.weight"))
+            q = self.rotate(q, cos, sin)
+            k = self.rotate(k, cos, sin)
+            self.key_cache[i, :, start:end, :] = k[0]
+            self.value_cache[i, :, start:end, :] = v[0]
+            keys = self.key_cache[i, :, :end, :]
+            values = self.value_cache[i, :, :end, :]
+            if rep > 1:
+                keys = keys[:, None].expand(self.n_kv, rep, end, self.head_dim).reshape(self.n_heads, end,
+                                                                                          self.head_dim)
+                values = values[:, None].expand(self.n_kv, rep, end, self.head_dim).reshape(self.n_heads, end,
+                                                                                            self.head_dim)
+            attn = F.scaled_dot_product_attention(q, keys[None], values[None], attn_mask=mask)
+            attn = attn.transpose(1, 2).reshape(1, q_len, self.n_heads * self.head_dim)
+            h = h + F.linear(attn, self.w(p + "self_attn.o_proj.weight"), self.w(p + "self_attn.o_proj.bias"))
+            x = self.rms(h, self.w(p + "post_attention_layernorm.weight"))
+            gate = F.linear(x, self.w(p + "mlp.gate_proj.weight"), self.w(p + "mlp.gate_proj.bias"))
+            up = F.linear(x, self.w(p + "mlp.up_proj.weight"), self.w(p + "mlp.up_proj.bias"))
+            h = h + F.linear(self.act(gate) * up, self.w(p + "mlp.down_proj.weight"),
+                             self.w(p + "mlp.down_proj.bias"))
+        if self.last_only:
+            h = h[:, -1:, :]
+        h = self.rms(h, self.w("model.norm.weight"))
+        head = self.w("lm_head.weight")
+        return F.linear(h, head if head is not None else self.w("model.embed_tokens.weight"))
+
+
+def expected_names(spec: ModelSpec) -> tuple[list[str], list[str]]:
+    """(required tensor names, optional ones) the wrapper reads for ``spec``."""
+    required = ["model.embed_tokens.weight", "model.norm.weight"]
+    optional = ["lm_head.weight"]
+    if not spec.tied_embeddings:
+        required.append("lm_head.weight")
+    for i in range(spec.num_layers):
+        p = f"model.layers.{i}."
+        required += [p + n for n in ("input_layernorm.weight", "post_attention_layernorm.weight",
+                                     "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                                     "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
+                                     "mlp.down_proj.weight")]
+        if spec.qk_norm:
+            required += [p + "self_attn.q_norm.weight", p + "self_attn.k_norm.weight"]
+        for proj in ("q", "k", "v", "o"):
+            (required if spec.attention_bias and proj != "o" else optional).append(p + f"self_attn.{proj}_proj.bias")
+        optional += [p + f"mlp.{m}_proj.bias" for m in ("gate", "up", "down")]
+    return required, optional
+
+
+def build(checkpoint: Any, spec: ModelSpec, context: int, last_only: bool = True) -> StatefulCausalLM:
+    """The wrapper over ``checkpoint``'s tensors (adapter merged), weights in float32, in eval mode."""
+    check_supported(spec)
+    required, optional = expected_names(spec)
+    names = set(checkpoint.names())
+    missing = [n for n in required if n not in names]
+    if missing:
+        raise EdgekitError(f"checkpoint {checkpoint.path} lacks tensor {missing[0]}"
+                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                           + f" expected for {spec.architecture}", "re-save the checkpoint with transformers")
+    weights = {n: checkpoint.get(n).to(torch.float32) for n in required + optional if n in names}
+    cos, sin = rope_tables(checkpoint.config, spec, context)
+    return StatefulCausalLM(spec, weights, cos, sin, context, last_only=last_only).eval()

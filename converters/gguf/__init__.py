@@ -1,0 +1,23 @@
+"""GGUF converter: ``edgekit convert MODEL --to gguf [--outtype ...] [--adapter DIR [--adapter-only]]``.
+
+Written with the ``gguf`` package (GGUFWriter, constants, TensorNameMap, quants) so names, keys and
+encodings are llama.cpp's own. Layout: :mod:`base` (streaming writer and orchestration),
+:mod:`model` (the mapping a family specialises), :mod:`archs` (one module per family),
+:mod:`tokenizer` and :mod:`pretokenizer` (vocabulary), :mod:`moe` (expert stacking), :mod:`lora`
+(adapter-only output).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+OPTIONS = ("outtype", "adapter_only")
+
+
+def convert(model: str, output: str | None, *, adapter: str | None = None, allow_pickle: bool = False,
+            force: bool = False, progress: bool = True, **options: Any) -> dict[str, Any]:
+    """Convert ``model`` to GGUF; see :func:`converters.gguf.base.convert`."""
+    from converters.gguf.base import convert as run
+
+    return run(model, output, adapter=adapter, allow_pickle=allow_pickle, force=force, progress=progress,
+               **options)

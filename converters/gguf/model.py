@@ -1,0 +1,144 @@
+"""The architecture mapping every family module specialises: names, tensor transforms, hyperparameters.
+
+A family turns the checkpoint's tensor names into a list of :class:`Job`: one GGUF tensor each, made
+by a function of one or more checkpoint tensors. The same function runs twice: first on ``meta``
+tensors (shapes only, no data) so the GGUF header can be written before any weight is read, then on
+the real tensors, one job at a time, as they are written. So a family never describes a shape by
+hand, and nothing holds more than one output tensor in memory.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gguf
+
+from edgekit.errors import EdgekitError
+from edgekit.spec import ModelSpec
+
+_SKIP = (".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
+
+
+@dataclass
+class Job:
+    """One GGUF tensor: ``fn(*checkpoint tensors named by inputs)`` (a torch tensor)."""
+
+    name: str  # GGUF tensor name
+    inputs: tuple[str, ...]  # checkpoint tensor names
+    fn: Callable[..., Any]
+    lora_b: Callable[[Any], Any] | None = None  # how the LoRA B matrix of a single-input job transforms
+
+
+def permute_qk(w, n_head: int, n_head_kv: int | None = None):
+    """llama.cpp's Q/K row order for rope type NORM (interleaved pairs) from HF's rotate-half order."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+class Model:
+    """Base mapping: rename with gguf's TensorNameMap, no transform, llama.cpp's common hyperparameters."""
+
+    gguf_arch: gguf.MODEL_ARCH
+    hf_classes: tuple[str, ...] = ()
+
+    def __init__(self, spec: ModelSpec, config: dict[str, Any], names: Sequence[str]) -> None:
+        self.spec, self.config, self.names = spec, config, list(names)
+        self.tmap = gguf.get_tensor_name_map(self.gguf_arch, spec.num_layers)
+        self.arch_name = gguf.MODEL_ARCH_NAMES[self.gguf_arch]
+
+    # ---- tensors -------------------------------------------------------------------------------
+    def skip(self, name: str) -> bool:
+        if name.endswith(_SKIP):
+            return True
+        # tied embeddings: llama.cpp reuses token_embd when output.weight is absent
+        return name == "lm_head.weight" and self.spec.tied_embeddings
+
+    def map_name(self, name: str) -> str:
+        new = self.tmap.get_name(name, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            raise EdgekitError(f"tensor {name} has no GGUF name for llama.cpp's {self.arch_name} architecture",
+                               "the checkpoint does not match its config.json model_type; check the files")
+        return new
+
+    def transform(self, name: str, t):
+        """The tensor as llama.cpp wants it (default: unchanged)."""
+        return t
+
+    def lora_b(self, name: str) -> Callable[[Any], Any] | None:
+        """How a LoRA B (out x r) must change for the transform of ``name``; None if LoRA cannot follow it."""
+        return lambda b: b
+
+    def jobs(self) -> list[Job]:
+        grouped, used = self.grouped_jobs()
+        out = list(self.extra_jobs())
+        for name in self.names:
+            if name in used or self.skip(name):
+                continue
+            out.append(Job(self.map_name(name), (name,), lambda t, n=name: self.transform(n, t), self.lora_b(name)))
+        return out + grouped
+
+    def grouped_jobs(self) -> tuple[list[Job], set[str]]:
+        """Tensors made from several checkpoint tensors (stacked experts), and the names they consume."""
+        return [], set()
+
+    def extra_jobs(self) -> list[Job]:
+        """Tensors llama.cpp needs that the checkpoint does not hold (rope factors)."""
+        return []
+
+    @staticmethod
+    def layer_of(name: str) -> int | None:
+        m = re.search(r"\.(\d+)\.", name)
+        return int(m.group(1)) if m else None
+
+    # ---- hyperparameters -----------------------------------------------------------------------
+    def set_params(self, w: gguf.GGUFWriter) -> None:
+        s = self.spec
+        w.add_vocab_size(s.vocab_size)
+        w.add_context_length(s.context_length)
+        w.add_embedding_length(s.hidden_size)
+        w.add_feed_forward_length(s.intermediate_size)
+        w.add_block_count(s.num_layers)
+        w.add_head_count(s.num_heads)
+        w.add_head_count_kv(s.num_kv_heads)
+        if s.norm == "rms":
+            w.add_layer_norm_rms_eps(s.norm_eps)
+        else:
+            w.add_layer_norm_eps(s.norm_eps)
+        if s.head_dim * s.num_heads != s.hidden_size or "head_dim" in self.config:
+            w.add_key_length(s.head_dim)
+            w.add_value_length(s.head_dim)
+        if s.rope is not None:
+            w.add_rope_freq_base(s.rope.theta)
+            w.add_rope_dimension_count(int(s.head_dim * s.rope.partial_rotary_factor))
+            self.set_rope_scaling(w)
+        if s.sliding_window:
+            w.add_sliding_window(s.sliding_window)
+        if s.moe is not None:
+            w.add_expert_count(s.moe.experts)
+            w.add_expert_used_count(s.moe.experts_per_token)
+
+    def set_rope_scaling(self, w: gguf.GGUFWriter) -> None:
+        r = self.spec.rope
+        if r is None or r.scaling is None:
+            return
+        if r.scaling == "linear" and r.factor:
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(r.factor)
+        elif r.scaling == "yarn" and r.factor:
+            w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+            w.add_rope_scaling_factor(r.factor)
+            w.add_rope_scaling_orig_ctx_len(int(r.original_context or self.spec.context_length))
+            for key, add in (("extrapolation_factor", w.add_rope_scaling_yarn_ext_factor),
+                             ("attention_factor", w.add_rope_scaling_yarn_attn_factor),
+                             ("beta_fast", w.add_rope_scaling_yarn_beta_fast),
+                             ("beta_slow", w.add_rope_scaling_yarn_beta_slow)):
+                if r.extra.get(key) is not None:
+                    add(float(r.extra[key]))
+        elif r.scaling == "longrope":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE)
+        elif r.scaling in ("llama3", "dynamic"):
+            pass  # llama3: rope_freqs tensor (extra_jobs); dynamic: llama.cpp has no equivalent, as its converter

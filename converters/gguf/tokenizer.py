@@ -1,0 +1,253 @@
+"""The GGUF vocabulary: tokens, scores, types, merges, special ids, add_bos/add_eos, chat template.
+
+Two tokenizer kinds, independent of the architecture:
+- byte-level BPE (``tokenizer.ggml.model = gpt2``): vocabulary and merges from tokenizer.json,
+  pre-tokenizer named from its declaration (:mod:`converters.gguf.pretokenizer`);
+- SentencePiece (``llama``): pieces, scores and types from tokenizer.model through the
+  sentencepiece library when present (as llama.cpp does), else from a tokenizer.json holding a
+  SentencePiece-style BPE (byte fallback, ``▁`` for spaces) or Unigram.
+
+Whether BOS/EOS are added, and which ids they are, is measured on the Hugging Face tokenizer itself
+(encode with and without special tokens) rather than guessed from config files, so llama.cpp adds
+exactly what transformers adds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from converters.gguf import pretokenizer
+from edgekit.errors import EdgekitError
+from edgekit.tokenizer import chat_template
+
+# token texts llama.cpp's converter treats as control tokens even when HF does not flag them special
+_LOOKS_SPECIAL = re.compile(r"^(<\|.*\|>|<｜.*｜>|<unused.*>|<pad>|<mask>|\[@BOS@\])$")
+_EOT_NAMES = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+_BYTE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
+
+
+@dataclass
+class Vocab:
+    model: str  # "gpt2" | "llama"
+    tokens: list[str]
+    types: list[int]
+    scores: list[float] | None = None
+    merges: list[str] = field(default_factory=list)
+    pre: str | None = None
+    pre_check: str | None = None
+    special_ids: dict[str, int] = field(default_factory=dict)
+    add_bos: bool = False
+    add_eos: bool = False
+    add_space_prefix: bool | None = None
+    chat_template: str | None = None
+
+    def write(self, w: gguf.GGUFWriter) -> None:
+        w.add_tokenizer_model(self.model)
+        w.add_tokenizer_pre(self.pre or "default")
+        w.add_token_list(self.tokens)
+        if self.scores is not None:
+            w.add_token_scores(self.scores)
+        w.add_token_types(self.types)
+        if self.merges:
+            w.add_token_merges(self.merges)
+        for kind, tid in self.special_ids.items():
+            getattr(w, f"add_{kind}_token_id")(tid)
+        w.add_add_bos_token(self.add_bos)
+        w.add_add_eos_token(self.add_eos)
+        if self.add_space_prefix is not None:
+            w.add_add_space_prefix(self.add_space_prefix)
+        if self.chat_template:
+            w.add_chat_template(self.chat_template)
+
+    def summary(self) -> dict[str, Any]:
+        return {"model": self.model, "pre": self.pre, "pre_check": self.pre_check, "size": len(self.tokens),
+                "add_bos": self.add_bos, "add_eos": self.add_eos, "special_ids": self.special_ids}
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except (OSError, ValueError) as exc:
+        raise EdgekitError(f"{path} is not valid JSON ({exc})", "restore the tokenizer files") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _load_hf(directory: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except Exception as exc:  # transformers raises many types for a broken tokenizer
+        raise EdgekitError(f"cannot load the tokenizer in {directory}: {str(exc).splitlines()[0][:200]}",
+                           "restore tokenizer.json / tokenizer.model from the model's source") from None
+
+
+def load(directory: Path, vocab_size: int) -> Vocab:
+    """Read the checkpoint's tokenizer into a GGUF vocabulary padded to ``vocab_size`` entries."""
+    has_json, has_spm = (directory / "tokenizer.json").exists(), (directory / "tokenizer.model").exists()
+    if not has_json and not has_spm:
+        raise EdgekitError(f"{directory} has no tokenizer (tokenizer.json or tokenizer.model)",
+                           "copy the tokenizer files from the model's source next to config.json")
+    tj = _json(directory / "tokenizer.json")
+    model = tj.get("model", {}) if tj else {}
+    byte_level = "ByteLevel" in json.dumps(tj.get("pre_tokenizer")) or "ByteLevel" in json.dumps(tj.get("decoder"))
+    hf = _load_hf(directory)
+    if has_json and model.get("type") == "BPE" and byte_level:
+        vocab = _bpe(directory, tj, hf, vocab_size)
+    elif has_spm or model.get("type") in ("BPE", "Unigram"):
+        vocab = _sentencepiece(directory, tj, hf, vocab_size, has_spm)
+    else:
+        raise EdgekitError(f"the tokenizer in {directory} is a {model.get('type')} model, which GGUF does not hold",
+                           "use a byte-level BPE or SentencePiece tokenizer")
+    _specials(vocab, hf)
+    vocab.chat_template = chat_template(directory)
+    return vocab
+
+
+def _added(hf) -> dict[int, Any]:
+    return dict(hf.added_tokens_decoder)
+
+
+def _bpe(directory: Path, tj: dict[str, Any], hf, vocab_size: int) -> Vocab:
+    base = tj["model"].get("vocab", {})
+    added = _added(hf)
+    size = max(vocab_size, len(base), 1 + max(added, default=-1))
+    tokens: list[str | None] = [None] * size
+    types = [gguf.TokenType.UNUSED] * size
+    for text, i in base.items():
+        tokens[i], types[i] = text, gguf.TokenType.NORMAL
+    for i, tok in added.items():
+        text = tok.content
+        if not tok.normalized:  # llama.cpp expects added tokens pre-normalized, as its converter does
+            text = hf.decode(hf.encode(text, add_special_tokens=False))
+        special = tok.special or bool(_LOOKS_SPECIAL.match(text))
+        tokens[i] = text
+        types[i] = gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED
+    tokens = [t if t is not None else f"[PAD{i}]" for i, t in enumerate(tokens)]
+    cfg = _json(directory / "tokenizer_config.json")
+    clean = cfg.get("clean_up_tokenization_spaces")
+    pre = pretokenizer.derive(tj, clean_up_spaces=clean if isinstance(clean, bool) else None,
+                              chkhsh=pretokenizer.probe_hash(hf), where=f"{directory / 'tokenizer.json'}")
+    merges = gguf.SpecialVocab(directory, load_merges=True, n_vocab=size).merges
+    return Vocab("gpt2", tokens, [int(t) for t in types], merges=merges, pre=pre.name, pre_check=pre.check)
+
+
+def _sentencepiece(directory: Path, tj: dict[str, Any], hf, vocab_size: int, has_spm: bool) -> Vocab:
+    if has_spm:
+        tokens, scores, types = _spm_model(directory / "tokenizer.model")
+    else:
+        tokens, scores, types = _spm_json(tj)
+    size = max(vocab_size, len(tokens), 1 + max(_added(hf), default=-1))
+    while len(tokens) < size:
+        tokens.append(f"[PAD{len(tokens)}]")
+        scores.append(-1000.0)
+        types.append(int(gguf.TokenType.UNUSED))
+    for i, tok in _added(hf).items():  # added tokens override pieces, as llama.cpp's converter does
+        if i < len(tokens) and tokens[i] == tok.content and types[i] != gguf.TokenType.NORMAL:
+            continue
+        tokens[i], scores[i] = tok.content, -1000.0
+        types[i] = int(gguf.TokenType.CONTROL if tok.special else gguf.TokenType.USER_DEFINED)
+    # measured, not configured: does the HF tokenizer put "▁" in front of the first word?
+    first = hf.convert_ids_to_tokens(hf.encode("a", add_special_tokens=False))
+    add_space = bool(first) and first[0].startswith("\u2581")
+    # GGUF cannot say "prefix only the first word": llama.cpp also prefixes text after special tokens
+    backend = getattr(hf, "_tokenizer", None)
+    check = None
+    if backend is not None and "prepend_scheme=first" in str(backend.pre_tokenizer):
+        check = "HF prepends '\u2581' only at the start (prepend_scheme=first); llama.cpp also after special tokens"
+    return Vocab("llama", tokens, types, scores=scores, pre="default", pre_check=check, add_space_prefix=add_space)
+
+
+def _spm_model(path: Path) -> tuple[list[str], list[float], list[int]]:
+    try:
+        from sentencepiece import SentencePieceProcessor
+    except ImportError:
+        raise EdgekitError(f"{path} needs the sentencepiece package to read", "pip install sentencepiece") from None
+    sp = SentencePieceProcessor()
+    try:
+        sp.LoadFromFile(str(path))
+    except Exception as exc:
+        raise EdgekitError(f"cannot read {path}: {str(exc).splitlines()[0]}", "restore tokenizer.model") from None
+    tokens, scores, types = [], [], []
+    for i in range(sp.vocab_size()):
+        t = gguf.TokenType.NORMAL
+        if sp.IsUnknown(i):
+            t = gguf.TokenType.UNKNOWN
+        elif sp.IsControl(i):
+            t = gguf.TokenType.CONTROL
+        elif sp.IsUnused(i):
+            t = gguf.TokenType.UNUSED
+        elif sp.IsByte(i):
+            t = gguf.TokenType.BYTE
+        tokens.append(sp.IdToPiece(i))
+        scores.append(float(sp.GetScore(i)))
+        types.append(int(t))
+    return tokens, scores, types
+
+
+def _spm_json(tj: dict[str, Any]) -> tuple[list[str], list[float], list[int]]:
+    """SentencePiece pieces from tokenizer.json alone (no tokenizer.model)."""
+    model = tj["model"]
+    unk = model.get("unk_token")
+    if model["type"] == "Unigram":
+        pieces = [(p, float(s)) for p, s in model["vocab"]]
+    else:
+        # llama.cpp's SPM tokenizer merges the highest-scoring pair first: score = -(rank of the merge
+        # that makes the piece), the order HF's BPE applies merges in; unmerged pieces score 0.
+        rank: dict[str, int] = {}
+        for r, m in enumerate(model.get("merges", [])):
+            a, b = m.split(" ", 1) if isinstance(m, str) else m
+            rank.setdefault(a + b, r)
+        ordered = sorted(model["vocab"].items(), key=lambda kv: kv[1])
+        pieces = [(p, -float(rank[p]) if p in rank else 0.0) for p, _ in ordered]
+    tokens, scores, types = [], [], []
+    for p, s in pieces:
+        t = gguf.TokenType.NORMAL
+        if p == unk:
+            t = gguf.TokenType.UNKNOWN
+        elif _BYTE.match(p):
+            t = gguf.TokenType.BYTE
+        tokens.append(p)
+        scores.append(s)
+        types.append(int(t))
+    return tokens, scores, types
+
+
+def _specials(vocab: Vocab, hf) -> None:
+    """bos/eos/unk/pad/eot ids and whether BOS/EOS are added, as the HF tokenizer actually behaves."""
+    for kind in ("bos", "eos", "unk", "pad"):
+        tid = getattr(hf, f"{kind}_token_id", None)
+        if isinstance(tid, int) and 0 <= tid < len(vocab.tokens):
+            vocab.special_ids[kind] = tid
+    probe = "Hello world"
+    with_special = hf.encode(probe, add_special_tokens=True)
+    plain = hf.encode(probe, add_special_tokens=False)
+    n = len(plain)
+    # find plain inside with_special: what comes before it was prepended, what follows was appended
+    for start in range(len(with_special) - n + 1):
+        if with_special[start:start + n] == plain:
+            head, tail = with_special[:start], with_special[start + n:]
+            break
+    else:
+        raise EdgekitError("the tokenizer's special-token template changes the text's own tokens",
+                           "edgekit cannot express it in GGUF; use a tokenizer with a plain BOS/EOS template")
+    if len(head) > 1 or len(tail) > 1:
+        raise EdgekitError(f"the tokenizer adds {len(head)} leading and {len(tail)} trailing special tokens",
+                           "GGUF holds at most one BOS and one EOS; simplify the post-processor")
+    vocab.add_bos, vocab.add_eos = bool(head), bool(tail)
+    if head:
+        vocab.special_ids["bos"] = head[0]
+    if tail:
+        vocab.special_ids["eos"] = tail[0]
+    text_to_id = {t: i for i, t in enumerate(vocab.tokens)}
+    for name in _EOT_NAMES:
+        tid = text_to_id.get(name)
+        if tid is not None and vocab.types[tid] == gguf.TokenType.CONTROL:
+            vocab.special_ids["eot"] = tid
+            break
