@@ -105,14 +105,25 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+_PLAIN_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
+                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
 class _SafetensorsFiles:
-    """A set of safetensors files opened once and kept open (each is an mmap, so this costs no RAM)."""
+    """A set of safetensors files: headers validated once, tensors read one at a time on demand.
+
+    Tensors are read with plain ``readinto`` calls rather than through safetensors' memory map: pages
+    touched through an mmap stay resident in the process, so streaming a whole checkpoint would leave
+    RSS at the checkpoint's size; a plain read keeps it at the largest live tensor (the page cache
+    still serves repeated reads).
+    """
 
     def __init__(self, files: list[Path]) -> None:
         from safetensors import safe_open
 
         self.handles: dict[Path, Any] = {}
         self.index: dict[str, TensorInfo] = {}
+        self.offsets: dict[str, tuple[int, int]] = {}  # absolute byte range of each tensor's data
         for f in files:
             if not f.exists():
                 raise EdgekitError(f"weights file {f} is missing", "re-download the checkpoint")
@@ -128,14 +139,43 @@ class _SafetensorsFiles:
                 raise EdgekitError(f"cannot read safetensors file {f}: {str(exc).splitlines()[0]}",
                                    "the file is corrupt or truncated; re-download or re-save it") from None
             self.handles[f] = handle
+            self.offsets.update(_data_offsets(f))
 
     def get(self, name: str):
         info = self.index[name]
         try:
+            if info.dtype in _PLAIN_DTYPES and name in self.offsets:
+                return self._read_plain(info, *self.offsets[name])
             return self.handles[info.file].get_tensor(name)
         except Exception as exc:
             raise EdgekitError(f"cannot read tensor {name} from {info.file}: {exc}",
                                "the file is corrupt; re-download it") from None
+
+    @staticmethod
+    def _read_plain(info: TensorInfo, start: int, end: int):
+        import torch
+
+        dtype = getattr(torch, _PLAIN_DTYPES[info.dtype])
+        if end == start:
+            return torch.empty(info.shape, dtype=dtype)
+        buf = bytearray(end - start)
+        with info.file.open("rb", buffering=0) as fh:
+            fh.seek(start)
+            view, got = memoryview(buf), 0
+            while got < len(buf):
+                n = fh.readinto(view[got:])
+                if not n:
+                    raise OSError(f"file ended while reading {info.name}")
+                got += n
+        return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
+
+
+def _data_offsets(path: Path) -> dict[str, tuple[int, int]]:
+    with path.open("rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+    return {k: (8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1]) for k, v in header.items()
+            if k != "__metadata__"}
 
 
 def _check_safetensors_size(path: Path) -> None:

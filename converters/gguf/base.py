@@ -26,7 +26,6 @@ import numpy as np
 
 from converters.gguf import archs, tokenizer
 from converters.gguf.model import Job, Model
-from converters.gguf.reader import SafetensorsReader
 from edgekit.atomic import atomic_output, check_destination
 from edgekit.checkpoint import Checkpoint, open_checkpoint
 from edgekit.errors import EdgekitError
@@ -96,19 +95,8 @@ class Source:
 
     def __init__(self, ckpt: Checkpoint, meta: bool) -> None:
         self.ckpt, self.meta = ckpt, meta
-        self.reader = SafetensorsReader()
 
     def _read(self, name: str):
-        # plain reads keep RSS at one tensor (see reader.py); LoRA-merged and pickle tensors go through the
-        # checkpoint, which owns the merge
-        adapter = getattr(self.ckpt, "adapter", None)
-        merged = adapter is not None and (name in adapter.pairs or name in adapter.replaced)
-        info = self.ckpt.tensors[name]
-        if not merged and getattr(self.ckpt, "weight_kind", "safetensors") == "safetensors" and \
-                str(info.file).endswith(".safetensors"):
-            t = self.reader.read(info.file, name)
-            if t is not None:
-                return t
         return self.ckpt.get(name)
 
     def get(self, name: str):
