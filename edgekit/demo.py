@@ -1,16 +1,22 @@
 """``make demo``: the end-to-end job on the bundled models, one step after another, with timings.
 
-Today: prepare SmolLM2-135M-Instruct as a Hugging Face checkpoint and inspect it and edgekit-tiny.
-Each converter and runtime extends this list as it lands.
+Prepares SmolLM2-135M-Instruct as a Hugging Face checkpoint, inspects it and edgekit-tiny, converts
+SmolLM2 to every format (GGUF f16 and q8_0, ONNX fp32 and static, Core ML fp16), then asks it the same
+question through the GGUF and the ONNX artifact. Artifacts go to ``$EDGEKIT_CACHE/demo``.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import converters
 from edgekit.inspect import format_text, inspect
 from edgekit.models import smollm2, tiny_path
+
+QUESTION = "What is the capital of France? Answer in one sentence."
 
 
 def _step(title: str, fn: Callable[[], str]) -> None:
@@ -22,10 +28,40 @@ def _step(title: str, fn: Callable[[], str]) -> None:
     print(f"-- {time.perf_counter() - t0:.1f} s", flush=True)
 
 
+def _convert(model: Path, fmt: str, out: Path, **options) -> str:
+    result = converters.get(fmt).convert(str(model), str(out), adapter=None, allow_pickle=False, force=True,
+                                         progress=False, **options)
+    size = result.get("bytes") or 0
+    return f"{result['output']}: {size / 1e6:.1f} MB in {result['seconds']:.1f} s"
+
+
+def _ask(artifact: Path) -> str:
+    from runtimes import load
+    from runtimes.generate import GenerationParams, chat
+
+    engine = load(str(artifact), device="cpu")
+    result = chat(engine, [{"role": "user", "content": QUESTION}], GenerationParams(max_tokens=48))
+    return (f"{result.text.strip()}\n   [{result.prompt_tokens} prompt tokens at {result.prompt_tps:.0f} tok/s, "
+            f"{result.eval_count} generated at {result.eval_tps:.1f} tok/s]")
+
+
 def main() -> None:
+    out = Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit")) / "demo"
+    out.mkdir(parents=True, exist_ok=True)
     smol = smollm2.ensure()
     _step("inspect edgekit-tiny", lambda: format_text(inspect(tiny_path())))
     _step("inspect SmolLM2-135M-Instruct", lambda: format_text(inspect(smol)))
+    gguf_f16, onnx_dir = out / "smollm2-f16.gguf", out / "smollm2-onnx"
+    _step("SmolLM2 -> GGUF f16", lambda: _convert(smol, "gguf", gguf_f16, outtype="f16"))
+    _step("SmolLM2 -> GGUF q8_0", lambda: _convert(smol, "gguf", out / "smollm2-q8_0.gguf", outtype="q8_0"))
+    _step("SmolLM2 -> ONNX fp32", lambda: _convert(smol, "onnx", onnx_dir, dtype="fp32"))
+    _step("SmolLM2 -> ONNX static (context 512, prefill chunk 32)",
+          lambda: _convert(smol, "onnx", out / "smollm2-onnx-static", static=True, context=512, prefill_chunk=32))
+    _step("SmolLM2 -> Core ML fp16 (context 512)",
+          lambda: _convert(smol, "coreml", out / "smollm2-coreml", context=512, precision="fp16"))
+    print(f"\nQ: {QUESTION}")
+    _step("A (GGUF f16 through llama.cpp)", lambda: _ask(gguf_f16))
+    _step("A (ONNX fp32 through onnxruntime)", lambda: _ask(onnx_dir))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,184 @@
+"""``edgekit convert --to onnx``: a decoder with KV cache, dynamic or static-shape, for onnxruntime.
+
+How the graph is made, and why. Three candidates were measured on the tiny random Llama (2 layers,
+hidden 64) and the 1B-shaped benchmark checkpoint (``benchmarks/convert_onnx.py``):
+
+* transformers 5's exporter (``transformers.exporters.OnnxExporter``, torch.export + dynamo): 17 s
+  for the 2-layer tiny model, 470 MB peak RSS; it needs the whole model materialised in torch, traces
+  only what the sample inputs exercise (the sample without a cache gave no ``past_key_values`` inputs),
+  and names the cache ``past_key_values.layers.{i}.keys``, so optimum's names need a rename pass.
+  It cannot express the static form (fixed KV buffers + mask) without a hand-written wrapper anyway.
+* ``torch.onnx.export`` directly: the same tracing cost and memory, same wrapper needed.
+* building the graph node by node with ``onnx.helper`` from the checkpoint's tensors, as
+  onnxruntime-genai's model builder does (chosen). The graph build takes well under a second for the
+  tiny models (a CLI run is ~4 s, mostly interpreter and torch import); tensors stream from the
+  memory-mapped safetensors (LoRA merged by the Checkpoint) into the external-data file one at a
+  time, so models past 2 GiB need nothing special: the 1B-shaped fp16 checkpoint exports to fp32
+  (3.41 GB of external data) in 74 s with 2.7 GB peak RSS, of which 1.7 GB are the checkpoint's
+  mmapped file pages and under 1 GB anonymous memory (largest tensor and its copies + interpreter).
+  Fidelity is measured, not assumed: tests compare logits with transformers for every architecture
+  (measured max |diff| 4e-7 .. 2e-6 of the largest |logit|, bound 1e-4; 1.9e-6 on the 1B fp32 export).
+  The graph uses standard ops only, so the same file also serves NNAPI / CoreML; rope tables are
+  transformers' (its formula in torch for plain RoPE, its rotary classes for scaled RoPE).
+
+Names follow optimum's ``text-generation-with-past``: inputs ``input_ids``, ``attention_mask``,
+``position_ids``, ``past_key_values.{i}.key/.value`` (batch, kv_heads, past, head_dim); outputs
+``logits``, ``present.{i}.key/.value``. The dynamic graph's present is past + new (what optimum and
+onnxruntime-genai expect). The static graph (``--static``): batch 1, every dimension fixed, integer
+inputs int32 (NNAPI has no int64), KV inputs are buffers of ``--context`` slots, ``attention_mask``
+(1, context + chunk) marks valid buffer slots followed by valid chunk tokens, and present holds only
+the chunk's new K/V, which the host writes into its buffers (slot = position); no scatter op needed.
+It comes as ``model.onnx`` (``--prefill-chunk`` tokens) and, when the chunk is longer than 1 token,
+``decode.onnx`` (1 token); both read the same ``model.onnx.data``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+
+OPTIONS = ("dtype", "static", "context", "prefill_chunk", "ort")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json",
+                   "config.json")
+DEFAULT_STATIC_CONTEXT = 1024
+DEFAULT_PREFILL_CHUNK = 32
+
+
+def _default_output(model: str, static: bool) -> Path:
+    name = Path(str(model).rstrip("/")).name or "model"
+    return Path.cwd() / f"{name}-onnx{'-static' if static else ''}"
+
+
+def _static_sizes(spec: Any, config: dict[str, Any], context: int | None, chunk: int | None) -> tuple[int, int]:
+    from converters.onnx.decoder import window
+
+    # defaults: context + chunk must fit the model's positions (rope table) and any sliding window
+    limit = min(spec.context_length, window(spec, config) or spec.context_length)
+    c = chunk if chunk is not None else min(DEFAULT_PREFILL_CHUNK, max(limit // 8, 1))
+    n = context if context is not None else max(min(limit - c, DEFAULT_STATIC_CONTEXT), 1)
+    if n < 1 or c < 1:
+        raise EdgekitError(f"--context {n} and --prefill-chunk {c} must be positive", "pass positive sizes")
+    if c > n:
+        raise EdgekitError(f"--prefill-chunk {c} is larger than --context {n}",
+                           "pass a chunk no larger than the context")
+    if n + c > spec.context_length:
+        raise EdgekitError(f"--context {n} plus --prefill-chunk {c} exceeds the model's {spec.context_length} "
+                           "positions", f"pass --context {max(spec.context_length - c, 1)} or less")
+    return n, c
+
+
+def convert(model: str, output: str | None, *, adapter: str | None = None, allow_pickle: bool = False,
+            force: bool = False, progress: bool = True, dtype: str | None = None, static: bool = False,
+            context: int | None = None, prefill_chunk: int | None = None, ort: bool = False) -> dict[str, Any]:
+    """Export ``model`` (+ ``adapter``) to an ONNX directory; returns a JSON-serialisable summary."""
+    from edgekit.atomic import atomic_output, check_destination
+    from edgekit.checkpoint import open_checkpoint
+    from edgekit.spec import from_config
+
+    start = time.perf_counter()
+    dtype = dtype or "fp32"
+    if not static and (context is not None or prefill_chunk is not None):
+        raise EdgekitError("--context and --prefill-chunk only apply to a static export", "add --static")
+    dest = Path(output) if output else _default_output(model, static)
+    check_destination(dest, force)  # before opening anything large
+    ckpt = open_checkpoint(model, adapter=adapter, allow_pickle=allow_pickle)
+    spec = from_config(ckpt.config)
+    from converters.onnx.decoder import check_static_window, check_supported
+
+    check_supported(spec)
+    sizes = _static_sizes(spec, ckpt.config, context, prefill_chunk) if static else None
+    if sizes:
+        check_static_window(spec, ckpt.config, *sizes)
+    with atomic_output(dest, force, directory=True) as tmp:
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; an artifact directory follows the umask
+        summary = _write(ckpt, spec, tmp, dtype=dtype, sizes=sizes, ort=ort, progress=progress)
+    files = summary.pop("_files")
+    return {"output": str(dest), "format": "onnx", "dtype": dtype, "static": static,
+            "bytes": sum(f["bytes"] for f in files.values()), "seconds": round(time.perf_counter() - start, 3),
+            **summary}
+
+
+def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int] | None, ort: bool,
+           progress: bool) -> dict[str, Any]:
+    from converters.onnx import genai, mobile
+    from converters.onnx.decoder import DecoderBuilder, Variant, Weights, rope_tables
+    from converters.onnx.graph import Graph, WeightFile
+    from edgekit import manifest as mf
+    from edgekit.tokenizer import chat_template, describe
+
+    np_dtype = np.dtype(np.float16 if dtype == "fp16" else np.float32)
+    context = sizes[0] if sizes else spec.context_length
+    graphs: dict[str, Variant] = {}
+    if sizes:
+        n, c = sizes
+        graphs["model.onnx"] = Variant(np_dtype, static=True, tokens=c, context=n)
+        if c > 1:
+            graphs["decode.onnx"] = Variant(np_dtype, static=True, tokens=1, context=n)
+    else:
+        graphs["model.onnx"] = Variant(np_dtype)
+    # the static graph gathers positions up to context + chunk - 1; the dynamic one up to the model's limit
+    rope_len = (sizes[0] + sizes[1]) if sizes else spec.context_length
+    rope = rope_tables(ckpt, spec, rope_len) if spec.rope is not None else None
+    weights = WeightFile(out / "model.onnx.data")
+    reader = Weights(ckpt)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=spec.num_layers * len(graphs), desc="onnx export", unit="layer", leave=False)
+    try:
+        for filename, variant in graphs.items():
+            graph = Graph(weights)
+            DecoderBuilder(graph, spec, ckpt.config, reader, variant, rope,
+                           progress=bar.update if bar else None).build()
+            meta = {"edgekit.architecture": spec.architecture, "edgekit.dtype": dtype,
+                    "edgekit.static": json.dumps(variant.static), "edgekit.tokens": str(variant.tokens),
+                    "edgekit.context": str(variant.context or context)}
+            graph.save(out / filename, f"edgekit decoder for {spec.architecture}", meta)
+    finally:
+        weights.close()
+        if bar:
+            bar.close()
+    for name in TOKENIZER_FILES:
+        if (ckpt.path / name).exists():
+            shutil.copy2(ckpt.path / name, out / name)
+    if not sizes:
+        (out / "genai_config.json").write_text(json.dumps(genai.config(spec, context), indent=4) + "\n")
+    usability = {name: mobile.usability(out / name) for name in graphs}
+    if ort:
+        mobile.to_ort(out)
+    onnx_info = {
+        "opset": 17, "dtype": dtype, "static": bool(sizes), "graphs": {
+            name: {"tokens": v.tokens or None, "context": v.context or None} for name, v in graphs.items()},
+        "inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key",
+                   "past_key_values.{i}.value"],
+        "outputs": ["logits", "present.{i}.key", "present.{i}.value"],
+        "kv_shape": ["batch", spec.num_kv_heads, "seq", spec.head_dim],
+        "present": "new chunk only (host writes it at slot = position)" if sizes else "past + new",
+        "index_dtype": "int32" if sizes else "int64",
+        "genai_config": not sizes,
+    }
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    manifest = mf.build(
+        format="onnx", source=str(ckpt.path), source_sha256=ckpt.sha256(),
+        quant={"method": "none", "dtype": dtype}, tokenizer=describe(ckpt.path), chat_template=chat_template(ckpt.path),
+        context_length=context, files=files, root=out,
+        adapter=str(ckpt.adapter.path) if ckpt.adapter is not None else None,
+        architecture=spec.architecture, onnx=onnx_info, mobile_usability=usability,
+    )
+    mf.write(out, manifest)
+    return {"architecture": spec.architecture, "graphs": list(graphs), "context_length": context,
+            "mobile_usability": {g: {ep: {k: r[k] for k in ("partitions", "supported_share", "verdict")}
+                                     for ep, r in u.items()} for g, u in usability.items()},
+            "_files": manifest["files"]}

@@ -1,0 +1,120 @@
+"""A small ONNX graph writer: nodes by name, initializers streamed to one external-data file.
+
+Every weight goes to ``<model>.onnx.data`` the moment it is produced (offsets aligned so onnxruntime
+can memory-map large tensors), and the graph keeps only a reference to it. The protobuf therefore
+stays a few hundred kilobytes whatever the model size, which is how the 2 GiB protobuf limit is
+avoided, and peak memory is one tensor, not the model. Two graphs (static prefill and decode) can
+share one data file: :meth:`WeightFile.add` returns the same reference for a name written before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17  # LayerNormalization-free, ReduceMean with the axes attribute: what NNAPI / CoreML EPs take
+_ALIGN_LARGE = 4096  # page alignment lets onnxruntime mmap big tensors instead of copying them
+_ALIGN_SMALL = 64
+_LARGE = 1 << 20
+
+NP_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
+              np.dtype(np.int64): TensorProto.INT64, np.dtype(np.int32): TensorProto.INT32}
+
+
+class WeightFile:
+    """Append-only external-data file; :meth:`add` writes a tensor and returns its TensorProto reference."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fh = path.open("wb")
+        self.offset = 0
+        self.refs: dict[str, TensorProto] = {}
+
+    def add(self, name: str, array: np.ndarray) -> TensorProto:
+        if name in self.refs:
+            return self.refs[name]
+        array = np.ascontiguousarray(array)
+        align = _ALIGN_LARGE if array.nbytes >= _LARGE else _ALIGN_SMALL
+        pad = (-self.offset) % align
+        if pad:
+            self.fh.write(b"\0" * pad)
+            self.offset += pad
+        self.fh.write(array.tobytes())
+        tensor = TensorProto()
+        tensor.name = name
+        tensor.data_type = NP_TO_ONNX[array.dtype]
+        tensor.dims.extend(array.shape)
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", self.path.name), ("offset", str(self.offset)),
+                           ("length", str(array.nbytes))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        self.offset += array.nbytes
+        self.refs[name] = tensor
+        return tensor
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class Graph:
+    """Builds one ONNX graph. ``op`` adds a node and returns its output name(s)."""
+
+    def __init__(self, weights: WeightFile) -> None:
+        self.weights = weights
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self._names: dict[str, int] = {}
+        self._consts: dict[tuple, str] = {}
+
+    def _fresh(self, hint: str) -> str:
+        n = self._names.get(hint, 0)
+        self._names[hint] = n + 1
+        return f"{hint}_{n}" if n else hint
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, name: str | None = None, **attrs: Any):
+        base = self._fresh(name or f"/{op_type}")
+        outs = [f"{base}/output_{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=base, **attrs))
+        return outs[0] if outputs == 1 else outs
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        """A tensor stored in the external-data file (weights, tables)."""
+        self.initializers.append(self.weights.add(name, array))
+        return name
+
+    def const(self, value: Any, dtype: Any = np.int64) -> str:
+        """A small constant stored inline (shapes, axes, scalars); deduplicated."""
+        array = np.asarray(value, dtype=dtype)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._consts:
+            name = self._fresh("const")
+            self.initializers.append(numpy_helper.from_array(array, name))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def input(self, name: str, elem_type: int, shape: list) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem_type, shape))
+        return name
+
+    def output(self, value: str, name: str, elem_type: int, shape: list) -> None:
+        self.nodes.append(helper.make_node("Identity", [value], [name], name=f"/output/{name}"))
+        self.outputs.append(helper.make_tensor_value_info(name, elem_type, shape))
+
+    def save(self, path: Path, doc: str, metadata: dict[str, str]) -> None:
+        outputs = sorted(self.outputs, key=lambda o: o.name != "logits")  # logits first, as optimum orders them
+        graph = helper.make_graph(self.nodes, "edgekit_decoder", self.inputs, outputs, self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name="edgekit", doc_string=doc)
+        model.ir_version = 8  # readable by onnxruntime >= 1.10 and its mobile builds
+        for k, v in metadata.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = k, v
+        # external tensors carry only a reference, so the protobuf stays small for any model size
+        onnx.save_model(model, str(path))
