@@ -122,7 +122,6 @@ def model_perplexity(model, ids: list[int], bos: int, window: int = 512) -> floa
 
 def main(argv: list[str] | None = None) -> None:
     import torch
-    from safetensors.torch import save_model
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -189,8 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"held-out perplexity: model {ppl:.2f}, unigram {uni:.2f} (ratio {ppl / uni:.3f}); {wall:.0f}s")
 
     model.config.dtype = "float32"
-    model.config.save_pretrained(out)
-    save_model(model, str(out / "model.safetensors"), metadata={"format": "pt"})
+    model.save_pretrained(out)  # writes config.json with architectures, and the tied weight once
     GenerationConfig(bos_token_id=bos, eos_token_id=[eos_chat, pad], pad_token_id=pad).save_pretrained(out)
     (out / "persuasion.txt").write_text("\n\n".join(held_out) + "\n")
     report = {
