@@ -1,0 +1,156 @@
+"""The generation loop shared by every backend: prefill, sample, decode, stream text, stop.
+
+Streaming detokenization uses the prefix/read offsets of Hugging Face text-generation-inference: the
+text of a token is what decoding ``ids[prefix:]`` adds to decoding ``ids[prefix:read]``, so tokenizers
+that change a token's text by context (SentencePiece's leading space) stream correctly, and nothing
+is emitted while the decoded text ends in U+FFFD, i.e. while a multi-byte UTF-8 character is still
+split across tokens. Stop strings are found in the decoded text; the tail that could be the start of a
+stop string is held back until it is known not to be one, so the caller never sees part of one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+from runtimes.engine import Engine
+from runtimes.sampling import Sampler, SamplingParams
+
+REPLACEMENT = "\ufffd"
+CONTEXT_TOKENS = 4  # prompt tokens kept in the stream decoder so the first piece decodes in context
+
+
+class StreamDecoder:
+    """Turns a stream of token ids into text deltas without ever emitting half a character."""
+
+    def __init__(self, detokenize: Callable[[Sequence[int]], str], context: Sequence[int] = ()) -> None:
+        self.detokenize = detokenize
+        self.ids = list(context[-CONTEXT_TOKENS:]) if CONTEXT_TOKENS else []
+        self.prefix = 0
+        self.read = len(self.ids)
+
+    def push(self, token: int) -> str:
+        """Add a token; returns the text it completes ('' while a character is incomplete)."""
+        self.ids.append(int(token))
+        before = self.detokenize(self.ids[self.prefix:self.read])
+        after = self.detokenize(self.ids[self.prefix:])
+        if len(after) > len(before) and not after.endswith(REPLACEMENT):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still pending at the end (an incomplete character comes out as U+FFFD)."""
+        before = self.detokenize(self.ids[self.prefix:self.read])
+        after = self.detokenize(self.ids[self.prefix:])
+        self.prefix = self.read = len(self.ids)
+        return after[len(before):] if len(after) > len(before) else ""
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of a stop string."""
+    best = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:k]):
+                best = k
+                break
+    return best
+
+
+@dataclass
+class Generation:
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)   # generated ids (stop/eos token not included)
+    prompt_tokens: int = 0         # tokens in the prompt
+    prompt_evaluated: int = 0      # of those, run through the model (the rest came from the KV cache)
+    eval_count: int = 0            # generated tokens
+    prompt_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    prompt_tps: float = 0.0        # evaluated prompt tokens per second
+    eval_tps: float = 0.0          # generated tokens per second
+    finish_reason: str = ""        # "stop" (eos or stop string) | "length" (max tokens) | "context" (window full)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def generate(engine: Engine, prompt: Sequence[int], params: SamplingParams | None = None, *, max_tokens: int = 256,
+             stop: Sequence[str] = (), on_text: Callable[[str], None] | None = None) -> Generation:
+    """Generate up to ``max_tokens`` after ``prompt`` (token ids), streaming text to ``on_text``."""
+    params = params or SamplingParams()
+    sampler = Sampler(params)
+    stops = [s for s in stop if s]
+    out = Generation(prompt_tokens=len(prompt))
+    t0 = time.perf_counter()
+    logits = engine.prefill(prompt)
+    t1 = time.perf_counter()
+    out.prompt_evaluated = engine.evaluated_last
+    out.prompt_seconds = t1 - t0
+    history = list(prompt)
+    stream = StreamDecoder(engine.detokenize, prompt)
+    text, emitted = "", 0
+
+    def emit(upto: int) -> None:
+        nonlocal emitted
+        if upto > emitted:
+            if on_text is not None:
+                on_text(text[emitted:upto])
+            emitted = upto
+
+    finish, cut = "length", False
+    while len(out.tokens) < max_tokens:
+        token = sampler(logits, history)
+        if token in engine.eos_ids:
+            finish = "stop"
+            break
+        out.tokens.append(token)
+        history.append(token)
+        text += stream.push(token)
+        if stops:
+            start = max(0, emitted - max(map(len, stops)))
+            hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+            if hits:
+                text = text[:min(hits)]
+                finish, cut = "stop", True
+                break
+            emit(len(text) - _held_back(text, stops))
+        else:
+            emit(len(text))
+        if len(out.tokens) >= max_tokens:
+            break
+        if engine.n_tokens >= engine.context_length:
+            finish = "context"
+            break
+        logits = engine.decode(token)
+    if not cut:
+        text += stream.flush()
+    emit(len(text))  # the held-back tail, now known not to start a stop string
+    t2 = time.perf_counter()
+    out.text = text
+    out.eval_count = len(out.tokens)
+    out.eval_seconds = t2 - t1
+    out.finish_reason = finish
+    out.prompt_tps = out.prompt_evaluated / out.prompt_seconds if out.prompt_seconds > 0 else 0.0
+    out.eval_tps = out.eval_count / out.eval_seconds if out.eval_seconds > 0 else 0.0
+    return out
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling plus the loop's limits in one object (for callers such as the demo)."""
+
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+def chat(engine: Engine, messages: list[dict], params: GenerationParams | None = None,
+         on_text: Callable[[str], None] | None = None) -> Generation:
+    """One answer to ``messages`` rendered with the model's chat template (KV cache reused as always)."""
+    from runtimes.chat import prompt_tokens
+
+    params = params or GenerationParams()
+    return generate(engine, prompt_tokens(engine, messages), params.sampling, max_tokens=params.max_tokens,
+                    stop=params.stop, on_text=on_text)

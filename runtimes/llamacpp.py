@@ -1,0 +1,185 @@
+"""GGUF through llama.cpp (llama-cpp-python's ``Llama`` for loading; decoding driven directly).
+
+Only the pieces the Engine needs are used: the context's ``decode`` on a batch that asks for the last
+token's logits only (``logits_all=False``, so prefill does not compute or copy a vocab-sized row per
+prompt token), ``get_logits()`` read in place, and truncation the way ``Llama.eval`` does it
+(``kv_cache_seq_rm`` from position n, then ``n_tokens = n``). ``Llama.n_tokens`` / ``input_ids`` are
+kept in step so the ``Llama`` object stays coherent. Chat template, BOS and end-of-generation tokens
+come from the GGUF's own metadata and vocabulary.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from runtimes.devices import Selection, physical_cores
+from runtimes.engine import Engine
+
+DEFAULT_CONTEXT = 4096  # KV slots when the caller does not ask: the model's window, capped (memory)
+GGUF_MAGIC = b"GGUF"
+
+
+
+_SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def trained_context(path: Path) -> int | None:
+    """``{arch}.context_length`` from the GGUF header, read directly: llama.cpp only tells after a context
+    of some size exists (and warns if it is larger), and gguf's GGUFReader parses the whole vocabulary."""
+    import struct
+
+    def read(fh, fmt: str):
+        size = struct.calcsize("<" + fmt)
+        data = fh.read(size)
+        if len(data) != size:
+            raise EOFError
+        return struct.unpack("<" + fmt, data)[0]
+
+    def skip(fh, vtype: int) -> None:
+        if vtype == 8:  # string
+            fh.seek(read(fh, "Q"), 1)
+        elif vtype == 9:  # array: element type, count, elements
+            etype, count = read(fh, "I"), read(fh, "Q")
+            if etype in _SCALAR:
+                fh.seek(count * struct.calcsize("<" + _SCALAR[etype]), 1)
+            else:
+                for _ in range(count):
+                    skip(fh, etype)
+        else:
+            fh.seek(struct.calcsize("<" + _SCALAR[vtype]), 1)
+
+    try:
+        with path.open("rb") as fh:
+            if fh.read(4) != GGUF_MAGIC:
+                return None
+            read(fh, "I")
+            read(fh, "Q")
+            for _ in range(read(fh, "Q")):
+                key = fh.read(read(fh, "Q")).decode("utf-8", "replace")
+                vtype = read(fh, "I")
+                if key.endswith(".context_length") and vtype in _SCALAR:
+                    return int(read(fh, _SCALAR[vtype]))
+                skip(fh, vtype)
+    except (EOFError, KeyError, OSError, struct.error, MemoryError):
+        return None
+    return None
+
+
+def _diagnose(path: Path) -> str:
+    """Why llama.cpp refused ``path``, in one clause (it only says 'failed to load')."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != GGUF_MAGIC:
+        return f"not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})"
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as err:  # the reader fails on a header cut short, or when mapping tensor data that is absent
+        import traceback
+
+        frames = {f.name for f in traceback.extract_tb(err.__traceback__)}
+        if "_build_tensors" in frames:
+            return f"truncated: its tensor data runs past the end of the file ({size} bytes)"
+        return f"corrupt GGUF header ({type(err).__name__}: {str(err).splitlines()[0][:100]})"
+    if end > size:
+        return f"truncated: tensor data needs {end} bytes but the file has {size}"
+    return "llama.cpp could not load it (unsupported architecture or tensor type?)"
+
+
+class LlamaCppEngine(Engine):
+    kind = "gguf"
+
+    def __init__(self, path: Path, selection: Selection, threads: int | None = None,
+                 context: int | None = None) -> None:
+        super().__init__()
+        try:
+            import llama_cpp
+        except ImportError:
+            raise EdgekitError("llama-cpp-python is not installed", "pip install 'edgekit[llamacpp]'") from None
+        self._lib = llama_cpp
+        self.path, self.selection = str(path), selection
+        with path.open("rb") as fh:
+            if fh.read(4) != GGUF_MAGIC:
+                raise EdgekitError(f"{path}: {_diagnose(path)}", "pass a .gguf file written by edgekit convert")
+        n_threads = threads or physical_cores()
+        train_ctx = trained_context(path)
+        if context is not None and train_ctx and context > train_ctx:
+            raise EdgekitError(f"--context {context} exceeds the model's {train_ctx} positions",
+                               f"pass --context {train_ctx} or less")
+        n_ctx = context or min(train_ctx or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+        try:
+            self.llm = llama_cpp.Llama(
+                str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                n_gpu_layers=selection.gpu_layers, logits_all=False, verbose=False)
+        except (ValueError, RuntimeError, OSError) as err:
+            raise EdgekitError(f"cannot load {path}: {_diagnose(path)}",
+                               "re-create the file with edgekit convert --to gguf") from err
+        self.threads = n_threads
+        train_ctx = self.llm._model.n_ctx_train()
+        # llama.cpp rounds n_ctx up (to 256): the window asked for (or the model's, if smaller) is enforced
+        self.context_length = min(n_ctx, self.llm.n_ctx(), train_ctx or n_ctx)
+        self.vocab_size = self.llm.n_vocab()
+        self._n_batch = self.llm.n_batch
+        model = self.llm._model
+        meta = self.llm.metadata
+        self.chat_template = meta.get("tokenizer.chat_template")
+        bos, eos = self.llm.token_bos(), self.llm.token_eos()
+        self.bos_id = bos if bos >= 0 else None
+        self.bos_token = model.token_get_text(bos) if bos >= 0 else None
+        self.eos_token = model.token_get_text(eos) if eos >= 0 else None
+        vocab = model.vocab
+        self.eos_ids = frozenset(t for t in range(self.vocab_size) if llama_cpp.llama_vocab_is_eog(vocab, t))
+        self._vocab = vocab
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+
+    # -- tokenizer --------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = self._piece_buf
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            if n < 0:  # longer than the buffer: llama.cpp returns minus the size it needs
+                buf = ctypes.create_string_buffer(-n)
+                n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            piece = self._pieces[token] = buf.raw[:n]
+        return piece
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self._piece(int(t)) for t in tokens).decode("utf-8", errors="replace")
+
+    # -- model ------------------------------------------------------------------------------------
+    def _forward(self, tokens: list[int]) -> np.ndarray:
+        llm = self.llm
+        for i in range(0, len(tokens), self._n_batch):
+            chunk = tokens[i:i + self._n_batch]
+            n_past = llm.n_tokens
+            llm._batch.set_batch(batch=chunk, n_past=n_past, logits_all=False)
+            llm._ctx.decode(llm._batch)
+            llm.input_ids[n_past:n_past + len(chunk)] = chunk
+            llm.n_tokens = n_past + len(chunk)
+        # one row: only the batch's last token asked for logits; copied because the next decode reuses it
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(self.vocab_size,)).copy()
+
+    def _truncate(self, n: int) -> None:
+        self.llm._ctx.kv_cache_seq_rm(-1, n, -1)
+        self.llm.n_tokens = n
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None and hasattr(llm, "close"):
+            llm.close()
+
+    def system_info(self) -> str:
+        return self._lib.llama_print_system_info().decode()

@@ -1,0 +1,239 @@
+"""edgekit ONNX directories through onnxruntime, with the KV cache held across calls.
+
+The I/O contract is converters/onnx's (optimum's names). Two graph kinds:
+
+* dynamic (``model.onnx`` with symbolic dims): ``present`` = past + new, made by the graph's Concat.
+  The present OrtValues are bound straight back as the next call's past (IO binding), so the cache
+  never goes through numpy between steps; the Concat inside the graph is the only copy, and it is
+  the graph's contract.
+* static (``--static``): ``model.onnx`` takes C-token chunks, ``decode.onnx`` one token, KV inputs are
+  fixed buffers of ``context`` slots and ``present`` holds only the chunk's new K/V. The buffers are
+  preallocated numpy arrays bound once as OrtValues (zero-copy on the CPU provider); each step binds
+  preallocated small outputs, then the host writes the new K/V at slot = position. A decode step thus
+  moves one token's K/V, never the cache. Truncation only shortens the attention mask.
+
+Tokenizer: the ``tokenizers`` library on tokenizer.json; chat template via edgekit.tokenizer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from runtimes.devices import Selection, physical_cores
+from runtimes.engine import Engine
+from runtimes.hftokenizer import HFTokenizer, read_json
+
+_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+       "tensor(int32)": np.int32}
+
+
+def _model_path(path: Path) -> Path:
+    return path if path.is_file() else path / "model.onnx"
+
+
+def is_static(path: Path) -> bool:
+    """Whether the export has fixed shapes (read from the graph's inputs, not trusted from names)."""
+    import onnx
+
+    model_file = _model_path(path)
+    if not model_file.exists():
+        raise EdgekitError(f"{path} has no model.onnx", "pass a directory written by edgekit convert --to onnx")
+    try:
+        model = onnx.load(str(model_file), load_external_data=False)
+    except Exception as err:
+        raise EdgekitError(f"{model_file} is not a valid ONNX model ({type(err).__name__})",
+                           "re-create it with edgekit convert --to onnx") from None
+    ids = next((i for i in model.graph.input if i.name == "input_ids"), None)
+    if ids is None:
+        raise EdgekitError(f"{model_file} has no input_ids input", "pass an edgekit / optimum decoder export")
+    return all(d.HasField("dim_value") for d in ids.type.tensor_type.shape.dim)
+
+
+def _session(path: Path, selection: Selection, threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or physical_cores()
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        # the same trade as llama.cpp's OpenMP wait policy (runtimes/__init__.py): onnxruntime's pool threads
+        # spin between ops by default, which halves decode speed on a busy shared host (SmolLM2 fp32, 2 cores:
+        # 8.1 -> 15.8 tokens/s) and gains ~3% on an idle one (24.0 vs 23.2); OMP_WAIT_POLICY=ACTIVE spins
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), so, providers=selection.providers)
+    except Exception as err:  # onnxruntime raises its own Fail / InvalidGraph / NoSuchFile types
+        raise EdgekitError(f"onnxruntime cannot load {path}: {str(err).splitlines()[0][:200]}",
+                           "re-create the directory with edgekit convert --to onnx") from None
+
+
+class _StaticRunner:
+    """One static graph (chunk of ``tokens``) with its inputs and outputs bound to preallocated arrays."""
+
+    def __init__(self, sess: Any, k: np.ndarray, v: np.ndarray) -> None:
+        import onnxruntime as ort
+
+        self.sess = sess
+        inputs = {i.name: i for i in sess.get_inputs()}
+        outputs = {o.name: o for o in sess.get_outputs()}
+        self.tokens = int(inputs["input_ids"].shape[1])
+        layers, _, kv_heads, context, head_dim = k.shape
+        index_type = _NP[inputs["input_ids"].type]
+        self.ids = np.zeros((1, self.tokens), index_type)
+        self.mask = np.zeros((1, context + self.tokens), _NP[inputs["attention_mask"].type])
+        self.pos = np.zeros((1, self.tokens), _NP[inputs["position_ids"].type])
+        self.logits = np.zeros(outputs["logits"].shape, _NP[outputs["logits"].type])
+        self.present = [(np.zeros((1, kv_heads, self.tokens, head_dim), k.dtype),
+                         np.zeros((1, kv_heads, self.tokens, head_dim), k.dtype)) for _ in range(layers)]
+        self._keep: list[Any] = []  # OrtValues do not own numpy memory: keep both alive together
+        binding = sess.io_binding()
+
+        def bind_in(name: str, arr: np.ndarray) -> None:
+            value = ort.OrtValue.ortvalue_from_numpy(arr)
+            self._keep.append(value)
+            binding.bind_ortvalue_input(name, value)
+
+        def bind_out(name: str, arr: np.ndarray) -> None:
+            value = ort.OrtValue.ortvalue_from_numpy(arr)
+            self._keep.append(value)
+            binding.bind_ortvalue_output(name, value)
+
+        bind_in("input_ids", self.ids)
+        bind_in("attention_mask", self.mask)
+        bind_in("position_ids", self.pos)
+        for i in range(layers):
+            bind_in(f"past_key_values.{i}.key", k[i])
+            bind_in(f"past_key_values.{i}.value", v[i])
+            bind_out(f"present.{i}.key", self.present[i][0])
+            bind_out(f"present.{i}.value", self.present[i][1])
+        bind_out("logits", self.logits)
+        self.binding = binding
+
+
+class OnnxEngine(Engine):
+    kind = "onnx"
+
+    def __init__(self, path: Path, selection: Selection, threads: int | None = None,
+                 context: int | None = None) -> None:
+        super().__init__()
+        directory = path if path.is_dir() else path.parent
+        self.path, self.selection = str(path), selection
+        self.static = is_static(path)
+        tok = HFTokenizer(directory)
+        self._tok = tok.tok
+        self.bos_token, self.eos_token, self.bos_id = tok.bos_token, tok.eos_token, tok.bos_id
+        self.eos_ids, self.chat_template = tok.eos_ids, tok.chat_template
+        self.threads = threads or physical_cores()
+        sess = _session(_model_path(path), selection, threads)
+        inputs = {i.name: i for i in sess.get_inputs()}
+        self.layers = sum(1 for n in inputs if n.startswith("past_key_values.") and n.endswith(".key"))
+        if not self.layers or "logits" not in {o.name for o in sess.get_outputs()}:
+            raise EdgekitError(f"{path} is not a decoder with KV cache (no past_key_values inputs / logits output)",
+                               "export with edgekit convert --to onnx")
+        past = inputs["past_key_values.0.key"]
+        self.kv_dtype = _NP[past.type]
+        self.vocab_size = int(sess.get_outputs()[0].shape[-1]) if isinstance(sess.get_outputs()[0].shape[-1], int) \
+            else self._tok.get_vocab_size()
+        kv_heads, head_dim = int(past.shape[1]), int(past.shape[3])
+        if self.static:
+            slots = int(past.shape[2])
+            if context is not None and context != slots:
+                raise EdgekitError(f"this static export has a fixed context of {slots} tokens, not {context}",
+                                   f"drop --context, or re-export with --static --context {context}")
+            self.context_length = slots
+            self.k = np.zeros((self.layers, 1, kv_heads, slots, head_dim), self.kv_dtype)
+            self.v = np.zeros_like(self.k)
+            self._chunk = _StaticRunner(sess, self.k, self.v)
+            decode_file = directory / "decode.onnx"
+            self._one = _StaticRunner(_session(decode_file, selection, threads), self.k, self.v) \
+                if decode_file.exists() and path.is_dir() else self._chunk
+        else:
+            import onnxruntime as ort
+
+            manifest = read_json(directory / "edgekit.json")
+            config = read_json(directory / "config.json")
+            limit = manifest.get("context_length") or config.get("max_position_embeddings") or 2048
+            if context is not None and context > limit:
+                raise EdgekitError(f"--context {context} exceeds the model's {limit} positions",
+                                   f"pass --context {limit} or less")
+            self.context_length = int(context or limit)
+            self._sess = sess
+            self._index = {n: _NP[inputs[n].type] for n in ("input_ids", "attention_mask", "position_ids")
+                           if n in inputs}
+            self._ort = ort
+            empty = np.zeros((1, kv_heads, 0, head_dim), self.kv_dtype)
+            self._empty = empty
+            self._past = [ort.OrtValue.ortvalue_from_numpy(empty) for _ in range(2 * self.layers)]
+            self._out_names = [o.name for o in sess.get_outputs()]
+
+    # -- tokenizer --------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=add_special).ids)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self._tok.decode([int(t) for t in tokens], skip_special_tokens=True)
+
+    # -- model ------------------------------------------------------------------------------------
+    def _forward(self, tokens: list[int]) -> np.ndarray:
+        return self._forward_static(tokens) if self.static else self._forward_dynamic(tokens)
+
+    def _forward_dynamic(self, tokens: list[int]) -> np.ndarray:
+        p, n = self.n_tokens, len(tokens)
+        binding = self._sess.io_binding()
+        binding.bind_cpu_input("input_ids", np.array([tokens], self._index["input_ids"]))
+        if "attention_mask" in self._index:
+            binding.bind_cpu_input("attention_mask", np.ones((1, p + n), self._index["attention_mask"]))
+        if "position_ids" in self._index:
+            binding.bind_cpu_input("position_ids", np.arange(p, p + n, dtype=self._index["position_ids"])[None])
+        for i in range(self.layers):
+            binding.bind_ortvalue_input(f"past_key_values.{i}.key", self._past[2 * i])
+            binding.bind_ortvalue_input(f"past_key_values.{i}.value", self._past[2 * i + 1])
+        for name in self._out_names:
+            binding.bind_output(name, "cpu")
+        self._sess.run_with_iobinding(binding)
+        outs = dict(zip(self._out_names, binding.get_outputs(), strict=True))
+        self._past = [outs[f"present.{i}.{kv}"] for i in range(self.layers) for kv in ("key", "value")]
+        return outs["logits"].numpy()[0, -1].astype(np.float32)
+
+    def _forward_static(self, tokens: list[int]) -> np.ndarray:
+        logits = None
+        i = 0
+        while i < len(tokens):
+            runner = self._one if len(tokens) - i == 1 else self._chunk
+            m = min(runner.tokens, len(tokens) - i)
+            logits = self._run_static(runner, tokens[i:i + m])
+            i += m
+        return logits
+
+    def _run_static(self, r: _StaticRunner, tokens: list[int]) -> np.ndarray:
+        # _static_pos, not n_tokens: a prefill's earlier chunks are not in the Engine's record yet
+        p, m, n = self._static_pos, len(tokens), self.context_length
+        r.ids[0, :m] = tokens
+        r.ids[0, m:] = 0
+        r.mask[0, :p] = 1
+        r.mask[0, p:] = 0
+        r.mask[0, n:n + m] = 1
+        r.pos[0] = np.arange(p, p + r.tokens)
+        r.sess.run_with_iobinding(r.binding)
+        for layer in range(self.layers):
+            self.k[layer][:, :, p:p + m] = r.present[layer][0][:, :, :m]
+            self.v[layer][:, :, p:p + m] = r.present[layer][1][:, :, :m]
+        self._static_pos = p + m
+        return r.logits[0, m - 1].astype(np.float32)
+
+    _static_pos = 0
+
+    def _truncate(self, n: int) -> None:
+        if self.static:
+            self._static_pos = n  # slots past n are masked out and overwritten before being read
+            return
+        ort = self._ort
+        self._past = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :n]))
+                      for v in self._past]
