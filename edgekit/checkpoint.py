@@ -127,7 +127,7 @@ class _SafetensorsFiles:
         for f in files:
             if not f.exists():
                 raise EdgekitError(f"weights file {f} is missing", "re-download the checkpoint")
-            _check_safetensors_size(f)
+            offsets = _validated_offsets(f)
             try:
                 handle = safe_open(str(f), framework="pt")
                 for name in handle.keys():
@@ -139,7 +139,7 @@ class _SafetensorsFiles:
                 raise EdgekitError(f"cannot read safetensors file {f}: {str(exc).splitlines()[0]}",
                                    "the file is corrupt or truncated; re-download or re-save it") from None
             self.handles[f] = handle
-            self.offsets.update(_data_offsets(f))
+            self.offsets.update(offsets)
 
     def get(self, name: str):
         info = self.index[name]
@@ -170,16 +170,11 @@ class _SafetensorsFiles:
         return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
 
 
-def _data_offsets(path: Path) -> dict[str, tuple[int, int]]:
-    with path.open("rb") as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(n))
-    return {k: (8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1]) for k, v in header.items()
-            if k != "__metadata__"}
+def _validated_offsets(path: Path) -> dict[str, tuple[int, int]]:
+    """Absolute byte range of each tensor's data, from the header parsed once.
 
-
-def _check_safetensors_size(path: Path) -> None:
-    """Refuse a file shorter than its header declares: safetensors would fail later, mid-conversion."""
+    Refuses a file shorter than its header declares: safetensors would fail later, mid-conversion.
+    """
     size = path.stat().st_size
     with path.open("rb") as fh:
         head = fh.read(8)
@@ -196,11 +191,13 @@ def _check_safetensors_size(path: Path) -> None:
                                "re-download or re-save it") from None
     if not isinstance(header, dict):
         raise EdgekitError(f"safetensors file {path} has a corrupt header", "re-download or re-save it")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
-               and "data_offsets" in v), default=0)
-    if 8 + n + end > size:
-        raise EdgekitError(f"safetensors file {path} is truncated: {size} bytes, its header needs {8 + n + end}",
+    ranges = {k: (8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1]) for k, v in header.items()
+              if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v}
+    end = max((stop for _, stop in ranges.values()), default=8 + n)
+    if end > size:
+        raise EdgekitError(f"safetensors file {path} is truncated: {size} bytes, its header needs {end}",
                            "re-download or re-save it")
+    return ranges
 
 
 class _PickleFiles:
