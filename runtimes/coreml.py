@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.tokenizer import read_json
 from runtimes.devices import Selection
 from runtimes.engine import Engine
-from runtimes.hftokenizer import HFTokenizer, read_json
+from runtimes.hftokenizer import HFTokenizer
 
 
 class CoreMLEngine(Engine):

@@ -4,19 +4,10 @@ chat template via :func:`edgekit.tokenizer.chat_template`."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from edgekit.errors import EdgekitError
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+from edgekit.tokenizer import chat_template, read_json
 
 
 class HFTokenizer:
@@ -24,8 +15,6 @@ class HFTokenizer:
 
     def __init__(self, directory: Path) -> None:
         from tokenizers import Tokenizer
-
-        from edgekit.tokenizer import chat_template
 
         file = directory / "tokenizer.json"
         if not file.exists():

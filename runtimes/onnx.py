@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.tokenizer import read_json
 from runtimes.devices import Selection, physical_cores
 from runtimes.engine import Engine
-from runtimes.hftokenizer import HFTokenizer, read_json
+from runtimes.hftokenizer import HFTokenizer
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
        "tensor(int32)": np.int32}
