@@ -142,15 +142,21 @@ def tiny(tiny_dir):
     return tiny_dir
 
 
+def _run_greedy_32(artifact, ref: list[int]) -> dict:
+    """``edgekit run --json`` for 32 greedy tokens; they must be transformers' (up to an earlier EOS)."""
+    got = run_json(artifact, "-p", PROMPT, "-n", "32")
+    assert got["tokens"] == ref[:len(got["tokens"])], artifact
+    assert len(got["tokens"]) == 32 or got["finish_reason"] == "stop", artifact
+    return got
+
+
 def test_tiny_32_greedy_tokens_identical_across_transformers_gguf_onnx(tiny, tmp_path):
     prompt = hf_prompt(tiny, PROMPT)
     ref = hf_greedy(tiny, prompt, 32)
     for art in (convert(tiny, tmp_path / "tiny-f32.gguf", "--to", "gguf", "--outtype", "f32"),
                 convert(tiny, tmp_path / "tiny-onnx", "--to", "onnx", "--dtype", "fp32")):
-        got = run_json(art, "-p", PROMPT, "-n", "32")
+        got = _run_greedy_32(art, ref)
         assert got["prompt_tokens"] == len(prompt), art
-        assert got["tokens"] == ref[:len(got["tokens"])], art
-        assert len(got["tokens"]) == 32 or got["finish_reason"] == "stop", art
 
 
 @pytest.mark.slow
@@ -159,9 +165,7 @@ def test_smollm2_f16_greedy_tokens_identical_across_backends(smollm2_dir, tmp_pa
     ref = hf_greedy(smollm2_dir, prompt, 32)
     for art in (convert(smollm2_dir, tmp_path / "smol-f16.gguf", "--to", "gguf", "--outtype", "f16"),
                 convert(smollm2_dir, tmp_path / "smol-onnx", "--to", "onnx", "--dtype", "fp16")):
-        got = run_json(art, "-p", PROMPT, "-n", "32")
-        assert got["tokens"] == ref[:len(got["tokens"])], art
-        assert len(got["tokens"]) == 32 or got["finish_reason"] == "stop", art
+        _run_greedy_32(art, ref)
 
 
 # -- Core ML ----------------------------------------------------------------------------------------
