@@ -2,7 +2,8 @@
 
 A reference is a local Hugging Face directory (``config.json`` plus ``model.safetensors`` or a
 sharded ``model.safetensors.index.json``) or a hub id ``org/name[@revision]``. Tensors are read one at
-a time through ``safetensors.safe_open`` (memory-mapped), so nothing ever holds the whole model.
+a time (headers through ``safetensors.safe_open``, data with plain reads), so nothing ever holds the
+whole model; :meth:`Checkpoint.array` serves numpy without importing torch, :meth:`Checkpoint.get` torch.
 Every problem found while opening (missing files, corrupt or truncated safetensors, pickle weights,
 an adapter that does not fit) is raised as :class:`EdgekitError` before any work starts.
 """
@@ -105,8 +106,16 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-_PLAIN_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
+# safetensors dtype -> numpy dtype of the stored bits (numpy has no bfloat16: BF16 bits are read as uint16)
+_NUMPY_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "uint16", "F64": "float64", "I64": "int64",
                  "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def widen_bf16(bits):
+    """BF16 bits (uint16 array) as float32, exactly: bfloat16 is the top half of a float32."""
+    import numpy as np
+
+    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 class _SafetensorsFiles:
@@ -115,7 +124,7 @@ class _SafetensorsFiles:
     Tensors are read with plain ``readinto`` calls rather than through safetensors' memory map: pages
     touched through an mmap stay resident in the process, so streaming a whole checkpoint would leave
     RSS at the checkpoint's size; a plain read keeps it at the largest live tensor (the page cache
-    still serves repeated reads).
+    still serves repeated reads). Reads go to numpy, so converters that need no torch never import it.
     """
 
     def __init__(self, files: list[Path]) -> None:
@@ -129,7 +138,7 @@ class _SafetensorsFiles:
                 raise EdgekitError(f"weights file {f} is missing", "re-download the checkpoint")
             offsets = _validated_offsets(f)
             try:
-                handle = safe_open(str(f), framework="pt")
+                handle = safe_open(str(f), framework="numpy")
                 for name in handle.keys():
                     sl = handle.get_slice(name)
                     self.index[name] = TensorInfo(name, tuple(sl.get_shape()), str(sl.get_dtype()), f)
@@ -141,33 +150,68 @@ class _SafetensorsFiles:
             self.handles[f] = handle
             self.offsets.update(offsets)
 
-    def get(self, name: str):
+    def byte_range(self, name: str) -> tuple[Path, int, int] | None:
+        """(file, start, end) of the tensor's stored little-endian bytes, when they are plain."""
         info = self.index[name]
+        if info.dtype not in _NUMPY_DTYPES or name not in self.offsets:
+            return None
+        return (info.file, *self.offsets[name])
+
+    def raw(self, name: str):
+        """The stored bits as a numpy array (BF16 as uint16), or None for dtypes numpy cannot hold."""
+        info = self.index[name]
+        where = self.byte_range(name)
+        if where is None:
+            return None
+        import numpy as np
+
         try:
-            if info.dtype in _PLAIN_DTYPES and name in self.offsets:
-                return self._read_plain(info, *self.offsets[name])
-            return self.handles[info.file].get_tensor(name)
+            return np.frombuffer(_read_bytes(*where), dtype=_NUMPY_DTYPES[info.dtype]).reshape(info.shape)
         except Exception as exc:
             raise EdgekitError(f"cannot read tensor {name} from {info.file}: {exc}",
                                "the file is corrupt; re-download it") from None
 
-    @staticmethod
-    def _read_plain(info: TensorInfo, start: int, end: int):
+    def array(self, name: str):
+        """The tensor as numpy: stored dtype, BF16 widened to float32, other exotic types through torch."""
+        bits = self.raw(name)
+        if bits is None:
+            return self.get(name).float().numpy()
+        return widen_bf16(bits) if self.index[name].dtype == "BF16" else bits
+
+    def get(self, name: str):
+        """The tensor as torch."""
         import torch
 
-        dtype = getattr(torch, _PLAIN_DTYPES[info.dtype])
-        if end == start:
-            return torch.empty(info.shape, dtype=dtype)
-        buf = bytearray(end - start)
-        with info.file.open("rb", buffering=0) as fh:
-            fh.seek(start)
-            view, got = memoryview(buf), 0
-            while got < len(buf):
-                n = fh.readinto(view[got:])
-                if not n:
-                    raise OSError(f"file ended while reading {info.name}")
-                got += n
-        return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
+        bits = self.raw(name)
+        if bits is not None:
+            t = torch.from_numpy(bits)
+            return t.view(torch.bfloat16) if self.index[name].dtype == "BF16" else t
+        info = self.index[name]
+        try:
+            return safe_torch(info.file, name)
+        except Exception as exc:
+            raise EdgekitError(f"cannot read tensor {name} from {info.file}: {exc}",
+                               "the file is corrupt; re-download it") from None
+
+
+def safe_torch(file: Path, name: str):
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as fh:
+        return fh.get_tensor(name)
+
+
+def _read_bytes(file: Path, start: int, end: int) -> bytearray:
+    buf = bytearray(end - start)
+    with file.open("rb", buffering=0) as fh:
+        fh.seek(start)
+        view, got = memoryview(buf), 0
+        while got < len(buf):
+            n = fh.readinto(view[got:])
+            if not n:
+                raise OSError(f"file ended at byte {start + got}")
+            got += n
+    return buf
 
 
 def _validated_offsets(path: Path) -> dict[str, tuple[int, int]]:
@@ -220,6 +264,15 @@ class _PickleFiles:
 
     def get(self, name: str):
         return self.tensors[name]
+
+    def array(self, name: str):
+        import torch
+
+        t = self.tensors[name]
+        return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+    def byte_range(self, name: str) -> None:
+        return None
 
 
 def _torch_dtype_name(dtype) -> str:
@@ -391,6 +444,28 @@ class Checkpoint:
                 tensor = tensor.float() + self.adapter.delta(name)
             tensor = tensor.to(dtype)
         return tensor
+
+    def _adapted(self, name: str) -> bool:
+        return self.adapter is not None and (name in self.adapter.pairs or name in self.adapter.replaced)
+
+    def array(self, name: str):
+        """The tensor ``name`` as a numpy array (adapter merged): its stored dtype, except BF16, which
+        numpy cannot hold, widened exactly to float32. Without an adapter this never imports torch."""
+        if name not in self._store.index:
+            raise KeyError(name)
+        if not self._adapted(name):
+            return self._store.array(name)
+        t = self.get(name)
+        import torch
+
+        return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+    def byte_range(self, name: str) -> tuple[Path, int, int] | None:
+        """(file, start, end) holding the tensor's stored bytes unchanged (little-endian, row-major), or
+        None when there is no such range (pickle weights, exotic dtypes, a tensor the adapter changes)."""
+        if name not in self._store.index:
+            raise KeyError(name)
+        return None if self._adapted(name) else self._store.byte_range(name)
 
     def iter_tensors(self) -> Iterator[tuple[str, Any]]:
         """Yield (name, tensor) one at a time, in file order."""

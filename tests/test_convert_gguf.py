@@ -141,6 +141,79 @@ def test_q8_0_tensors_are_q8_0(random_model, tmp_path):
 
 
 # ---- tokenizer ------------------------------------------------------------------------------------
+# ---- streaming: the fast paths write what the plain path writes ---------------------------------
+def _recast(src: Path, dst: Path, dtype: str) -> Path:
+    """A copy of the model at ``src`` with its weights stored as ``dtype`` (float16, bfloat16)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    tensors = {k: v.to(getattr(torch, dtype)) for k, v in load_file(str(src / "model.safetensors")).items()}
+    save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+@pytest.mark.parametrize("arch", ["llama", "mixtral"])
+def test_chunked_and_copied_tensors_equal_whole_ones(arch, random_model, tmp_path, monkeypatch):
+    """Row chunks across threads, kernel copies and their read/write fallback give the same bytes as
+    encoding each tensor whole, for f32 and bf16 checkpoints and every output type."""
+    from converters.gguf import base, stream
+
+    sources = {"f32": random_model(arch), "bf16": _recast(random_model(arch), tmp_path / "bf16", "bfloat16")}
+
+    def run(src: Path, outtype: str, name: str) -> bytes:
+        out = tmp_path / name
+        base.convert(str(src), str(out), adapter=None, allow_pickle=False, force=True, progress=False,
+                     outtype=outtype)
+        return out.read_bytes()
+
+    for kind, src in sources.items():
+        for outtype in ("f32", "f16", "bf16", "q8_0"):
+            whole = run(src, outtype, "whole.gguf")
+            with monkeypatch.context() as m:
+                m.setattr(stream, "_CHUNK", 96)  # several chunks per row block, ragged last chunk
+                m.setattr(stream.os, "copy_file_range", _no_copy_file_range, raising=False)
+                chunked = run(src, outtype, "chunked.gguf")
+            assert chunked == whole, (kind, outtype)
+
+
+def _no_copy_file_range(*args):
+    import errno
+
+    raise OSError(errno.EXDEV, "cross-device link")
+
+
+def test_copy_path_is_taken_and_torch_is_not_imported(random_model, tmp_path):
+    """An f16 checkpoint to F16 copies every untransformed matrix as stored, and the whole conversion
+    runs with torch made unimportable (the CLI process and the tokenizer's child)."""
+    src = _recast(random_model("llama"), tmp_path / "f16", "float16")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")
+    env = {"PYTHONPATH": str(hook) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = tmp_path / "m.gguf"
+    proc = run_cli("convert", str(src), "--to", "gguf", "--outtype", "f16", "-o", str(out), "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    # q/k are permuted and norms stay F32; every other matrix is copied
+    n_layers = json.loads((src / "config.json").read_text())["num_hidden_layers"]
+    assert summary["copied"] == summary["types"]["F16"] - 2 * n_layers
+    ids = input_ids(json.loads((src / "config.json").read_text())["vocab_size"])
+    assert int((gguf_logits(out, ids).argmax(-1) == hf_logits(src, ids).argmax(-1)).sum()) >= 15
+
+
+def test_tokenizer_facts_same_in_child_process(tiny_dir, random_model, tmp_path):
+    """The tokenizer measured in a child process without torch equals the one measured in this process."""
+    from dataclasses import asdict
+
+    from converters.gguf import hf_tokenizer
+    from edgekit.models.random import build
+
+    spm = build("llama", tmp_path / "spm", tokenizer="sentencepiece")
+    for d in (tiny_dir, random_model("qwen2"), spm):
+        assert asdict(hf_tokenizer.start(d, child=True).result()) == asdict(hf_tokenizer.measure(d)), d
+
+
 def _tokenizer_parity(src: Path, gguf_path: Path, texts: list[str]) -> list[tuple[str, list[int], list[int]]]:
     from transformers import AutoTokenizer
 
@@ -415,19 +488,20 @@ def test_destination_not_writable(random_model, tmp_path):
 
 
 def test_disk_full_while_writing(random_model, tmp_path):
-    """ENOSPC in the middle of the tensor data (a patched GGUFWriter, loaded by sitecustomize)."""
+    """ENOSPC in the middle of the tensor data (GGUFWriter's padding after each tensor patched to raise it,
+    loaded by sitecustomize)."""
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
         "import errno, gguf\n"
-        "_orig = gguf.GGUFWriter.write_tensor_data\n"
+        "_orig = gguf.GGUFWriter.write_padding\n"
         "_n = [0]\n"
         "def _full(self, *a, **k):\n"
         "    _n[0] += 1\n"
-        "    if _n[0] > 3:\n"
+        "    if _n[0] > 5:\n"
         "        raise OSError(errno.ENOSPC, 'No space left on device')\n"
         "    return _orig(self, *a, **k)\n"
-        "gguf.GGUFWriter.write_tensor_data = _full\n")
+        "gguf.GGUFWriter.write_padding = _full\n")
     env = {"PYTHONPATH": str(hook) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = tmp_path / "o.gguf"
     proc = run_cli("convert", str(random_model("llama")), "--to", "gguf", "-o", str(out), env=env)

@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import gguf
+import numpy as np
 
-from converters.gguf.base import Q, general_metadata, write_gguf
+from converters.gguf.base import general_metadata
 from converters.gguf.model import Job, Model
+from converters.gguf.stream import plan, write_gguf
+from converters.gguf.types import Q
 from edgekit.checkpoint import Checkpoint
 from edgekit.errors import EdgekitError
 
@@ -29,8 +32,11 @@ class _AdapterTensors:
         self.tensors = self.adapter.files.index
         self.path = ckpt.path
 
-    def get(self, name: str):
-        return self.adapter.files.get(name)
+    def array(self, name: str):
+        return self.adapter.files.array(name)
+
+    def byte_range(self, name: str):
+        return self.adapter.files.byte_range(name)
 
 
 def write_adapter(ckpt: Checkpoint, fam: Model, adapter_ref: str, dest: Path, *, force: bool, outtype: Q,
@@ -58,7 +64,7 @@ def write_adapter(ckpt: Checkpoint, fam: Model, adapter_ref: str, dest: Path, *,
                                "convert with --adapter (merged) instead")
         jobs.append(Job(job.name + ".lora_a", (a_name,), lambda a: a))
         jobs.append(Job(job.name + ".lora_b", (b_name,),
-                        lambda b, f=fold, tb=job.lora_b: tb(b.float() * f if f != 1.0 else b)))
+                        lambda b, f=fold, tb=job.lora_b: tb(b.astype(np.float32) * f if f != 1.0 else b)))
     # small tensors: keep them exact unless a 16-bit type was asked for explicitly
     qtype = outtype if outtype in (Q.F32, Q.F16, Q.BF16) else Q.F32
 
@@ -71,6 +77,7 @@ def write_adapter(ckpt: Checkpoint, fam: Model, adapter_ref: str, dest: Path, *,
         w.add_string("edgekit.version", __version__)
         w.add_string("edgekit.adapter", str(lora.path))
 
-    result = write_gguf(dest, force, fam.arch_name, jobs, _AdapterTensors(ckpt), qtype, metadata, progress, None)
+    tensors = _AdapterTensors(ckpt)
+    result = write_gguf(dest, force, fam.arch_name, plan(jobs, tensors, qtype), tensors, metadata, progress)
     result["lora_pairs"] = len(lora.pairs)
     return result

@@ -1,10 +1,11 @@
 """The architecture mapping every family module specialises: names, tensor transforms, hyperparameters.
 
 A family turns the checkpoint's tensor names into a list of :class:`Job`: one GGUF tensor each, made
-by a function of one or more checkpoint tensors. The same function runs twice: first on ``meta``
-tensors (shapes only, no data) so the GGUF header can be written before any weight is read, then on
-the real tensors, one job at a time, as they are written. So a family never describes a shape by
-hand, and nothing holds more than one output tensor in memory.
+by a function of one or more checkpoint tensors (numpy arrays). The same function runs twice: first
+on :func:`meta` arrays (shapes only, no data) so the GGUF header can be written before any weight is
+read, then on the real arrays, one job at a time, as they are written. So a family never describes a
+shape by hand, and nothing holds more than one output tensor in memory. A job that returns its input
+unchanged lets the writer copy the stored bytes as they are.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gguf
+import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.spec import ModelSpec
@@ -24,12 +26,29 @@ _SKIP = (".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
 
 @dataclass
 class Job:
-    """One GGUF tensor: ``fn(*checkpoint tensors named by inputs)`` (a torch tensor)."""
+    """One GGUF tensor: ``fn(*checkpoint tensors named by inputs)`` (a numpy array)."""
 
     name: str  # GGUF tensor name
     inputs: tuple[str, ...]  # checkpoint tensor names
     fn: Callable[..., Any]
     lora_b: Callable[[Any], Any] | None = None  # how the LoRA B matrix of a single-input job transforms
+
+
+def meta(shape: Sequence[int], dtype: Any) -> np.ndarray:
+    """A shape-only array: every element aliases one zero, so reshapes, transposes and slices of it
+    cost nothing; arithmetic on it allocates, so families keep that to small (1-D) tensors."""
+    return np.broadcast_to(np.zeros((), dtype), tuple(shape))
+
+
+def is_meta(a: np.ndarray) -> bool:
+    return a.ndim > 0 and a.size > 1 and not any(a.strides)
+
+
+def stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """``np.stack`` along a new first axis, shape-only for shape-only inputs (experts are large)."""
+    if all(is_meta(a) for a in arrays):
+        return meta((len(arrays), *arrays[0].shape), arrays[0].dtype)
+    return np.stack(arrays)
 
 
 def permute_qk(w, n_head: int, n_head_kv: int | None = None):

@@ -11,14 +11,14 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
-from converters.gguf.model import Job, Model
+import numpy as np
+
+from converters.gguf.model import Job, Model, stack
 from edgekit.errors import EdgekitError
 
 
 def stacked_expert_jobs(model: Model, marker: str, projections: tuple[str, ...]) -> tuple[list[Job], set[str]]:
     """(jobs, checkpoint names they consume) for the experts under ``marker`` (e.g. ".mlp.experts.")."""
-    import torch
-
     per_expert = re.compile(rf"^(?P<prefix>.*\.(?P<layer>\d+){re.escape(marker)})(?P<e>\d+)\.(?P<proj>\w+)\.weight$")
     groups: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
     jobs: list[Job] = []
@@ -35,7 +35,7 @@ def stacked_expert_jobs(model: Model, marker: str, projections: tuple[str, ...])
             if name.split(".")[-1].startswith("gate_up") or ".gate_up_proj" in name:
                 for half, proj in ((0, "gate_proj"), (1, "up_proj")):
                     jobs.append(Job(model.map_name(f"{base}.{proj}.weight"), (name,),
-                                    lambda t, h=half: t.chunk(2, dim=-2)[h].contiguous()))
+                                    lambda t, h=half: np.split(t, 2, axis=-2)[h]))
             else:
                 jobs.append(Job(model.map_name(f"{base}.down_proj.weight"), (name,), lambda t: t))
     for (prefix, proj), experts in sorted(groups.items()):
@@ -43,5 +43,5 @@ def stacked_expert_jobs(model: Model, marker: str, projections: tuple[str, ...])
             raise EdgekitError(f"{prefix}* holds experts {sorted(experts)} for {proj}, config says {n_experts}",
                                "the checkpoint is incomplete; re-download it")
         inputs = tuple(experts[e] for e in range(n_experts))
-        jobs.append(Job(model.map_name(f"{prefix}{proj}.weight"), inputs, lambda *ts: torch.stack(ts, dim=0)))
+        jobs.append(Job(model.map_name(f"{prefix}{proj}.weight"), inputs, lambda *ts: stack(ts)))
     return jobs, used

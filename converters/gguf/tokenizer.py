@@ -8,8 +8,8 @@ Two tokenizer kinds, independent of the architecture:
   SentencePiece-style BPE (byte fallback, ``▁`` for spaces) or Unigram.
 
 Whether BOS/EOS are added, and which ids they are, is measured on the Hugging Face tokenizer itself
-(encode with and without special tokens) rather than guessed from config files, so llama.cpp adds
-exactly what transformers adds.
+(encode with and without special tokens; :mod:`converters.gguf.hf_tokenizer`) rather than guessed
+from config files, so llama.cpp adds exactly what transformers adds.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from typing import Any
 
 import gguf
 
-from converters.gguf import pretokenizer
+from converters.gguf import hf_tokenizer, pretokenizer
+from converters.gguf.hf_tokenizer import TokenizerFacts
 from edgekit.errors import EdgekitError
 from edgekit.tokenizer import chat_template
 
@@ -78,26 +79,24 @@ def _json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _load_hf(directory: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-    except Exception as exc:  # transformers raises many types for a broken tokenizer
-        raise EdgekitError(f"cannot load the tokenizer in {directory}: {str(exc).splitlines()[0][:200]}",
-                           "restore tokenizer.json / tokenizer.model from the model's source") from None
-
-
-def load(directory: Path, vocab_size: int) -> Vocab:
-    """Read the checkpoint's tokenizer into a GGUF vocabulary padded to ``vocab_size`` entries."""
-    has_json, has_spm = (directory / "tokenizer.json").exists(), (directory / "tokenizer.model").exists()
-    if not has_json and not has_spm:
+def check_present(directory: Path) -> None:
+    if not (directory / "tokenizer.json").exists() and not (directory / "tokenizer.model").exists():
         raise EdgekitError(f"{directory} has no tokenizer (tokenizer.json or tokenizer.model)",
                            "copy the tokenizer files from the model's source next to config.json")
+
+
+def load(directory: Path, vocab_size: int, facts: TokenizerFacts | None = None) -> Vocab:
+    """Read the checkpoint's tokenizer into a GGUF vocabulary padded to ``vocab_size`` entries.
+
+    ``facts`` are the HF tokenizer's measured behaviour (:func:`hf_tokenizer.start` begun earlier);
+    measured now when not given.
+    """
+    check_present(directory)
+    has_json, has_spm = (directory / "tokenizer.json").exists(), (directory / "tokenizer.model").exists()
     tj = _json(directory / "tokenizer.json")
     model = tj.get("model", {}) if tj else {}
     byte_level = "ByteLevel" in json.dumps(tj.get("pre_tokenizer")) or "ByteLevel" in json.dumps(tj.get("decoder"))
-    hf = _load_hf(directory)
+    hf = facts if facts is not None else hf_tokenizer.start(directory).result()
     if has_json and model.get("type") == "BPE" and byte_level:
         vocab = _bpe(directory, tj, hf, vocab_size)
     elif has_spm or model.get("type") in ("BPE", "Unigram"):
@@ -110,11 +109,11 @@ def load(directory: Path, vocab_size: int) -> Vocab:
     return vocab
 
 
-def _added(hf) -> dict[int, Any]:
-    return dict(hf.added_tokens_decoder)
+def _added(hf: TokenizerFacts) -> dict[int, hf_tokenizer.AddedToken]:
+    return {tok.id: tok for tok in hf.added}
 
 
-def _bpe(directory: Path, tj: dict[str, Any], hf, vocab_size: int) -> Vocab:
+def _bpe(directory: Path, tj: dict[str, Any], hf: TokenizerFacts, vocab_size: int) -> Vocab:
     base = tj["model"].get("vocab", {})
     added = _added(hf)
     size = max(vocab_size, len(base), 1 + max(added, default=-1))
@@ -125,7 +124,7 @@ def _bpe(directory: Path, tj: dict[str, Any], hf, vocab_size: int) -> Vocab:
     for i, tok in added.items():
         text = tok.content
         if not tok.normalized:  # llama.cpp expects added tokens pre-normalized, as its converter does
-            text = hf.decode(hf.encode(text, add_special_tokens=False))
+            text = tok.roundtrip
         special = tok.special or bool(_LOOKS_SPECIAL.match(text))
         tokens[i] = text
         types[i] = gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED
@@ -133,12 +132,13 @@ def _bpe(directory: Path, tj: dict[str, Any], hf, vocab_size: int) -> Vocab:
     cfg = _json(directory / "tokenizer_config.json")
     clean = cfg.get("clean_up_tokenization_spaces")
     pre = pretokenizer.derive(tj, clean_up_spaces=clean if isinstance(clean, bool) else None,
-                              chkhsh=pretokenizer.probe_hash(hf), where=f"{directory / 'tokenizer.json'}")
+                              chkhsh=hf.chkhsh, where=f"{directory / 'tokenizer.json'}")
     merges = gguf.SpecialVocab(directory, load_merges=True, n_vocab=size).merges
     return Vocab("gpt2", tokens, [int(t) for t in types], merges=merges, pre=pre.name, pre_check=pre.check)
 
 
-def _sentencepiece(directory: Path, tj: dict[str, Any], hf, vocab_size: int, has_spm: bool) -> Vocab:
+def _sentencepiece(directory: Path, tj: dict[str, Any], hf: TokenizerFacts, vocab_size: int,
+                   has_spm: bool) -> Vocab:
     if has_spm:
         tokens, scores, types = _spm_model(directory / "tokenizer.model")
     else:
@@ -154,12 +154,10 @@ def _sentencepiece(directory: Path, tj: dict[str, Any], hf, vocab_size: int, has
         tokens[i], scores[i] = tok.content, -1000.0
         types[i] = int(gguf.TokenType.CONTROL if tok.special else gguf.TokenType.USER_DEFINED)
     # measured, not configured: does the HF tokenizer put "▁" in front of the first word?
-    first = hf.convert_ids_to_tokens(hf.encode("a", add_special_tokens=False))
-    add_space = bool(first) and first[0].startswith("\u2581")
+    add_space = bool(hf.first_piece) and hf.first_piece.startswith("\u2581")
     # GGUF cannot say "prefix only the first word": llama.cpp also prefixes text after special tokens
-    backend = getattr(hf, "_tokenizer", None)
     check = None
-    if backend is not None and "prepend_scheme=first" in str(backend.pre_tokenizer):
+    if "prepend_scheme=first" in hf.pre_tokenizer:
         check = "HF prepends '\u2581' only at the start (prepend_scheme=first); llama.cpp also after special tokens"
     return Vocab("llama", tokens, types, scores=scores, pre="default", pre_check=check, add_space_prefix=add_space)
 
@@ -219,15 +217,12 @@ def _spm_json(tj: dict[str, Any]) -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def _specials(vocab: Vocab, hf) -> None:
+def _specials(vocab: Vocab, hf: TokenizerFacts) -> None:
     """bos/eos/unk/pad/eot ids and whether BOS/EOS are added, as the HF tokenizer actually behaves."""
-    for kind in ("bos", "eos", "unk", "pad"):
-        tid = getattr(hf, f"{kind}_token_id", None)
+    for kind, tid in hf.special_ids.items():
         if isinstance(tid, int) and 0 <= tid < len(vocab.tokens):
             vocab.special_ids[kind] = tid
-    probe = "Hello world"
-    with_special = hf.encode(probe, add_special_tokens=True)
-    plain = hf.encode(probe, add_special_tokens=False)
+    with_special, plain = hf.with_special, hf.plain
     n = len(plain)
     # find plain inside with_special: what comes before it was prepended, what follows was appended
     for start in range(len(with_special) - n + 1):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gguf
+import numpy as np
 
 from converters.gguf.archs import register
 from converters.gguf.model import Model
@@ -17,7 +18,7 @@ class Gemma2(Model):
 
     def transform(self, name: str, t):
         # Gemma2RMSNorm computes x * (1 + w); llama.cpp multiplies by the stored weight
-        return t + 1 if name.endswith("norm.weight") else t
+        return t.astype(np.float32) + 1 if name.endswith("norm.weight") else t
 
     def lora_b(self, name: str):
         return None if name.endswith("norm.weight") else (lambda b: b)

@@ -18,4 +18,4 @@ class GPT2(Model):
         return name == "lm_head.weight" or super().skip(name)
 
     def transform(self, name: str, t):
-        return t.transpose(1, 0).contiguous() if name.endswith(_CONV1D) else t
+        return t.T if name.endswith(_CONV1D) else t

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import gguf
+import numpy as np
 
 from converters.gguf.archs import register
 from converters.gguf.model import Job, Model, permute_qk
@@ -36,10 +37,8 @@ class Llama(Model):
 
 def llama3_rope_factors(theta: float, dim: int, factor: float, extra: dict, old_context: int):
     """Per-frequency divisors of Llama 3.1 rope scaling, as llama.cpp's converter computes them."""
-    import torch
-
     low, high = float(extra.get("low_freq_factor", 1.0)), float(extra.get("high_freq_factor", 4.0))
-    freqs = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    freqs = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
     low_wavelen, high_wavelen = old_context / low, old_context / high
     out = []
     for f in freqs.tolist():
@@ -51,4 +50,4 @@ def llama3_rope_factors(theta: float, dim: int, factor: float, extra: dict, old_
         else:
             smooth = (old_context / wavelen - low) / (high - low)
             out.append(1 / ((1 - smooth) / factor + smooth))
-    return torch.tensor(out, dtype=torch.float32)
+    return np.array(out, dtype=np.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import gguf
+import numpy as np
 
 from converters.gguf.archs import register
 from converters.gguf.model import Job, Model
@@ -26,15 +27,13 @@ class Phi3(Model):
             w.add_sliding_window(0)  # llama.cpp's converter always writes it for phi3
 
     def extra_jobs(self) -> list[Job]:
-        import torch
-
         r = self.spec.rope
         if r is None or r.scaling != "longrope" or not r.extra.get("long_factor"):
             return []
         scale = self.spec.context_length / self._orig_ctx()
         self.attn_factor = math.sqrt(1 + math.log(scale) / math.log(self._orig_ctx())) if scale > 1.0 else 1.0
-        long_f = torch.tensor(r.extra["long_factor"], dtype=torch.float32)
-        short_f = torch.tensor(r.extra["short_factor"], dtype=torch.float32)
+        long_f = np.array(r.extra["long_factor"], dtype=np.float32)
+        short_f = np.array(r.extra["short_factor"], dtype=np.float32)
         names = gguf.TENSOR_NAMES
         return [Job(names[gguf.MODEL_TENSOR.ROPE_FACTORS_LONG] + ".weight", (), lambda: long_f),
                 Job(names[gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT] + ".weight", (), lambda: short_f)]

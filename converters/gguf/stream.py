@@ -1,0 +1,271 @@
+"""Plan the GGUF tensors from shapes alone, then make and write them one at a time.
+
+:func:`plan` runs every job on shape-only arrays (:func:`converters.gguf.model.meta`): each output's
+shape, its GGML type, and whether the family left a stored tensor as it is. :func:`write_gguf`
+registers each planned tensor with gguf's GGUFWriter as an object that writes itself when
+``write_tensors_to_file`` asks (the duck type llama.cpp's converter streams its lazy tensors
+through), so the header is written before any weight is read and only one tensor is live at a time:
+- a stored tensor already in the output's encoding (f16 checkpoint to F16: nearly every byte) is
+  copied file to file by the kernel (``os.copy_file_range``), never entering this process;
+- any other untouched stored tensor is read in row chunks, each converted (numpy; BF16 and Q8_0 by
+  ``gguf.quants``) on a pool of one thread per core: numpy releases the GIL, and chunks keep the
+  float32 copies small;
+- a tensor the family transforms (Q/K rope order, stacked experts...) is built whole in numpy, then
+  encoded in the same chunks.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import gguf
+import numpy as np
+
+from converters.gguf.model import Job, meta
+from converters.gguf.types import Q, choose_type, nbytes
+from edgekit.atomic import atomic_output
+from edgekit.checkpoint import widen_bf16
+from edgekit.errors import EdgekitError
+
+# the dtype a job sees for each stored float type: transforms (norm offsets, stacking) of bf16/f64
+# sources run in float32, as llama.cpp converts them
+_JOB_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.float32, "F64": np.float32}
+_STORED = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}  # bits as read
+_SAME_BYTES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16}  # stored bytes that already are the encoding
+_CHUNK = 1 << 22  # elements per conversion task: 16 MB of float32
+
+
+def job_dtype(name: str) -> type:
+    if name not in _JOB_DTYPES:
+        raise EdgekitError(f"checkpoint tensor dtype {name} is not a float type GGUF conversion reads",
+                           "re-save the checkpoint in float32, float16 or bfloat16")
+    return _JOB_DTYPES[name]
+
+
+@dataclass
+class Stored:
+    """Where an untouched tensor's bytes are: file, byte offset, stored dtype name."""
+
+    file: Path
+    start: int
+    end: int
+    dtype: str
+
+
+@dataclass
+class Plan:
+    job: Job
+    shape: tuple[int, ...]
+    qtype: Q
+    stored: Stored | None  # the job returns this stored tensor unchanged
+
+    @property
+    def copied(self) -> bool:
+        return self.stored is not None and _SAME_BYTES.get(self.stored.dtype) == self.qtype
+
+
+class Source:
+    """Checkpoint tensors for jobs: real numpy arrays, or shape-only ones (``meta``) for planning.
+
+    ``ckpt`` is anything with ``tensors`` (name -> TensorInfo), ``array(name)`` and ``byte_range(name)``.
+    """
+
+    def __init__(self, ckpt: Any, meta: bool) -> None:
+        self.ckpt, self.meta = ckpt, meta
+
+    def get(self, name: str) -> np.ndarray:
+        info = self.ckpt.tensors[name]
+        dtype = job_dtype(info.dtype)
+        if self.meta:
+            return meta(info.shape, dtype)
+        a = self.ckpt.array(name)
+        return a if a.dtype == dtype else a.astype(dtype)
+
+    def run(self, job: Job) -> np.ndarray:
+        return job.fn(*(self.get(n) for n in job.inputs))
+
+
+def plan(jobs: Iterable[Job], ckpt: Any, outtype: Q) -> list[Plan]:
+    """Shape, type and stored source of every job's tensor, from shape-only runs (no weight is read)."""
+    src = Source(ckpt, meta=True)
+    out = []
+    for job in jobs:
+        inputs = [src.get(n) for n in job.inputs]
+        result = job.fn(*inputs)
+        shape = tuple(result.shape)
+        stored = None
+        if len(inputs) == 1 and result is inputs[0]:
+            name = job.inputs[0]
+            where = ckpt.byte_range(name)
+            if where is not None and ckpt.tensors[name].dtype in _STORED:
+                stored = Stored(*where, ckpt.tensors[name].dtype)
+        out.append(Plan(job, shape, choose_type(job.name, shape, outtype), stored))
+    return out
+
+
+class Encoder:
+    """Writes tensors as GGUF stores them, converting row chunks on one thread per core."""
+
+    def __init__(self) -> None:
+        self.workers = max(1, os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(max_workers=self.workers)
+
+    def write_array(self, fout: BinaryIO, t: np.ndarray, qtype: Q) -> None:
+        rows = t.reshape(-1, t.shape[-1]) if t.ndim > 1 else t.reshape(1, -1)
+        step = _rows_per_chunk(rows.shape[1])
+        chunks = [rows[i:i + step] for i in range(0, rows.shape[0], step)]
+        self._write(fout, (lambda c=c: _encode(c, qtype) for c in chunks))
+
+    def write_stored(self, fout: BinaryIO, src: Stored, shape: tuple[int, ...], qtype: Q) -> None:
+        """Read ``src`` in row chunks (each task reads its own rows) and write them encoded."""
+        row = shape[-1] if shape else 1
+        n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+        dtype = np.dtype(_STORED[src.dtype])
+        step = _rows_per_chunk(row)
+        with src.file.open("rb", buffering=0) as fh:
+            fd = fh.fileno()
+
+            def task(first: int) -> np.ndarray:
+                n = min(step, n_rows - first)
+                size = n * row * dtype.itemsize
+                data = os.pread(fd, size, src.start + first * row * dtype.itemsize)
+                if len(data) != size:
+                    raise OSError(errno.EIO, f"{src.file} ended while reading")
+                chunk = np.frombuffer(data, dtype=dtype).reshape(n, row)
+                return _encode(widen_bf16(chunk) if src.dtype == "BF16" else chunk, qtype)
+
+            self._write(fout, (lambda f=f: task(f) for f in range(0, n_rows, step)))
+
+    def _write(self, fout: BinaryIO, tasks: Iterable[Callable[[], np.ndarray]]) -> None:
+        # at most two chunks ahead of the writer: bounded memory, every core busy
+        pending: list[Any] = []
+        for task in tasks:
+            pending.append(self.pool.submit(task))
+            if len(pending) > self.workers + 1:
+                pending.pop(0).result().tofile(fout)
+        for fut in pending:
+            fut.result().tofile(fout)
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+def _rows_per_chunk(row: int) -> int:
+    return max(1, _CHUNK // max(1, row))
+
+
+def _encode(rows: np.ndarray, qtype: Q) -> np.ndarray:
+    if qtype == Q.F32:
+        return np.ascontiguousarray(rows, dtype=np.float32)
+    if qtype == Q.F16:
+        return np.ascontiguousarray(rows, dtype=np.float16)
+    return gguf.quants.quantize(np.ascontiguousarray(rows, dtype=np.float32), qtype)
+
+
+def copy_bytes(fout: BinaryIO, src: Path, start: int, end: int) -> None:
+    """Append ``src[start:end]`` to ``fout``: by the kernel (``copy_file_range``, no trip through user
+    space) where the OS and file systems allow it, else by plain reads and writes."""
+    fout.flush()
+    pos, n, done = fout.tell(), end - start, 0
+    with src.open("rb", buffering=0) as fin:
+        if hasattr(os, "copy_file_range"):
+            try:
+                while done < n:
+                    k = os.copy_file_range(fin.fileno(), fout.fileno(), n - done, start + done, pos + done)
+                    if k == 0:
+                        raise OSError(errno.EIO, f"{src} ended at byte {start + done}")
+                    done += k
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                    raise
+        fout.seek(pos + done)
+        if done < n:
+            fin.seek(start + done)
+            buf = memoryview(bytearray(min(n - done, 16 << 20)))
+            while done < n:
+                k = fin.readinto(buf[:min(len(buf), n - done)])
+                if not k:
+                    raise OSError(errno.EIO, f"{src} ended at byte {start + done}")
+                fout.write(buf[:k])
+                done += k
+
+
+class Planned:
+    """One planned tensor for GGUFWriter: ``write_tensors_to_file`` calls ``tofile`` when its turn comes."""
+
+    dtype = np.dtype(np.float32)  # tells GGUFWriter.add_tensor that raw_shape is logical, not bytes
+
+    def __init__(self, p: Plan, real: Source, encoder: Encoder, done: Callable[[str], None]) -> None:
+        self.plan, self.real, self.encoder, self.done = p, real, encoder, done
+        self.shape, self.nbytes = p.shape, nbytes(p.shape, p.qtype)
+
+    def tofile(self, fout: BinaryIO) -> None:
+        p = self.plan
+        if p.copied:
+            assert p.stored is not None
+            copy_bytes(fout, p.stored.file, p.stored.start, p.stored.end)
+        elif p.stored is not None:
+            self.encoder.write_stored(fout, p.stored, p.shape, p.qtype)
+        else:
+            t = self.real.run(p.job)
+            if tuple(t.shape) != p.shape:
+                raise RuntimeError(f"{p.job.name}: planned {p.shape}, produced {tuple(t.shape)}")
+            self.encoder.write_array(fout, t, p.qtype)
+        self.done(p.job.name)
+
+
+def write_gguf(dest: Path, force: bool, arch_name: str, planned: list[Plan], ckpt: Any,
+               metadata: Callable[[gguf.GGUFWriter], None], progress: bool,
+               finish: Callable[[Path, int], None] | None = None) -> dict[str, Any]:
+    """Write the :func:`plan`ned tensors of ``ckpt`` into ``dest``, atomically.
+
+    ``finish(path, metadata_end)`` runs on the complete temporary file before it is renamed. Returns
+    {"tensors", "types", "bytes", "copied"}; ``copied`` counts tensors copied as stored.
+    """
+    counts: dict[str, int] = {}
+    for p in planned:
+        counts[p.qtype.name] = counts.get(p.qtype.name, 0) + 1
+    real, encoder = Source(ckpt, meta=False), Encoder()
+    bar = _bar(len(planned), progress)
+
+    def done(name: str) -> None:
+        if bar is not None:
+            bar.set_postfix_str(name, refresh=False)
+            bar.update(1)
+
+    with atomic_output(dest, force=force) as tmp:
+        w = gguf.GGUFWriter(tmp, arch_name)
+        try:
+            for p in planned:
+                w.add_tensor(p.job.name, Planned(p, real, encoder, done),  # type: ignore[arg-type]
+                             raw_shape=p.shape, raw_dtype=p.qtype)
+            metadata(w)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            kv_end = w.fout[0].tell()
+            w.write_tensors_to_file(progress=False)
+            w.flush()
+        finally:
+            w.close()
+            encoder.close()
+            if bar is not None:
+                bar.close()
+        if finish is not None:
+            finish(tmp, kv_end)
+        size = tmp.stat().st_size
+    return {"tensors": len(planned), "types": counts, "bytes": size, "copied": sum(1 for p in planned if p.copied)}
+
+
+def _bar(total: int, progress: bool):
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    # disable=None: only on a terminal, so piped stderr (scripts, --json users) carries just errors
+    return tqdm(total=total, unit="tensor", desc="gguf", leave=False, dynamic_ncols=True, disable=None)
