@@ -7,8 +7,9 @@ intermediate 8192, vocab 32000), built once into a cache directory outside git
 
 llama.cpp comes from a checkout named by $LLAMA_CPP_DIR (the llama-cpp-python sdist vendors one under
 vendor/llama.cpp/); without it the llama.cpp half is skipped with a message. Each converter runs in
-its own process, measured by a wrapper process (wall clock, children's ru_maxrss), after a plain
-read of the weights has put them in the page cache for both.
+its own process, measured by a wrapper process (wall clock; ru_maxrss, the largest process; the
+sampled peak of the process tree's summed RSS), after a plain copy of the weights has put them in the
+page cache for both. Each writes a new file in a fresh directory.
 
     LLAMA_CPP_DIR=/path/to/llama.cpp python benchmarks/convert_gguf.py [f16|q8_0 ...]
 """
@@ -31,12 +32,22 @@ MODEL = CACHE / "llama-1b-fp16"
 SHAPE = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
              num_key_value_heads=8, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
              rope_theta=10000.0, tie_word_embeddings=False)
-_MEASURE = ("import resource, subprocess, sys, time\n"
-            "t = time.perf_counter(); rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL,"
+# wall clock; peak RSS of the largest process (ru_maxrss of the waited-for descendants); and the peak
+# of the summed RSS of the whole process tree, sampled every 10 ms (edgekit measures the tokenizer in a
+# short-lived child process, so the sum is the fair figure)
+_MEASURE = ("import resource, subprocess, sys, time, psutil\n"
+            "t = time.perf_counter(); p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL,"
             " stderr=subprocess.PIPE, text=True)\n"
-            "dt = time.perf_counter() - t\n"
-            "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc.returncode)\n"
-            "sys.stderr.write(rc.stderr[-2000:] if rc.returncode else '')\n")
+            "proc, tree = psutil.Process(p.pid), 0\n"
+            "while p.poll() is None:\n"
+            "    try:\n"
+            "        tree = max(tree, sum(q.memory_info().rss for q in [proc, *proc.children(recursive=True)]))\n"
+            "    except psutil.Error:\n"
+            "        pass\n"
+            "    time.sleep(0.01)\n"
+            "err = p.stderr.read(); dt = time.perf_counter() - t\n"
+            "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, tree // 1024, p.returncode)\n"
+            "sys.stderr.write(err[-2000:] if p.returncode else '')\n")
 
 
 def build_model() -> Path:
@@ -72,13 +83,14 @@ def build_model() -> Path:
     return MODEL
 
 
-def measure(cmd: list[str]) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of ``cmd`` run in a fresh process."""
+def measure(cmd: list[str]) -> tuple[float, float, float]:
+    """(seconds, peak RSS of the largest process in MB, peak RSS of the process tree in MB) of ``cmd``."""
+    os.sync()  # neither run pays for writing back the other's output
     out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, check=True)
-    seconds, rss_kb, rc = out.stdout.split()
+    seconds, rss_kb, tree_kb, rc = out.stdout.split()
     if int(rc) != 0:
         raise RuntimeError(f"{cmd[0]} failed ({rc}): {out.stderr.strip().splitlines()[-1:]}")
-    return float(seconds), int(rss_kb) / 1024
+    return float(seconds), int(rss_kb) / 1024, int(tree_kb) / 1024
 
 
 def page_in(model: Path) -> float:
@@ -102,12 +114,14 @@ def main(outtypes: list[str]) -> int:
         for outtype in outtypes:
             ek = measure([edgekit, "convert", str(model), "--to", "gguf", "--outtype", outtype, "--force",
                           "-o", f"{d}/edgekit-{outtype}.gguf"])
-            row = {"outtype": outtype, "edgekit_s": round(ek[0], 2), "edgekit_rss_mb": round(ek[1])}
+            row = {"outtype": outtype, "edgekit_s": round(ek[0], 2), "edgekit_rss_mb": round(ek[1]),
+                   "edgekit_tree_rss_mb": round(ek[2])}
             if script is not None and script.exists():
                 lc = measure([sys.executable, str(script), str(model), "--outtype", outtype,
                               "--outfile", f"{d}/llamacpp-{outtype}.gguf"])
-                row.update(llamacpp_s=round(lc[0], 2), llamacpp_rss_mb=round(lc[1]),
-                           time_ratio=round(ek[0] / lc[0], 2), rss_ratio=round(ek[1] / lc[1], 2))
+                row.update(llamacpp_s=round(lc[0], 2), llamacpp_rss_mb=round(lc[1]), llamacpp_tree_rss_mb=round(lc[2]),
+                           time_ratio=round(ek[0] / lc[0], 2), rss_ratio=round(ek[1] / lc[1], 2),
+                           tree_rss_ratio=round(ek[2] / lc[2], 2))
             rows.append(row)
             print(json.dumps(row), flush=True)
     if script is None or not script.exists():
