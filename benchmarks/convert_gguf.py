@@ -11,7 +11,7 @@ its own process, measured by a wrapper process (wall clock; ru_maxrss, the large
 sampled peak of the process tree's summed RSS), after a plain copy of the weights has put them in the
 page cache for both. Each writes a new file in a fresh directory.
 
-    LLAMA_CPP_DIR=/path/to/llama.cpp python benchmarks/convert_gguf.py [f16|q8_0 ...]
+    LLAMA_CPP_DIR=/path/to/llama.cpp python benchmarks/convert_gguf.py [f16|q8_0 ...] [--rounds N]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -101,35 +102,63 @@ def page_in(model: Path) -> float:
     return time.perf_counter() - t
 
 
-def main(outtypes: list[str]) -> int:
+def measure_fresh(cmd: list[str], out: Path) -> tuple[float, float, float]:
+    """:func:`measure` writing a new ``out``, deleted (and its deletion synced) afterwards."""
+    try:
+        return measure(cmd)
+    finally:
+        out.unlink(missing_ok=True)
+        os.sync()
+
+
+def main(outtypes: list[str], rounds: int) -> int:
     model = build_model()
     llama_dir = os.environ.get("LLAMA_CPP_DIR")
     script = Path(llama_dir) / "convert_hf_to_gguf.py" if llama_dir else None
+    have_llama = script is not None and script.exists()
     copy = page_in(model)
     size = (model / "model.safetensors").stat().st_size
-    print(f"model: {model} ({size / 1e9:.2f} GB fp16); plain copy of the weights: {copy:.1f} s")
+    print(f"model: {model} ({size / 1e9:.2f} GB fp16); plain copy of the weights: {copy:.1f} s; "
+          f"median of {rounds} alternating rounds, peak RSS the largest seen")
     edgekit = str(Path(sys.executable).with_name("edgekit"))
-    rows = []
     with tempfile.TemporaryDirectory(dir=CACHE) as d:
         for outtype in outtypes:
-            ek = measure([edgekit, "convert", str(model), "--to", "gguf", "--outtype", outtype, "--force",
-                          "-o", f"{d}/edgekit-{outtype}.gguf"])
-            row = {"outtype": outtype, "edgekit_s": round(ek[0], 2), "edgekit_rss_mb": round(ek[1]),
-                   "edgekit_tree_rss_mb": round(ek[2])}
-            if script is not None and script.exists():
-                lc = measure([sys.executable, str(script), str(model), "--outtype", outtype,
-                              "--outfile", f"{d}/llamacpp-{outtype}.gguf"])
-                row.update(llamacpp_s=round(lc[0], 2), llamacpp_rss_mb=round(lc[1]), llamacpp_tree_rss_mb=round(lc[2]),
-                           time_ratio=round(ek[0] / lc[0], 2), rss_ratio=round(ek[1] / lc[1], 2),
-                           tree_rss_ratio=round(ek[2] / lc[2], 2))
-            rows.append(row)
+            ek, lc = [], []
+            for _ in range(rounds):
+                out = Path(d) / f"edgekit-{outtype}.gguf"
+                ek.append(measure_fresh([edgekit, "convert", str(model), "--to", "gguf", "--outtype", outtype,
+                                         "-o", str(out)], out))
+                if have_llama:
+                    out = Path(d) / f"llamacpp-{outtype}.gguf"
+                    lc.append(measure_fresh([sys.executable, str(script), str(model), "--outtype", outtype,
+                                             "--outfile", str(out)], out))
+            e = _summary(ek)
+            row = {"outtype": outtype, "edgekit_s": e[0], "edgekit_rss_mb": e[1], "edgekit_tree_rss_mb": e[2],
+                   "edgekit_runs_s": [round(r[0], 2) for r in ek]}
+            if have_llama:
+                m = _summary(lc)
+                row.update(llamacpp_s=m[0], llamacpp_rss_mb=m[1], llamacpp_tree_rss_mb=m[2],
+                           llamacpp_runs_s=[round(r[0], 2) for r in lc], time_ratio=round(e[0] / m[0], 2),
+                           rss_ratio=round(e[1] / m[1], 2), tree_rss_ratio=round(e[2] / m[2], 2))
             print(json.dumps(row), flush=True)
-    if script is None or not script.exists():
+    if not have_llama:
         print("llama.cpp: skipped (set LLAMA_CPP_DIR to a llama.cpp checkout holding convert_hf_to_gguf.py; "
               "the llama-cpp-python sdist has one under vendor/llama.cpp)")
     return 0
 
 
+def _summary(runs: list[tuple[float, float, float]]) -> tuple[float, int, int]:
+    """(median seconds, largest peak RSS, largest tree RSS)."""
+    return (round(statistics.median(r[0] for r in runs), 2), round(max(r[1] for r in runs)),
+            round(max(r[2] for r in runs)))
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    sys.exit(main(sys.argv[1:] or ["f16", "q8_0"]))
+    args = sys.argv[1:]
+    n = 3
+    if "--rounds" in args:
+        at = args.index("--rounds")
+        n = int(args[at + 1])
+        del args[at:at + 2]
+    sys.exit(main(args or ["f16", "q8_0"], n))
