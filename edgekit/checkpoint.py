@@ -107,7 +107,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 # safetensors dtype -> numpy dtype of the stored bits (numpy has no bfloat16: BF16 bits are read as uint16)
-_NUMPY_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "uint16", "F64": "float64", "I64": "int64",
+NUMPY_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "uint16", "F64": "float64", "I64": "int64",
                  "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
@@ -130,7 +130,6 @@ class _SafetensorsFiles:
     def __init__(self, files: list[Path]) -> None:
         from safetensors import safe_open
 
-        self.handles: dict[Path, Any] = {}
         self.index: dict[str, TensorInfo] = {}
         self.offsets: dict[str, tuple[int, int]] = {}  # absolute byte range of each tensor's data
         for f in files:
@@ -147,13 +146,12 @@ class _SafetensorsFiles:
             except Exception as exc:
                 raise EdgekitError(f"cannot read safetensors file {f}: {str(exc).splitlines()[0]}",
                                    "the file is corrupt or truncated; re-download or re-save it") from None
-            self.handles[f] = handle
             self.offsets.update(offsets)
 
     def byte_range(self, name: str) -> tuple[Path, int, int] | None:
         """(file, start, end) of the tensor's stored little-endian bytes, when they are plain."""
         info = self.index[name]
-        if info.dtype not in _NUMPY_DTYPES or name not in self.offsets:
+        if info.dtype not in NUMPY_DTYPES or name not in self.offsets:
             return None
         return (info.file, *self.offsets[name])
 
@@ -163,10 +161,8 @@ class _SafetensorsFiles:
         where = self.byte_range(name)
         if where is None:
             return None
-        import numpy as np
-
         try:
-            return np.frombuffer(_read_bytes(*where), dtype=_NUMPY_DTYPES[info.dtype]).reshape(info.shape)
+            return read_bits(*where, info.dtype).reshape(info.shape)
         except Exception as exc:
             raise EdgekitError(f"cannot read tensor {name} from {info.file}: {exc}",
                                "the file is corrupt; re-download it") from None
@@ -188,20 +184,20 @@ class _SafetensorsFiles:
             return t.view(torch.bfloat16) if self.index[name].dtype == "BF16" else t
         info = self.index[name]
         try:
-            return safe_torch(info.file, name)
+            from safetensors import safe_open
+
+            with safe_open(str(info.file), framework="pt") as fh:
+                return fh.get_tensor(name)
         except Exception as exc:
             raise EdgekitError(f"cannot read tensor {name} from {info.file}: {exc}",
                                "the file is corrupt; re-download it") from None
 
 
-def safe_torch(file: Path, name: str):
-    from safetensors import safe_open
+def read_bits(file: Path, start: int, end: int, dtype: str):
+    """Bytes ``start:end`` of ``file`` as a flat numpy array of safetensors ``dtype``'s stored bits
+    (:data:`NUMPY_DTYPES`), read with plain reads; safe to call from several threads at once."""
+    import numpy as np
 
-    with safe_open(str(file), framework="pt") as fh:
-        return fh.get_tensor(name)
-
-
-def _read_bytes(file: Path, start: int, end: int) -> bytearray:
     buf = bytearray(end - start)
     with file.open("rb", buffering=0) as fh:
         fh.seek(start)
@@ -211,7 +207,7 @@ def _read_bytes(file: Path, start: int, end: int) -> bytearray:
             if not n:
                 raise OSError(f"file ended at byte {start + got}")
             got += n
-    return buf
+    return np.frombuffer(buf, dtype=NUMPY_DTYPES[dtype])
 
 
 def _validated_offsets(path: Path) -> dict[str, tuple[int, int]]:

@@ -30,13 +30,12 @@ import numpy as np
 from converters.gguf.model import Job, meta
 from converters.gguf.types import Q, choose_type, nbytes
 from edgekit.atomic import atomic_output
-from edgekit.checkpoint import widen_bf16
+from edgekit.checkpoint import NUMPY_DTYPES, read_bits, widen_bf16
 from edgekit.errors import EdgekitError
 
 # the dtype a job sees for each stored float type: transforms (norm offsets, stacking) of bf16/f64
 # sources run in float32, as llama.cpp converts them
 _JOB_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.float32, "F64": np.float32}
-_STORED = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}  # bits as read
 _SAME_BYTES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16}  # stored bytes that already are the encoding
 _CHUNK = 1 << 22  # elements per conversion task: 16 MB of float32
 
@@ -103,7 +102,7 @@ def plan(jobs: Iterable[Job], ckpt: Any, outtype: Q) -> list[Plan]:
         if len(inputs) == 1 and result is inputs[0]:
             name = job.inputs[0]
             where = ckpt.byte_range(name)
-            if where is not None and ckpt.tensors[name].dtype in _STORED:
+            if where is not None and ckpt.tensors[name].dtype in _JOB_DTYPES:
                 stored = Stored(*where, ckpt.tensors[name].dtype)
         out.append(Plan(job, shape, choose_type(job.name, shape, outtype), stored))
     return out
@@ -126,21 +125,16 @@ class Encoder:
         """Read ``src`` in row chunks (each task reads its own rows) and write them encoded."""
         row = shape[-1] if shape else 1
         n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
-        dtype = np.dtype(_STORED[src.dtype])
+        row_bytes = row * np.dtype(NUMPY_DTYPES[src.dtype]).itemsize
         step = _rows_per_chunk(row)
-        with src.file.open("rb", buffering=0) as fh:
-            fd = fh.fileno()
 
-            def task(first: int) -> np.ndarray:
-                n = min(step, n_rows - first)
-                size = n * row * dtype.itemsize
-                data = os.pread(fd, size, src.start + first * row * dtype.itemsize)
-                if len(data) != size:
-                    raise OSError(errno.EIO, f"{src.file} ended while reading")
-                chunk = np.frombuffer(data, dtype=dtype).reshape(n, row)
-                return _encode(widen_bf16(chunk) if src.dtype == "BF16" else chunk, qtype)
+        def task(first: int) -> np.ndarray:
+            n = min(step, n_rows - first)
+            start = src.start + first * row_bytes
+            chunk = read_bits(src.file, start, start + n * row_bytes, src.dtype).reshape(n, row)
+            return _encode(widen_bf16(chunk) if src.dtype == "BF16" else chunk, qtype)
 
-            self._write(fout, (lambda f=f: task(f) for f in range(0, n_rows, step)))
+        self._write(fout, (lambda f=f: task(f) for f in range(0, n_rows, step)))
 
     def _write(self, fout: BinaryIO, tasks: Iterable[Callable[[], np.ndarray]]) -> None:
         # at most two chunks ahead of the writer: bounded memory, every core busy
