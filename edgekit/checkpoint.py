@@ -198,7 +198,7 @@ def read_bits(file: Path, start: int, end: int, dtype: str):
     (:data:`NUMPY_DTYPES`), read with plain reads; safe to call from several threads at once."""
     import numpy as np
 
-    buf = bytearray(end - start)
+    buf = np.empty(end - start, dtype=np.uint8)  # not bytearray: no zero-fill of memory about to be read into
     with file.open("rb", buffering=0) as fh:
         fh.seek(start)
         view, got = memoryview(buf), 0
@@ -207,7 +207,7 @@ def read_bits(file: Path, start: int, end: int, dtype: str):
             if not n:
                 raise OSError(f"file ended at byte {start + got}")
             got += n
-    return np.frombuffer(buf, dtype=NUMPY_DTYPES[dtype])
+    return buf.view(NUMPY_DTYPES[dtype])
 
 
 def _validated_offsets(path: Path) -> dict[str, tuple[int, int]]:
