@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError
+from edgekit.jsonfile import read_json
 
 CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
@@ -94,16 +95,6 @@ def _cached_snapshot(repo: str, revision: str | None) -> Path | None:
         return Path(snapshot_download(repo, revision=revision, allow_patterns=HUB_PATTERNS, local_files_only=True))
     except Exception:
         return None
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EdgekitError(f"{what} {path} is not valid JSON ({exc})", "restore the file from its source") from None
-    if not isinstance(data, dict):
-        raise EdgekitError(f"{what} {path} is not a JSON object", "restore the file from its source")
-    return data
 
 
 # safetensors dtype -> numpy dtype of the stored bits (numpy has no bfloat16: BF16 bits are read as uint16)
@@ -305,7 +296,7 @@ def _weight_files(directory: Path, allow_pickle: bool, what: str) -> tuple[str, 
 
 
 def _index_files(directory: Path, index_name: str) -> list[Path]:
-    index = _read_json(directory / index_name, "weight index")
+    index = read_json(directory / index_name, "weight index")
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise EdgekitError(f"weight index {directory / index_name} has no weight_map", "restore the file")
@@ -373,7 +364,7 @@ def open_adapter(ref: str | os.PathLike, allow_pickle: bool = False) -> LoraAdap
     if not (directory / ADAPTER_CONFIG).exists():
         raise EdgekitError(f"adapter directory {directory} has no {ADAPTER_CONFIG}",
                            "pass a PEFT LoRA adapter directory (as saved by peft's save_pretrained)")
-    config = _read_json(directory / ADAPTER_CONFIG, "adapter config")
+    config = read_json(directory / ADAPTER_CONFIG, "adapter config")
     peft_type = str(config.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise EdgekitError(f"adapter {directory} is a {peft_type} adapter; only LoRA adapters can be merged",
@@ -493,7 +484,7 @@ def open_checkpoint(ref: str | os.PathLike, adapter: str | os.PathLike | None = 
         hint = "this looks like a PEFT adapter: pass the base model and --adapter this directory" \
             if (path / ADAPTER_CONFIG).exists() else "point at a Hugging Face model directory"
         raise EdgekitError(f"{path} has no {CONFIG}", hint)
-    config = _read_json(path / CONFIG, "model config")
+    config = read_json(path / CONFIG, "model config")
     kind, files = _weight_files(path, allow_pickle, "model")
     store = _SafetensorsFiles(files) if kind == "safetensors" else _PickleFiles(files)
     lora = open_adapter(adapter, allow_pickle) if adapter is not None else None

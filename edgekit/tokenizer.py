@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgekit.jsonfile import read_json
+
 
 def chat_template(directory: Path) -> str | None:
     """The chat template string: ``chat_template.jinja`` (transformers 5) or tokenizer_config.json's."""
     jinja = directory / "chat_template.jinja"
     if jinja.exists():
         return jinja.read_text(encoding="utf-8")
-    config = read_json(directory / "tokenizer_config.json")
+    config = read_json(directory / "tokenizer_config.json", "tokenizer config", optional=True)
     template = config.get("chat_template")
     if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
@@ -20,19 +22,10 @@ def chat_template(directory: Path) -> str | None:
     return template if isinstance(template, str) else None
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``, or {} when it is missing or unreadable (optional tokenizer files)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def describe(directory: Path) -> dict[str, Any]:
     """{"kind": "BPE" | "SentencePiece" | "none", "byte_level": bool, "vocab_size": int | None,
     "files": [...], "chat_template": bool, "special_tokens": {...}} for a checkpoint directory."""
-    tj = read_json(directory / "tokenizer.json")
+    tj = read_json(directory / "tokenizer.json", "tokenizer", optional=True)
     files = [f for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "chat_template.jinja",
                          "special_tokens_map.json") if (directory / f).exists()]
     kind, byte_level, vocab = "none", False, None
@@ -52,7 +45,7 @@ def describe(directory: Path) -> dict[str, Any]:
             kind = mtype
     elif (directory / "tokenizer.model").exists():
         kind = "SentencePiece"
-    config = read_json(directory / "tokenizer_config.json")
+    config = read_json(directory / "tokenizer_config.json", "tokenizer config", optional=True)
     specials = {}
     for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
         value = config.get(key)

@@ -4,12 +4,12 @@ backend file each for llama.cpp (GGUF), onnxruntime (ONNX) and Core ML."""
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgekit.errors import EdgekitError
+from edgekit.jsonfile import read_json
 
 # llama.cpp's CPU backend uses OpenMP; libgomp's default active spin-wait makes a thread that lost its
 # core burn the time slice of the one it waits for. On a host shared with other work that costs 5-10x
@@ -49,18 +49,9 @@ def artifact_kind(artifact: str | Path) -> str:
                            "pass a .gguf file or an ONNX / Core ML directory from edgekit convert")
     if path.suffix == ".mlpackage":
         return "coreml"
-    manifest = path / "edgekit.json"
-    if manifest.exists():
-        try:
-            fmt = json.loads(manifest.read_text()).get("format")
-        except (OSError, ValueError, AttributeError):
-            raise EdgekitError(f"{manifest} is not valid JSON", "re-create the artifact with edgekit convert") from None
-        if fmt in ("onnx", "coreml"):
-            return fmt
-        if fmt == "gguf":
-            ggufs = sorted(path.glob("*.gguf"))
-            if ggufs:
-                return "gguf"
+    fmt = read_json(path / "edgekit.json", "manifest", optional=True).get("format")
+    if fmt in ("onnx", "coreml"):
+        return fmt
     if (path / "model.onnx").exists():
         return "onnx"
     if (path / "model.mlpackage").exists():
@@ -86,8 +77,6 @@ def load(artifact: str | Path, device: str = "auto", threads: int | None = None,
         raise EdgekitError(f"unknown fallback {fallback!r}", "the only fallback is cpu")
     path = Path(artifact)
     kind = artifact_kind(path)
-    if kind == "gguf" and path.is_dir():
-        path = sorted(path.glob("*.gguf"))[0]
     module_name, cls_name = BACKENDS[kind].split(":")
     try:
         module = importlib.import_module(module_name)

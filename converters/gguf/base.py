@@ -87,7 +87,8 @@ def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle
     ``facts``: the tokenizer measurement, if the caller started it already (it is cancelled on return).
     ``seam``: per-tensor storage types and transforms (:mod:`converters.seam`; a quantizer).
     """
-    from edgekit import __version__
+    from edgekit import manifest as mf
+    from edgekit.tokenizer import describe
 
     started = time.perf_counter()
     if adapter_only and not adapter:
@@ -114,16 +115,21 @@ def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle
             planned = plan(fam.jobs(), ckpt, qtype, seam, fam.spec.architecture)  # while the tokenizer is measured
             vocab = tokenizer.load(ckpt.path, fam.spec.vocab_size, pending.result())
 
+            # edgekit.json's fields, as edgekit.* keys; the source hash is patched in when known
+            manifest = mf.build(format="gguf", source=str(ckpt.path), source_sha256=sha.placeholder,
+                                quant={"method": "none", "outtype": qtype.name.lower()},
+                                tokenizer=describe(ckpt.path), chat_template=vocab.chat_template,
+                                context_length=fam.spec.context_length, files=[], root=None,
+                                adapter=str(ckpt.adapter.path) if ckpt.adapter else adapter,
+                                architecture=fam.spec.architecture)
+
             def metadata(w: gguf.GGUFWriter) -> None:
                 general_metadata(w, ckpt, "model", vocab.tokens)
                 fam.set_params(w)
                 w.add_file_type(FILE_TYPES[qtype])
                 w.add_quantization_version(gguf.GGML_QUANT_VERSION)
                 vocab.write(w)
-                w.add_string("edgekit.version", __version__)
-                w.add_string("edgekit.source_sha256", sha.placeholder)
-                if adapter:
-                    w.add_string("edgekit.adapter", str(ckpt.adapter.path) if ckpt.adapter else adapter)
+                mf.write_gguf(w, manifest)
 
             result = write_gguf(dest, force, fam.arch_name, planned, ckpt, metadata, progress, sha.patch)
             summary.update(result)

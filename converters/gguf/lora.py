@@ -20,6 +20,7 @@ from converters.gguf.base import general_metadata
 from converters.gguf.model import Job, Model
 from converters.gguf.stream import plan, write_gguf
 from converters.gguf.types import Q
+from edgekit import manifest as mf
 from edgekit.checkpoint import Checkpoint
 from edgekit.errors import EdgekitError
 
@@ -72,10 +73,10 @@ def write_adapter(ckpt: Checkpoint, fam: Model, adapter_ref: str, dest: Path, *,
         general_metadata(w, ckpt, "adapter")
         w.add_string(gguf.Keys.Adapter.TYPE, "lora")
         w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-        from edgekit import __version__
-
-        w.add_string("edgekit.version", __version__)
-        w.add_string("edgekit.adapter", str(lora.path))
+        mf.write_gguf(w, mf.build(format="gguf", source=str(ckpt.path), source_sha256=None,
+                                  quant={"method": "none", "outtype": qtype.name.lower()}, tokenizer=None,
+                                  chat_template=None, context_length=None, files=[], root=None,
+                                  adapter=str(lora.path), gguf_type="adapter"))
 
     tensors = _AdapterTensors(ckpt)
     result = write_gguf(dest, force, fam.arch_name, plan(jobs, tensors, qtype), tensors, metadata, progress)

@@ -25,6 +25,7 @@ import gguf
 from converters.gguf import hf_tokenizer, pretokenizer
 from converters.gguf.hf_tokenizer import TokenizerFacts
 from edgekit.errors import EdgekitError
+from edgekit.jsonfile import read_json
 from edgekit.tokenizer import chat_template
 
 # token texts llama.cpp's converter treats as control tokens even when HF does not flag them special
@@ -71,14 +72,6 @@ class Vocab:
                 "add_bos": self.add_bos, "add_eos": self.add_eos, "special_ids": self.special_ids}
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    except (OSError, ValueError) as exc:
-        raise EdgekitError(f"{path} is not valid JSON ({exc})", "restore the tokenizer files") from None
-    return data if isinstance(data, dict) else {}
-
-
 def check_present(directory: Path) -> None:
     if not (directory / "tokenizer.json").exists() and not (directory / "tokenizer.model").exists():
         raise EdgekitError(f"{directory} has no tokenizer (tokenizer.json or tokenizer.model)",
@@ -93,7 +86,7 @@ def load(directory: Path, vocab_size: int, facts: TokenizerFacts | None = None) 
     """
     check_present(directory)
     has_json, has_spm = (directory / "tokenizer.json").exists(), (directory / "tokenizer.model").exists()
-    tj = _json(directory / "tokenizer.json")
+    tj = read_json(directory / "tokenizer.json", "tokenizer", optional=True)
     model = tj.get("model", {}) if tj else {}
     byte_level = "ByteLevel" in json.dumps(tj.get("pre_tokenizer")) or "ByteLevel" in json.dumps(tj.get("decoder"))
     hf = facts if facts is not None else hf_tokenizer.start(directory).result()
@@ -129,7 +122,7 @@ def _bpe(directory: Path, tj: dict[str, Any], hf: TokenizerFacts, vocab_size: in
         tokens[i] = text
         types[i] = gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED
     tokens = [t if t is not None else f"[PAD{i}]" for i, t in enumerate(tokens)]
-    cfg = _json(directory / "tokenizer_config.json")
+    cfg = read_json(directory / "tokenizer_config.json", "tokenizer config", optional=True)
     clean = cfg.get("clean_up_tokenization_spaces")
     pre = pretokenizer.derive(tj, clean_up_spaces=clean if isinstance(clean, bool) else None,
                               chkhsh=hf.chkhsh, where=f"{directory / 'tokenizer.json'}")
