@@ -71,14 +71,17 @@ class Generation:
     prompt_tps: float = 0.0        # evaluated prompt tokens per second
     eval_tps: float = 0.0          # generated tokens per second
     finish_reason: str = ""        # "stop" (eos or stop string) | "length" (max tokens) | "context" (window full)
+    #                                | "cancelled" (the caller stopped it)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def generate(engine: Engine, prompt: Sequence[int], params: SamplingParams | None = None, *, max_tokens: int = 256,
-             stop: Sequence[str] = (), on_text: Callable[[str], None] | None = None) -> Generation:
-    """Generate up to ``max_tokens`` after ``prompt`` (token ids), streaming text to ``on_text``."""
+             stop: Sequence[str] = (), on_text: Callable[[str], None] | None = None,
+             cancel: Callable[[], bool] | None = None) -> Generation:
+    """Generate up to ``max_tokens`` after ``prompt`` (token ids), streaming text to ``on_text``; ``cancel()``
+    returning true stops before the next token (finish_reason "cancelled"), the text so far kept."""
     params = params or SamplingParams()
     sampler = Sampler(params)
     stops = [s for s in stop if s]
@@ -101,6 +104,9 @@ def generate(engine: Engine, prompt: Sequence[int], params: SamplingParams | Non
 
     finish, cut = "length", False
     while len(out.tokens) < max_tokens:
+        if cancel is not None and cancel():
+            finish = "cancelled"
+            break
         token = sampler(logits, history)
         if token in engine.eos_ids:
             finish = "stop"

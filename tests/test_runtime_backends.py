@@ -23,7 +23,7 @@ def convert(src: Path, out: Path, *args: str) -> Path:
 
 
 def run_json(artifact: Path, *args: str) -> dict:
-    proc = run_cli("run", str(artifact), "--json", "--threads", "2", *args)
+    proc = run_cli("run", str(artifact), "--json", "--threads", "2", "--raw", *args)  # the raw text, not a chat
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 

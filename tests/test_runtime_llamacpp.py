@@ -44,7 +44,7 @@ def run_json(*args: str) -> dict:
 
 
 def test_run_json_greedy_equals_llama_cpp_python(gguf):
-    got = run_json(str(gguf), "-p", PROMPT, "-n", "32", "--threads", "2")
+    got = run_json(str(gguf), "-p", PROMPT, "--raw", "-n", "32", "--threads", "2")
     llm = llama_cpp.Llama(str(gguf), n_ctx=512, n_threads=2, verbose=False)
     ref = llm.create_completion(PROMPT, max_tokens=32, temperature=0, top_k=1)
     assert got["text"] == ref["choices"][0]["text"]
@@ -114,14 +114,14 @@ def test_stop_strings_and_streaming(gguf, engine):
     miss = generate(engine, engine.tokenize(PROMPT), max_tokens=20, stop=["The Unicorn"], on_text=pieces.append)
     assert miss.text == full.text and "".join(pieces) == full.text and miss.tokens == full.tokens
     # the CLI streams the same text to stdout (and tokens/s to stderr)
-    proc = run_cli("run", str(gguf), "-p", PROMPT, "-n", "20", "--stop", "United", "--threads", "2")
+    proc = run_cli("run", str(gguf), "-p", PROMPT, "--raw", "-n", "20", "--stop", "United", "--threads", "2")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.rstrip("\n") == cut.text.rstrip("\n")
     assert "tokens/s" in proc.stderr
 
 
 def test_context_full_stops_generation(gguf):
-    got = run_json(str(gguf), "-p", PROMPT, "-n", "50", "--context", "16", "--threads", "2")
+    got = run_json(str(gguf), "-p", PROMPT, "--raw", "-n", "50", "--context", "16", "--threads", "2")
     assert got["finish_reason"] == "context"
     assert got["prompt_tokens"] + got["eval_count"] - 1 == 16
 

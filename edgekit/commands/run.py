@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import click
@@ -11,8 +10,12 @@ import click
 
 @click.command("run")
 @click.argument("artifact")
-@click.option("-p", "--prompt", help="Prompt text; without it, an interactive chat on stdin (/bye or EOF ends it).")
-@click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template as a user message.")
+@click.option("-p", "--prompt",
+              help="Prompt text. On a chat model (its artifact has a chat template) it is sent as a user message "
+                   "through that template; --raw sends it as plain text to complete. Without -p: an interactive "
+                   "chat (/help lists its commands; plain line reading when stdin is not a terminal).")
+@click.option("--chat", is_flag=True, help="Use the chat template (the default when the artifact has one).")
+@click.option("--raw", is_flag=True, help="-p: plain completion of the prompt text, no chat template.")
 @click.option("--system", help="System message for --chat and the interactive chat.")
 # --device / --fallback are checked by runtimes.load, so a wrong value is edgekit's one-line error
 @click.option("--device", default="auto", show_default=True,
@@ -32,15 +35,26 @@ import click
 @click.option("--threads", type=int, help="CPU threads (default: physical cores).")
 @click.option("--context", type=int, help="KV-cache size in tokens (default: the model's, at most 4096 for GGUF).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with text, tokens and timings.")
-def run_cmd(artifact: str, prompt: str | None, chat: bool, system: str | None, device: str, fallback: str | None,
-            max_tokens: int, stop: tuple[str, ...], threads: int | None, context: int | None, as_json: bool,
-            **sampling: Any) -> None:
+def run_cmd(artifact: str, prompt: str | None, chat: bool, raw: bool, system: str | None, device: str,
+            fallback: str | None, max_tokens: int, stop: tuple[str, ...], threads: int | None, context: int | None,
+            as_json: bool, **sampling: Any) -> None:
     """Generate with ARTIFACT (a .gguf file, or an ONNX / Core ML directory from edgekit convert)."""
     import runtimes
+    from edgekit.chat_repl import Chat, reader_for_stdin, valid_text, warn_replaced
+    from edgekit.errors import EdgekitError
     from runtimes.chat import ChatSession, prompt_tokens
     from runtimes.generate import generate
     from runtimes.sampling import SamplingParams
 
+    if chat and raw:
+        raise EdgekitError("--chat and --raw contradict each other", "pass one of them")
+    if raw and prompt is None:
+        raise EdgekitError("--raw applies to -p PROMPT", "pass -p PROMPT, or drop --raw for the interactive chat")
+    for name, value in (("-p", prompt), ("--system", system)):
+        if value is not None and valid_text(value)[1]:
+            warn_replaced(f"the {name} text")
+    prompt = valid_text(prompt)[0] if prompt is not None else None
+    system = valid_text(system)[0] if system is not None else None
     params = SamplingParams(**sampling)
     engine = runtimes.load(artifact, device=device, threads=threads, fallback=fallback, context=context)
     stream = None if as_json else (lambda text: click.echo(text, nl=False))
@@ -56,22 +70,20 @@ def run_cmd(artifact: str, prompt: str | None, chat: bool, system: str | None, d
 
     options = {"max_tokens": max_tokens, "stop": stop, "on_text": stream}
     if prompt is not None:
-        if chat:
+        if chat or (engine.chat_template and not raw):
             messages = [{"role": "system", "content": system}] if system else []
             messages.append({"role": "user", "content": prompt})
             tokens = prompt_tokens(engine, messages)
         else:
             tokens = engine.tokenize(prompt)
-        report(generate(engine, tokens, params, **options))
+        result = generate(engine, tokens, params, **options)
+        report(result)
+        if result.eval_count == 0 and not as_json:
+            mode = "as plain text (--raw)" if raw or not engine.chat_template else "through the chat template"
+            click.echo(f"edgekit: note: the model ended its answer at once (prompt sent {mode})", err=True)
         return
+    if not engine.chat_template:
+        raise EdgekitError(f"{artifact} has no chat template, so it cannot chat",
+                           "pass -p PROMPT for a plain completion")
     session = ChatSession(engine, system)
-    interactive = sys.stdin.isatty()
-    while True:
-        if interactive:
-            click.echo(">>> ", nl=False, err=True)
-        line = sys.stdin.readline()
-        if not line or line.strip() == "/bye":
-            break
-        if not line.strip():
-            continue
-        report(session.ask(line.rstrip("\n"), params, **options))
+    Chat(session, params, max_tokens=max_tokens, stop=stop, on_text=stream, report=report).loop(reader_for_stdin())
