@@ -35,7 +35,6 @@ It comes as ``model.onnx`` (``--prefill-chunk`` tokens) and, when the chunk is l
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -89,7 +88,7 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
     if not static and (context is not None or prefill_chunk is not None):
         raise EdgekitError("--context and --prefill-chunk only apply to a static export", "add --static")
     dest = Path(output) if output else _default_output(model, static)
-    check_destination(dest, force)  # before opening anything large
+    check_destination(dest, force, sources=(model, adapter))  # before opening anything large
     ckpt = open_checkpoint(model, adapter=adapter, allow_pickle=allow_pickle)
     spec = from_config(ckpt.config)
     from converters.onnx.decoder import check_static_window, check_supported
@@ -99,9 +98,6 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
     if sizes:
         check_static_window(spec, ckpt.config, *sizes)
     with atomic_output(dest, force, directory=True) as tmp:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; an artifact directory follows the umask
         summary = _write(ckpt, spec, tmp, dtype=dtype, sizes=sizes, ort=ort, progress=progress)
     files = summary.pop("_files")
     return {"output": str(dest), "format": "onnx", "dtype": dtype, "static": static,
