@@ -84,7 +84,7 @@ def _write(ckpt: Any, spec: Any, out: Path, *, context: int, precision: str, pro
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(steps), desc="coreml export", unit="step", leave=False)
+        bar = tqdm(total=len(steps), desc="coreml export", unit="step", leave=False, disable=None)
     from edgekit.atomic import temporary_files_in
 
     try:

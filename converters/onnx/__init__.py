@@ -132,7 +132,7 @@ def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=spec.num_layers * len(graphs), desc="onnx export", unit="layer", leave=False)
+        bar = tqdm(total=spec.num_layers * len(graphs), desc="onnx export", unit="layer", leave=False, disable=None)
     try:
         for filename, variant in graphs.items():
             graph = Graph(weights)
