@@ -189,9 +189,22 @@ def atomic_output(dest: Path, force: bool = False, directory: bool = False) -> I
         swap_in(tmp, dest, replaceable=False)
     except BaseException as exc:
         _remove(tmp)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        if isinstance(exc, OSError) and _disk_full(exc, dest.parent):
             raise EdgekitError(f"disk full while writing {dest}", "free space or choose another -o") from None
         raise
+
+
+def _disk_full(exc: OSError, directory: Path) -> bool:
+    """ENOSPC / EDQUOT, or an errno-less short write (numpy's tofile raises "N requested and M written")
+    on a file system with (nearly) no space left."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if exc.errno is None:
+        try:
+            return shutil.disk_usage(directory).free < 16 << 20
+        except OSError:
+            return False
+    return False
 
 
 @contextmanager

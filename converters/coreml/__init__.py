@@ -50,6 +50,7 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
             force: bool = False, progress: bool = True, context: int | None = None,
             precision: str | None = None) -> dict[str, Any]:
     """Convert ``model`` (+ ``adapter``) to a Core ML directory; returns a JSON-serialisable summary."""
+    from edgekit import validate
     from edgekit.atomic import atomic_output, check_destination
     from edgekit.checkpoint import open_checkpoint
     from edgekit.spec import from_config
@@ -65,6 +66,7 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
     from converters.coreml.wrapper import check_supported
 
     check_supported(spec)
+    validate.tokenizer_files(ckpt.path, spec.vocab_size)  # the artifact will carry these files
     n = _context(spec, context)
     with atomic_output(dest, force, directory=True) as tmp:
         summary = _write(ckpt, spec, tmp, context=n, precision=precision, progress=progress)

@@ -79,6 +79,7 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
             force: bool = False, progress: bool = True, dtype: str | None = None, static: bool = False,
             context: int | None = None, prefill_chunk: int | None = None, ort: bool = False) -> dict[str, Any]:
     """Export ``model`` (+ ``adapter``) to an ONNX directory; returns a JSON-serialisable summary."""
+    from edgekit import validate
     from edgekit.atomic import atomic_output, check_destination
     from edgekit.checkpoint import open_checkpoint
     from edgekit.spec import from_config
@@ -94,6 +95,7 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
     from converters.onnx.decoder import check_static_window, check_supported
 
     check_supported(spec)
+    validate.tokenizer_files(ckpt.path, spec.vocab_size)  # the artifact will carry these files
     sizes = _static_sizes(spec, ckpt.config, context, prefill_chunk) if static else None
     if sizes:
         check_static_window(spec, ckpt.config, *sizes)
