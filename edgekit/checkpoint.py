@@ -10,6 +10,7 @@ an adapter that does not fit) is raised as :class:`EdgekitError` before any work
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit import validate
 from edgekit.errors import EdgekitError
 from edgekit.jsonfile import read_json
 
@@ -217,18 +219,10 @@ def _validated_offsets(path: Path) -> dict[str, tuple[int, int]]:
                                f"file has {size})", "re-download or re-save it")
         try:
             header = json.loads(fh.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise EdgekitError(f"safetensors file {path} has a corrupt header (not JSON)",
                                "re-download or re-save it") from None
-    if not isinstance(header, dict):
-        raise EdgekitError(f"safetensors file {path} has a corrupt header", "re-download or re-save it")
-    ranges = {k: (8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1]) for k, v in header.items()
-              if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v}
-    end = max((stop for _, stop in ranges.values()), default=8 + n)
-    if end > size:
-        raise EdgekitError(f"safetensors file {path} is truncated: {size} bytes, its header needs {end}",
-                           "re-download or re-save it")
-    return ranges
+    return validate.safetensors_header(header, 8 + n, size, path)
 
 
 class _PickleFiles:
@@ -365,6 +359,7 @@ def open_adapter(ref: str | os.PathLike, allow_pickle: bool = False) -> LoraAdap
         raise EdgekitError(f"adapter directory {directory} has no {ADAPTER_CONFIG}",
                            "pass a PEFT LoRA adapter directory (as saved by peft's save_pretrained)")
     config = read_json(directory / ADAPTER_CONFIG, "adapter config")
+    validate.adapter_config(config, directory / ADAPTER_CONFIG)
     peft_type = str(config.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise EdgekitError(f"adapter {directory} is a {peft_type} adapter; only LoRA adapters can be merged",
@@ -462,14 +457,65 @@ class Checkpoint:
     def size_on_disk(self) -> int:
         return sum(f.stat().st_size for f in self.files)
 
-    def sha256(self) -> str:
-        """sha256 over the weight files' bytes, in sorted file-name order (streamed in 8 MiB blocks)."""
+    def sha256(self, check_finite: bool = True) -> str:
+        """sha256 over the weight files' bytes, in sorted file-name order (streamed in 8 MiB blocks).
+
+        The same pass refuses a float tensor holding NaN or infinity (EdgekitError naming it), so every
+        converter, which hashes its source, rejects non-finite weights at no extra read; the adapter's
+        float tensors are checked too.
+        """
         h = hashlib.sha256()
+        offsets = getattr(self._store, "offsets", {})
         for f in sorted(self.files, key=lambda p: p.name):
-            with f.open("rb") as fh:
-                while block := fh.read(8 << 20):
-                    h.update(block)
+            _scan(f, _float_ranges(self._store.index, offsets, f) if check_finite else [], h)
+        if check_finite and self.adapter is not None:
+            store = self.adapter.files
+            for f in getattr(store, "offsets", None) and {t.file for t in store.index.values()} or ():
+                _scan(f, _float_ranges(store.index, store.offsets, f), None)
         return h.hexdigest()
+
+
+_FLOAT_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": "<u2"}
+
+
+def _float_ranges(index: dict[str, TensorInfo], offsets: dict[str, tuple[int, int]],
+                  file: Path) -> list[tuple[int, int, str, str]]:
+    """(start, end, name, dtype) of the float tensors stored in ``file``, in file order."""
+    return sorted((*offsets[n], n, t.dtype) for n, t in index.items()
+                  if t.file == file and n in offsets and t.dtype in _FLOAT_DTYPES)
+
+
+def _scan(path: Path, tensors: list[tuple[int, int, str, str]], h: Any) -> None:
+    """Feed ``path`` to the hash ``h`` (if any) in 8 MiB blocks, checking each listed tensor's elements
+    are finite as its bytes pass (blocks are cut at tensor boundaries, so elements never straddle two)."""
+    import numpy as np
+
+    block = 8 << 20
+    cuts = sorted({c for s, e, _, _ in tensors for c in (s, e)})
+    with path.open("rb", buffering=0) as fh:
+        pos, ti = 0, 0
+        while True:
+            i = bisect.bisect_right(cuts, pos)
+            nxt = min(pos + block, cuts[i]) if i < len(cuts) else pos + block
+            data = fh.read(nxt - pos)
+            if not data:
+                break
+            if h is not None:
+                h.update(data)
+            while ti < len(tensors) and tensors[ti][1] <= pos:
+                ti += 1
+            if ti < len(tensors) and tensors[ti][0] <= pos < tensors[ti][1]:
+                _, _, name, dtype = tensors[ti]
+                code = np.dtype(_FLOAT_DTYPES[dtype])
+                values = np.frombuffer(data, dtype=code, count=len(data) // code.itemsize)
+                if dtype == "BF16":  # exponent bits all ones = inf or NaN, as in float32's top half
+                    bad = bool(((values & 0x7F80) == 0x7F80).any())
+                else:
+                    bad = not bool(np.isfinite(values).all())
+                if bad:
+                    raise EdgekitError(f"tensor {name} in {path} holds NaN or infinite values",
+                                       "the checkpoint is corrupt or diverged in training; use a healthy checkpoint")
+            pos += len(data)
 
 
 def open_checkpoint(ref: str | os.PathLike, adapter: str | os.PathLike | None = None,
@@ -485,8 +531,10 @@ def open_checkpoint(ref: str | os.PathLike, adapter: str | os.PathLike | None = 
             if (path / ADAPTER_CONFIG).exists() else "point at a Hugging Face model directory"
         raise EdgekitError(f"{path} has no {CONFIG}", hint)
     config = read_json(path / CONFIG, "model config")
+    validate.config(config, path / CONFIG)
     kind, files = _weight_files(path, allow_pickle, "model")
     store = _SafetensorsFiles(files) if kind == "safetensors" else _PickleFiles(files)
+    validate.config_against_tensors(config, {n: t.shape for n, t in store.index.items()}, path / CONFIG)
     lora = open_adapter(adapter, allow_pickle) if adapter is not None else None
     if lora is not None:
         _check_adapter_fits(store.index, lora)

@@ -61,10 +61,11 @@ def artifact_kind(artifact: str | Path) -> str:
 
 
 def load(artifact: str | Path, device: str = "auto", threads: int | None = None, fallback: str | None = None,
-         context: int | None = None) -> Engine:
+         context: int | None = None, verify: bool = False) -> Engine:
     """An Engine for ``artifact`` (.gguf file, ONNX or Core ML directory) on ``device``
     ("auto" | "cpu" | "apple-silicon" | "android-nnapi" | "jetson"). ``fallback="cpu"`` runs on the CPU
-    when the device's accelerator is missing instead of failing; ``context`` caps the KV cache."""
+    when the device's accelerator is missing instead of failing; ``context`` caps the KV cache. The
+    artifact is checked against its manifest first (sizes and headers; every sha256 with ``verify``)."""
     from runtimes import devices
 
     if threads is not None and threads < 1:
@@ -77,6 +78,11 @@ def load(artifact: str | Path, device: str = "auto", threads: int | None = None,
         raise EdgekitError(f"unknown fallback {fallback!r}", "the only fallback is cpu")
     path = Path(artifact)
     kind = artifact_kind(path)
+    from edgekit import integrity
+
+    # a .onnx file or a .mlpackage given directly: its directory carries the manifest
+    integrity.check(path.parent if kind != "gguf" and (path.is_file() or path.suffix == ".mlpackage") else path,
+                    full=verify)
     module_name, cls_name = BACKENDS[kind].split(":")
     try:
         module = importlib.import_module(module_name)

@@ -16,6 +16,7 @@ The seed makes a run reproducible: the same seed, logits and history draw the sa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -37,6 +38,10 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise EdgekitError(f"--{name.replace('_', '-')} {getattr(self, name)} is not a finite number",
+                                   "pass a finite value")
         checks = [(self.temperature >= 0, "--temperature must be >= 0"), (self.top_k >= 0, "--top-k must be >= 0"),
                   (0 < self.top_p <= 1, "--top-p must be in (0, 1]"),
                   (0 <= self.min_p <= 1, "--min-p must be in [0, 1]"),
@@ -98,6 +103,15 @@ def distribution(logits: np.ndarray, history: Sequence[int], p: SamplingParams) 
     return ids, _softmax(vals / p.temperature)
 
 
+def check_finite(logits: np.ndarray) -> None:
+    """Refuse logits a healthy model never produces (NaN, +inf, or nothing above -inf): they mean damaged
+    weights, and sampling them would print token 0 or garbage as if it were the answer."""
+    x = np.asarray(logits)
+    if np.isnan(x).any() or np.isposinf(x).any() or not (x > -np.inf).any():
+        raise EdgekitError("the model produced non-finite logits (NaN or infinity); its weights are damaged",
+                           "run edgekit verify on the artifact and re-create it with edgekit convert")
+
+
 class Sampler:
     """Picks the next token; one instance per generation (it holds the seeded random generator)."""
 
@@ -107,6 +121,7 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
         p = self.params
+        check_finite(logits)
         if p.greedy:
             return int(np.argmax(apply_penalties(logits, history, p)))
         ids, probs = distribution(logits, history, p)

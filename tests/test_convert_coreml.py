@@ -260,7 +260,7 @@ def test_cli_output_exists(random_model, tmp_path):
     dest.mkdir()
     (dest / "keep.txt").write_text("mine")
     proc = run_cli("convert", str(random_model("llama")), "--to", "coreml", "-o", str(dest))
-    assert_one_line_error(proc, "already exists", "--force")
+    assert_one_line_error(proc, "did not write", "keep.txt")
     assert (dest / "keep.txt").read_text() == "mine" and sorted(p.name for p in dest.iterdir()) == ["keep.txt"]
 
 

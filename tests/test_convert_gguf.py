@@ -502,9 +502,11 @@ def test_truncated_safetensors(random_model, tmp_path):
 
 def test_output_exists_and_force(random_model, tmp_path):
     out = tmp_path / "o.gguf"
-    out.write_bytes(b"keep me")
-    assert_one_line_error(run_cli("convert", str(random_model("llama")), "--to", "gguf", "-o", str(out)),
-                          "already exists", "--force")
+    out.write_bytes(b"keep me")  # not a GGUF: edgekit did not write it, so not even --force replaces it
+    for force in ((), ("--force",)):
+        proc = run_cli("convert", str(random_model("llama")), "--to", "gguf", "-o", str(out), *force)
+        assert_one_line_error(proc, "did not write", "choose a new path")
+        assert "--force" not in proc.stderr
     assert out.read_bytes() == b"keep me"
 
 

@@ -371,7 +371,7 @@ def test_existing_output_is_refused(random_model, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     proc = run_cli("convert", str(random_model("llama")), "--to", "onnx", "-o", str(out))
-    assert_one_line_error(proc, "already exists", "--force")
+    assert_one_line_error(proc, "did not write", "keep.txt")
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 

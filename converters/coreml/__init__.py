@@ -52,6 +52,7 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
     """Convert ``model`` (+ ``adapter``) to a Core ML directory; returns a JSON-serialisable summary.
 
     ``seam``: per-tensor transforms (:mod:`converters.seam`; float replacements here)."""
+    from edgekit import validate
     from edgekit.atomic import atomic_output, check_destination
     from edgekit.checkpoint import open_checkpoint
     from edgekit.spec import from_config
@@ -61,12 +62,13 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
     if precision not in ("fp16", "fp32"):
         raise EdgekitError(f"--precision {precision} is not a Core ML precision", "pass fp16 or fp32")
     dest = Path(output) if output else _default_output(model)
-    check_destination(dest, force)  # before any heavy work
+    check_destination(dest, force, sources=(model, adapter))  # before any heavy work
     ckpt = open_checkpoint(model, adapter=adapter, allow_pickle=allow_pickle)
     spec = from_config(ckpt.config)
     from converters.coreml.wrapper import check_supported
 
     check_supported(spec)
+    validate.tokenizer_files(ckpt.path, spec.vocab_size)  # the artifact will carry these files
     n = _context(spec, context)
     with atomic_output(dest, force, directory=True) as tmp:
         summary = _write(ckpt, spec, tmp, context=n, precision=precision, progress=progress, seam=seam)
@@ -87,19 +89,23 @@ def _write(ckpt: Any, spec: Any, out: Path, *, context: int, precision: str, pro
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(steps), desc="coreml export", unit="step", leave=False)
+        bar = tqdm(total=len(steps), desc="coreml export", unit="step", leave=False, disable=None)
+    from edgekit.atomic import temporary_files_in
+
     try:
-        module = wrapper.build(ckpt, spec, context, seam=seam)
-        _tick(bar, steps[0])
-        mlmodel = mlprogram.convert(module, precision)
-        del module  # the torch copy of the weights is no longer needed while saving
-        _tick(bar, steps[1])
-        mlmodel.short_description = f"edgekit {spec.architecture} decoder, stateful KV cache of {context} tokens"
-        mlmodel.user_defined_metadata.update({
-            "edgekit.architecture": spec.architecture, "edgekit.context": str(context),
-            "edgekit.precision": precision, "edgekit.source": str(ckpt.path)})
-        mlmodel.save(str(out / PACKAGE))
-        _tick(bar, steps[2])
+        # coremltools' intermediate packages (else /tmp/tmp*) live in, and go with, the artifact's temporary dir
+        with temporary_files_in(out):
+            module = wrapper.build(ckpt, spec, context, seam=seam)
+            _tick(bar, steps[0])
+            mlmodel = mlprogram.convert(module, precision)
+            del module  # the torch copy of the weights is no longer needed while saving
+            _tick(bar, steps[1])
+            mlmodel.short_description = f"edgekit {spec.architecture} decoder, stateful KV cache of {context} tokens"
+            mlmodel.user_defined_metadata.update({
+                "edgekit.architecture": spec.architecture, "edgekit.context": str(context),
+                "edgekit.precision": precision, "edgekit.source": str(ckpt.path)})
+            mlmodel.save(str(out / PACKAGE))
+            _tick(bar, steps[2])
     finally:
         if bar:
             bar.close()

@@ -26,6 +26,7 @@ from converters.gguf.model import Model
 from converters.gguf.stream import plan, write_gguf
 from converters.gguf.types import FILE_TYPES, Q, resolve_outtype
 from converters.seam import NONE, Seam
+from edgekit import integrity
 from edgekit.atomic import check_destination
 from edgekit.checkpoint import Checkpoint, open_checkpoint
 from edgekit.errors import EdgekitError
@@ -102,7 +103,7 @@ def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle
             pending = hf_tokenizer.start(ckpt.path)
         qtype = resolve_outtype(outtype, ckpt)
         dest = Path(output).expanduser() if output else default_output(ckpt, qtype, adapter_only)
-        check_destination(dest, force)
+        check_destination(dest, force, sources=(ckpt.path, adapter))
         summary: dict[str, Any] = {"format": "gguf", "architecture": fam.arch_name, "hf_class": fam.spec.hf_class}
         if pending is None:
             from converters.gguf import lora
@@ -130,8 +131,15 @@ def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle
                 w.add_quantization_version(gguf.GGML_QUANT_VERSION)
                 vocab.write(w)
                 mf.write_gguf(w, manifest)
+                w.add_string(integrity.DATA_SHA256_KEY, data_placeholder)
 
-            result = write_gguf(dest, force, fam.arch_name, planned, ckpt, metadata, progress, sha.patch)
+            data_placeholder = secrets.token_hex(32)
+
+            def finish(path: Path, kv_end: int) -> None:
+                sha.patch(path, kv_end)  # also refuses NaN / infinite weights, found while hashing
+                integrity.patch_gguf_data_hash(path, kv_end, data_placeholder)  # for `edgekit verify`
+
+            result = write_gguf(dest, force, fam.arch_name, planned, ckpt, metadata, progress, finish)
             summary.update(result)
             summary.update({"tokenizer": vocab.summary(), "chat_template": vocab.chat_template is not None,
                             "source_sha256": sha.value})

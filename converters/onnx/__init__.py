@@ -35,7 +35,6 @@ It comes as ``model.onnx`` (``--prefill-chunk`` tokens) and, when the chunk is l
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -83,6 +82,7 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
     """Export ``model`` (+ ``adapter``) to an ONNX directory; returns a JSON-serialisable summary.
 
     ``seam``: per-tensor storage and transforms (:mod:`converters.seam`; a quantizer)."""
+    from edgekit import validate
     from edgekit.atomic import atomic_output, check_destination
     from edgekit.checkpoint import open_checkpoint
     from edgekit.spec import from_config
@@ -92,19 +92,17 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
     if not static and (context is not None or prefill_chunk is not None):
         raise EdgekitError("--context and --prefill-chunk only apply to a static export", "add --static")
     dest = Path(output) if output else _default_output(model, static)
-    check_destination(dest, force)  # before opening anything large
+    check_destination(dest, force, sources=(model, adapter))  # before opening anything large
     ckpt = open_checkpoint(model, adapter=adapter, allow_pickle=allow_pickle)
     spec = from_config(ckpt.config)
     from converters.onnx.decoder import check_static_window, check_supported
 
     check_supported(spec)
+    validate.tokenizer_files(ckpt.path, spec.vocab_size)  # the artifact will carry these files
     sizes = _static_sizes(spec, ckpt.config, context, prefill_chunk) if static else None
     if sizes:
         check_static_window(spec, ckpt.config, *sizes)
     with atomic_output(dest, force, directory=True) as tmp:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; an artifact directory follows the umask
         summary = _write(ckpt, spec, tmp, dtype=dtype, sizes=sizes, ort=ort, progress=progress, seam=seam)
     files = summary.pop("_files")
     return {"output": str(dest), "format": "onnx", "dtype": dtype, "static": static,
@@ -140,7 +138,7 @@ def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=spec.num_layers * len(graphs), desc="onnx export", unit="layer", leave=False)
+        bar = tqdm(total=spec.num_layers * len(graphs), desc="onnx export", unit="layer", leave=False, disable=None)
     try:
         for filename, variant in graphs.items():
             graph = Graph(weights)

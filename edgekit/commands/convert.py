@@ -17,8 +17,9 @@ from edgekit.errors import EdgekitError
 @click.option("--outtype", type=click.Choice(["f32", "f16", "bf16", "q8_0", "auto"]), help="gguf: tensor type.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), help="onnx: weight precision.")
 @click.option("--static", "static", is_flag=True, help="onnx: fixed shapes for NNAPI / QNN / CoreML EP.")
-@click.option("--context", type=int, help="onnx --static, coreml: context window (KV cache) in tokens.")
-@click.option("--prefill-chunk", type=int, help="onnx --static: tokens per prefill call.")
+@click.option("--context", type=click.IntRange(min=1),
+              help="onnx --static, coreml: context window (KV cache) in tokens.")
+@click.option("--prefill-chunk", type=click.IntRange(min=1), help="onnx --static: tokens per prefill call.")
 @click.option("--ort", is_flag=True, help="onnx: also write the ORT-format model and required_operators.config.")
 @click.option("--precision", type=click.Choice(["fp16", "fp32"]), help="coreml: compute precision.")
 @click.option("--allow-pickle", is_flag=True, help="Read pytorch_model.bin (torch.load weights_only=True).")
@@ -30,7 +31,7 @@ def convert_cmd(model: str, fmt: str, output: str | None, adapter: str | None, a
     import converters
 
     module = converters.get(fmt)
-    given = {k: v for k, v in options.items() if v not in (None, False)}
+    given = {k: v for k, v in options.items() if v is not None and v is not False}  # 0 is a value
     foreign = sorted(set(given) - set(module.OPTIONS))
     if foreign:
         names = ", ".join("--" + k.replace("_", "-") for k in foreign)

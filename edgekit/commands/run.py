@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from edgekit.commands import FINITE, NON_NEGATIVE
+
 
 @click.command("run")
 @click.argument("artifact")
@@ -23,21 +25,24 @@ import click
 @click.option("--fallback", help="cpu: run on the CPU if the device's accelerator is missing.")
 @click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="Most tokens to generate.")
-@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
-@click.option("--top-k", type=int, default=0, help="Keep the k most likely tokens (0 = off).")
-@click.option("--top-p", type=float, default=1.0, help="Nucleus sampling mass (1 = off).")
-@click.option("--min-p", type=float, default=0.0, help="Drop tokens below min-p x the top probability (0 = off).")
-@click.option("--repeat-penalty", type=float, default=1.0, help="Repetition penalty over the last 64 tokens (1 = off).")
-@click.option("--presence-penalty", type=float, default=0.0, help="Subtract from tokens already present.")
-@click.option("--frequency-penalty", type=float, default=0.0, help="Subtract per earlier occurrence.")
+@click.option("--temperature", type=NON_NEGATIVE, default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, help="Keep the k most likely tokens (0 = off).")
+@click.option("--top-p", type=FINITE, default=1.0, help="Nucleus sampling mass (1 = off).")
+@click.option("--min-p", type=FINITE, default=0.0, help="Drop tokens below min-p x the top probability (0 = off).")
+@click.option("--repeat-penalty", type=FINITE, default=1.0,
+              help="Repetition penalty over the last 64 tokens (1 = off).")
+@click.option("--presence-penalty", type=FINITE, default=0.0, help="Subtract from tokens already present.")
+@click.option("--frequency-penalty", type=FINITE, default=0.0, help="Subtract per earlier occurrence.")
 @click.option("--seed", type=int, help="Seed for reproducible sampling.")
 @click.option("--stop", multiple=True, help="Stop when this text appears (repeatable); it is not printed.")
-@click.option("--threads", type=int, help="CPU threads (default: physical cores).")
-@click.option("--context", type=int, help="KV-cache size in tokens (default: the model's, at most 4096 for GGUF).")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: physical cores).")
+@click.option("--context", type=click.IntRange(min=1),
+              help="KV-cache size in tokens (default: the model's, at most 4096 for GGUF).")
+@click.option("--verify", is_flag=True, help="Check every file's sha256 against the manifest before loading.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with text, tokens and timings.")
 def run_cmd(artifact: str, prompt: str | None, chat: bool, raw: bool, system: str | None, device: str,
             fallback: str | None, max_tokens: int, stop: tuple[str, ...], threads: int | None, context: int | None,
-            as_json: bool, **sampling: Any) -> None:
+            verify: bool, as_json: bool, **sampling: Any) -> None:
     """Generate with ARTIFACT (a .gguf file, or an ONNX / Core ML directory from edgekit convert)."""
     import runtimes
     from edgekit.chat_repl import Chat, reader_for_stdin, valid_text, warn_replaced
@@ -56,7 +61,8 @@ def run_cmd(artifact: str, prompt: str | None, chat: bool, raw: bool, system: st
     prompt = valid_text(prompt)[0] if prompt is not None else None
     system = valid_text(system)[0] if system is not None else None
     params = SamplingParams(**sampling)
-    engine = runtimes.load(artifact, device=device, threads=threads, fallback=fallback, context=context)
+    engine = runtimes.load(artifact, device=device, threads=threads, fallback=fallback, context=context,
+                           verify=verify)
     stream = None if as_json else (lambda text: click.echo(text, nl=False))
 
     def report(result: Any) -> None:

@@ -108,6 +108,8 @@ def ensure(out: Path | None = None, force: bool = False) -> Path:
 
 
 def _install(tmp: Path, out: Path, force: bool) -> None:
+    from edgekit.atomic import swap_in
+
     try:
         # atomic, and refuses a non-empty directory, so a build that finished meanwhile is never clobbered
         os.rename(tmp, out)
@@ -115,14 +117,7 @@ def _install(tmp: Path, out: Path, force: bool) -> None:
     except OSError:
         if not force and is_complete(out):
             return
-    # an incomplete or forced-over `out`: move it aside first so readers never see old and new files mixed
-    old = tmp.with_name(tmp.name + "-old")
-    os.rename(out, old)
-    os.rename(tmp, out)
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink()
+    swap_in(tmp, out)  # an incomplete or forced-over `out`: readers never see old and new files mixed
 
 
 def build(src: Path, out: Path) -> None:

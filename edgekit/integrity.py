@@ -1,0 +1,235 @@
+"""Is an artifact what edgekit wrote? Checked on every load (cheap) and by ``edgekit verify`` (full).
+
+* A directory artifact (ONNX, Core ML) carries ``edgekit.json`` listing every file with its size and
+  sha256. The cheap check: every listed file present with its size, and each file's header the format's
+  own (an ONNX ModelProto starts with its ir_version field, a Core ML package with Manifest.json). The
+  full check hashes every file.
+* A GGUF file carries, in its metadata, ``edgekit.data_sha256``: the sha256 of everything after the
+  metadata (tensor infos and tensor data), patched in once the file is complete. The cheap check parses
+  the header (magic, version, counts, every tensor's type, shape and offset) and compares the size the
+  tensors need with the file's size; the full check hashes the data. A GGUF written by another tool has
+  no recorded hash: its structure is checked, and ``verify`` says there is nothing to compare against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from edgekit.errors import EdgekitError
+
+MANIFEST = "edgekit.json"
+GGUF_MAGIC = b"GGUF"
+DATA_SHA256_KEY = "edgekit.data_sha256"
+RECREATE = "re-create it with edgekit convert (or restore it from where it came)"
+
+# GGUF value types (gguf-py's GGUFValueType): scalar struct codes; 8 = string, 9 = array
+_SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_MAX_COUNT = 1 << 24  # more keys, tensors or array items than any model has: a corrupt count
+
+
+@dataclass
+class GGUFLayout:
+    version: int
+    kv_end: int  # first byte after the metadata (where the tensor infos start)
+    data_start: int
+    data_end: int  # end of the last tensor's bytes
+    size: int
+    alignment: int
+    strings: dict[str, str] = field(default_factory=dict)  # the string-valued metadata
+    tensors: int = 0
+
+
+class _Reader:
+    """Bounded little-endian reads: any value pointing past the end of the file is corruption."""
+
+    def __init__(self, fh: BinaryIO, size: int, path: Path) -> None:
+        self.fh, self.size, self.path = fh, size, path
+
+    def bad(self, why: str) -> EdgekitError:
+        return EdgekitError(f"{self.path} is a damaged GGUF file ({why})", RECREATE)
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.fh.tell() + n > self.size:
+            raise self.bad(f"a field at byte {self.fh.tell()} runs past the end of the file")
+        return self.fh.read(n)
+
+    def scalar(self, code: str) -> Any:
+        return struct.unpack("<" + code, self.take(struct.calcsize("<" + code)))[0]
+
+    def count(self, what: str) -> int:
+        n = self.scalar("Q")
+        if n > _MAX_COUNT:
+            raise self.bad(f"{what} count {n} is implausible")
+        return n
+
+    def string(self) -> bytes:
+        return self.take(self.scalar("Q"))
+
+    def value(self, vtype: int, depth: int = 0) -> Any:
+        if vtype in _SCALAR:
+            return self.scalar(_SCALAR[vtype])
+        if vtype == 8:
+            return self.string()
+        if vtype == 9 and depth < 2:
+            etype, n = self.scalar("I"), self.count("array")
+            if etype in _SCALAR:
+                self.take(n * struct.calcsize("<" + _SCALAR[etype]))  # skipped, bounded by the file size
+            else:
+                for _ in range(n):
+                    self.value(etype, depth + 1)
+            return None
+        raise self.bad(f"unknown metadata value type {vtype}")
+
+
+def gguf_layout(path: Path) -> GGUFLayout:
+    """Parse a GGUF header (written by hand: gguf-py's GGUFReader maps and decodes every field, ~1 s
+    on a 49k-token vocabulary, too slow for a check on every load). Raises EdgekitError if damaged."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        r = _Reader(fh, size, path)
+        if size < 24 or r.take(4) != GGUF_MAGIC:
+            raise EdgekitError(f"{path} is not a GGUF file", "pass a .gguf file written by edgekit convert")
+        version = r.scalar("I")
+        if version not in (2, 3):
+            raise r.bad(f"version {version}")
+        n_tensors, n_kv = r.count("tensor"), r.count("metadata")
+        strings: dict[str, str] = {}
+        alignment = 32
+        for _ in range(n_kv):
+            key = r.string().decode("utf-8", "replace")
+            vtype = r.scalar("I")
+            value = r.value(vtype)
+            if isinstance(value, bytes):
+                strings[key] = value.decode("utf-8", "replace")
+            elif key == "general.alignment" and isinstance(value, int):
+                alignment = value
+        if not 1 <= alignment <= 1 << 16 or alignment & (alignment - 1):
+            raise r.bad(f"alignment {alignment}")
+        kv_end = fh.tell()
+        need = 0
+        for _ in range(n_tensors):
+            name = r.string().decode("utf-8", "replace")
+            n_dims = r.scalar("I")
+            if n_dims > 4:
+                raise r.bad(f"tensor {name} has {n_dims} dimensions")
+            dims = [r.scalar("Q") for _ in range(n_dims)]
+            ttype, offset = r.scalar("I"), r.scalar("Q")
+            try:
+                block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+            except (ValueError, KeyError):
+                raise r.bad(f"tensor {name} has unknown type {ttype}") from None
+            numel = 1
+            for d in dims:
+                numel *= d
+            if dims and dims[0] % block:
+                raise r.bad(f"tensor {name}'s rows of {dims[0]} do not fill blocks of {block}")
+            if offset % alignment:
+                raise r.bad(f"tensor {name}'s offset {offset} is not aligned")
+            need = max(need, offset + numel // block * nbytes)
+        data_start = -(-fh.tell() // alignment) * alignment
+    layout = GGUFLayout(version, kv_end, data_start, data_start + need, size, alignment, strings, n_tensors)
+    if layout.data_end > size:
+        raise EdgekitError(f"{path} is truncated: {size} bytes, its tensors need {layout.data_end}", RECREATE)
+    return layout
+
+
+def sha256_from(path: Path, offset: int) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb", buffering=0) as fh:
+        fh.seek(offset)
+        while block := fh.read(8 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def patch_gguf_data_hash(path: Path, kv_end: int, placeholder: str) -> str:
+    """Write the sha256 of ``path[kv_end:]`` over ``placeholder`` (same length) in the metadata."""
+    value = sha256_from(path, kv_end)
+    with Path(path).open("r+b") as fh:
+        head = fh.read(kv_end)
+        at = head.find(placeholder.encode())
+        if at < 0:
+            raise RuntimeError("data sha256 placeholder not found in the GGUF metadata")
+        fh.seek(at)
+        fh.write(value.encode())
+    return value
+
+
+def _check_header(root: Path, name: str) -> str | None:
+    """Why ``name``'s first bytes are not its format's, or None."""
+    f = root / name
+    if name.endswith(".onnx") or name.endswith(".ort"):
+        with f.open("rb") as fh:
+            first = fh.read(1)
+        # ModelProto field 1 (ir_version, varint): tag byte 0x08; ORT flatbuffers start with a uint32 offset
+        if name.endswith(".onnx") and first != b"\x08":
+            return "does not start like an ONNX model"
+    if name.endswith(".json"):
+        try:
+            json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            return "is not valid JSON"
+    return None
+
+
+def check(artifact: str | Path, full: bool = False) -> dict[str, Any]:
+    """Check ``artifact`` (a GGUF file or an artifact directory) against what it records; ``full`` hashes
+    every byte. Returns {"artifact", "format", "checked": "size+header" | "sha256", "files"}; raises
+    EdgekitError naming the first damaged part."""
+    path = Path(artifact)
+    if path.is_file():
+        layout = gguf_layout(path)
+        recorded = layout.strings.get(DATA_SHA256_KEY)
+        result = {"artifact": str(path), "format": "gguf", "checked": "size+header", "files": 1,
+                  "tensors": layout.tensors, "sha256_recorded": recorded is not None}
+        if full:
+            if recorded is None:
+                raise EdgekitError(f"{path} records no {DATA_SHA256_KEY} (not written by edgekit); its header and "
+                                   "size are intact but its data cannot be verified",
+                                   "re-create it with edgekit convert to get a verifiable artifact")
+            actual = sha256_from(path, layout.kv_end)
+            if actual != recorded:
+                raise EdgekitError(f"{path} is damaged: its tensor data's sha256 is {actual[:16]}..., "
+                                   f"its metadata records {recorded[:16]}...", RECREATE)
+            result["checked"] = "sha256"
+        return result
+    manifest_path = path / MANIFEST
+    if not manifest_path.exists():
+        if full:
+            raise EdgekitError(f"{path} has no {MANIFEST} to verify against", "pass an artifact from edgekit convert")
+        return {"artifact": str(path), "format": None, "checked": "none", "files": 0}
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        entries = [(str(name), int(info["bytes"]), str(info["sha256"])) for name, info in files.items()]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        raise EdgekitError(f"{manifest_path} is damaged (not the manifest edgekit writes)", RECREATE) from None
+    from edgekit.manifest import file_sha256
+
+    root = path.resolve()
+    for name, size, sha in entries:
+        f = (path / name).resolve()
+        if root not in f.parents:
+            raise EdgekitError(f"{manifest_path} lists {name}, outside the artifact", RECREATE)
+        if not f.is_file():
+            raise EdgekitError(f"artifact {path} is incomplete: {name} is missing", RECREATE)
+        actual = f.stat().st_size
+        if actual != size:
+            raise EdgekitError(f"artifact {path} is damaged: {name} has {actual} bytes, its manifest says {size}",
+                               RECREATE)
+        why = _check_header(path, name)
+        if why:
+            raise EdgekitError(f"artifact {path} is damaged: {name} {why}", RECREATE)
+        if full and file_sha256(f) != sha:
+            raise EdgekitError(f"artifact {path} is damaged: {name} does not match its sha256 in {MANIFEST}",
+                               RECREATE)
+    return {"artifact": str(path), "format": manifest.get("format"), "checked": "sha256" if full else "size+header",
+            "files": len(entries)}
