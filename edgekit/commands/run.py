@@ -31,18 +31,24 @@ import click
 @click.option("--stop", multiple=True, help="Stop when this text appears (repeatable); it is not printed.")
 @click.option("--threads", type=int, help="CPU threads (default: physical cores).")
 @click.option("--context", type=int, help="KV-cache size in tokens (default: the model's, at most 4096 for GGUF).")
+@click.option("--lookup", is_flag=True, help="Speculative decoding with prompt-lookup drafts (no second model).")
+@click.option("--draft", "draft_model", metavar="ARTIFACT", help="Speculative decoding with this smaller model "
+              "(same vocabulary) drafting.")
+@click.option("--draft-tokens", type=int, help="Tokens drafted per step (default: 10 with --lookup, 5 with --draft).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with text, tokens and timings.")
 def run_cmd(artifact: str, prompt: str | None, chat: bool, system: str | None, device: str, fallback: str | None,
             max_tokens: int, stop: tuple[str, ...], threads: int | None, context: int | None, as_json: bool,
-            **sampling: Any) -> None:
+            lookup: bool, draft_model: str | None, draft_tokens: int | None, **sampling: Any) -> None:
     """Generate with ARTIFACT (a .gguf file, or an ONNX / Core ML directory from edgekit convert)."""
     import runtimes
     from runtimes.chat import ChatSession, prompt_tokens
     from runtimes.generate import generate
     from runtimes.sampling import SamplingParams
+    from runtimes.speculative import drafter
 
     params = SamplingParams(**sampling)
     engine = runtimes.load(artifact, device=device, threads=threads, fallback=fallback, context=context)
+    draft = drafter(engine, draft=draft_model, lookup=lookup, tokens=draft_tokens, device=device, threads=threads)
     stream = None if as_json else (lambda text: click.echo(text, nl=False))
 
     def report(result: Any) -> None:
@@ -52,9 +58,11 @@ def run_cmd(artifact: str, prompt: str | None, chat: bool, system: str | None, d
             click.echo("")
             click.echo(f"prompt: {result.prompt_tokens} tokens ({result.prompt_evaluated} evaluated), "
                        f"{result.prompt_tps:.1f} tokens/s | generation: {result.eval_count} tokens, "
-                       f"{result.eval_tps:.1f} tokens/s | {result.finish_reason}", err=True)
+                       f"{result.eval_tps:.1f} tokens/s | {result.finish_reason}"
+                       + (f" | {result.speculative['drafter']}: {result.speculative['acceptance_rate']:.0%} of "
+                          f"drafts accepted" if result.speculative else ""), err=True)
 
-    options = {"max_tokens": max_tokens, "stop": stop, "on_text": stream}
+    options = {"max_tokens": max_tokens, "stop": stop, "on_text": stream, "draft": draft}
     if prompt is not None:
         if chat:
             messages = [{"role": "system", "content": system}] if system else []
