@@ -4,19 +4,11 @@ backend file each for llama.cpp (GGUF), onnxruntime (ONNX) and Core ML."""
 from __future__ import annotations
 
 import importlib
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgekit.errors import EdgekitError
 from edgekit.jsonfile import read_json
-
-# llama.cpp's CPU backend uses OpenMP; libgomp's default active spin-wait makes a thread that lost its
-# core burn the time slice of the one it waits for. On a host shared with other work that costs 5-10x
-# (measured here: 20 greedy tokens of SmolLM2 in 6 s vs 1.4 s); on an idle host passive costs little.
-# Must be set before libgomp loads (importing llama_cpp or torch loads it), hence here at package import;
-# a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if TYPE_CHECKING:
     from runtimes.engine import Engine
@@ -64,7 +56,8 @@ def load(artifact: str | Path, device: str = "auto", threads: int | None = None,
          context: int | None = None, verify: bool = False) -> Engine:
     """An Engine for ``artifact`` (.gguf file, ONNX or Core ML directory) on ``device``
     ("auto" | "cpu" | "apple-silicon" | "android-nnapi" | "jetson"). ``fallback="cpu"`` runs on the CPU
-    when the device's accelerator is missing instead of failing; ``context`` caps the KV cache. The
+    when the device's accelerator is missing instead of failing; ``context`` caps the KV cache; ``threads``
+    defaults to the profile's choice (:func:`runtimes.devices.default_threads`). The
     artifact is checked against its manifest first (sizes and headers; every sha256 with ``verify``)."""
     from runtimes import devices
 
@@ -91,4 +84,5 @@ def load(artifact: str | Path, device: str = "auto", threads: int | None = None,
     facts = devices.host_facts()
     static = module.is_static(path) if hasattr(module, "is_static") else None
     selection = devices.select(device, kind, facts, fallback=fallback, static_onnx=static)
-    return getattr(module, cls_name)(path, selection, threads=threads, context=context)
+    # the engines' own runtime settings (OpenMP wait policy, spinning) are left as the user's environment has them
+    return getattr(module, cls_name)(path, selection, threads=threads or selection.threads, context=context)

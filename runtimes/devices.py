@@ -55,12 +55,14 @@ class Selection:
     providers: list[str] = field(default_factory=list)   # ONNX execution providers in order
     gpu_layers: int = 0            # llama.cpp layers to offload (-1 = all)
     compute_units: str | None = None  # Core ML
+    threads: int = 1               # CPU threads the profile runs with unless the caller says otherwise
     fell_back: bool = False        # the profile's accelerator is missing; running on the CPU
     note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {"device": self.profile, "backend": self.backend, "providers": self.providers,
-                "gpu_layers": self.gpu_layers, "compute_units": self.compute_units, "fell_back": self.fell_back,
+                "gpu_layers": self.gpu_layers, "compute_units": self.compute_units, "threads": self.threads,
+                "fell_back": self.fell_back,
                 "note": self.note}
 
 
@@ -115,7 +117,7 @@ def select(device: str, backend: str, facts: HostFacts, fallback: str | None = N
     auto = device == "auto"
     profile = detect(facts) if auto else device
     may_fall_back = auto or fallback == "cpu"
-    sel = Selection(profile=profile, backend=backend)
+    sel = Selection(profile=profile, backend=backend, threads=default_threads(profile))
     if backend == "onnx":
         wanted = list(ONNX_PROVIDERS[profile])
         if profile == "android-nnapi" and static_onnx is False:
@@ -158,15 +160,71 @@ def select(device: str, backend: str, facts: HostFacts, fallback: str | None = N
     return sel
 
 
-def physical_cores() -> int:
-    """Physical CPU cores (llama.cpp is fastest with one thread per core, not per hyper-thread)."""
+SYSFS_CPU = Path("/sys/devices/system/cpu")
+
+
+def _allowed_cpus() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):  # a container, cgroup cpuset or taskset may allow fewer CPUs than exist
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def physical_cores(cpus: list[int] | None = None, sysfs: Path = SYSFS_CPU) -> int:
+    """Physical cores among the CPUs this process may run on (llama.cpp and onnxruntime are fastest with one
+    thread per core, not per hyper-thread): the distinct (package, core) pairs of the allowed CPUs in sysfs,
+    else psutil's physical count capped by the allowed CPUs."""
+    cpus = _allowed_cpus() if cpus is None else cpus
+    cores = set()
+    for cpu in cpus:
+        topo = sysfs / f"cpu{cpu}" / "topology"
+        package, core = _read(topo / "physical_package_id"), _read(topo / "core_id")
+        if package is None or core is None:
+            cores = set()
+            break
+        cores.add((package, core))
+    if cores:
+        return len(cores)
     try:
         import psutil
 
         n = psutil.cpu_count(logical=False)
     except ImportError:
         n = None
-    n = n or os.cpu_count() or 1
-    if hasattr(os, "sched_getaffinity"):  # a container or taskset may allow fewer CPUs than exist
-        n = min(n, len(os.sched_getaffinity(0)))
-    return max(1, n)
+    return max(1, min(n or len(cpus), len(cpus)))
+
+
+def performance_cores(cpus: list[int] | None = None, sysfs: Path = SYSFS_CPU) -> int:
+    """Physical cores outside the slowest cluster on a big.LITTLE / hybrid CPU (threads on efficiency cores
+    make every step wait for the slowest one), judged by ``cpuinfo_max_freq``; all physical cores when the
+    CPUs do not differ or the frequencies are unknown."""
+    cpus = _allowed_cpus() if cpus is None else cpus
+    freq = {cpu: _read(sysfs / f"cpu{cpu}" / "cpufreq" / "cpuinfo_max_freq") for cpu in cpus}
+    if any(f is None or not f.isdigit() for f in freq.values()) or len({int(f) for f in freq.values()}) < 2:
+        return physical_cores(cpus, sysfs)
+    slowest = min(int(f) for f in freq.values())
+    return physical_cores([c for c in cpus if int(freq[c]) > slowest], sysfs)
+
+
+def default_threads(profile: str) -> int:
+    """CPU threads for a profile: physical cores the process may use; on phones and Apple silicon only the
+    performance cores (``hw.perflevel0.physicalcpu`` on macOS)."""
+    if profile == "apple-silicon":
+        import subprocess
+
+        try:
+            out = subprocess.run(["sysctl", "-n", "hw.perflevel0.physicalcpu"], capture_output=True, text=True,
+                                 timeout=5)
+            if out.returncode == 0 and out.stdout.strip().isdigit():
+                return max(1, int(out.stdout.strip()))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if profile in ("android-nnapi", "apple-silicon"):
+        return performance_cores()
+    return physical_cores()

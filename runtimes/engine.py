@@ -7,6 +7,8 @@ history), context checks and the evaluation counters. A backend implements only
 * ``_forward(tokens)``: run ``tokens`` at positions ``n_tokens ..`` appending their K/V to the cache,
   return the last token's logits as a float32 vector;
 * ``_truncate(n)``: forget cache entries at positions ``>= n``;
+* optionally ``_forward_all(tokens)``: the same, returning every token's logits (speculative decoding
+  verifies k drafted tokens in one forward); the default runs them one by one;
 * ``tokenize`` / ``detokenize`` and the tokenizer facts (bos/eos, chat template).
 """
 
@@ -57,6 +59,10 @@ class Engine(ABC):
     def _forward(self, tokens: list[int]) -> np.ndarray:
         """Append ``tokens`` at positions ``n_tokens ..``; return the last one's logits (float32, vocab)."""
 
+    def _forward_all(self, tokens: list[int]) -> np.ndarray:
+        """Like ``_forward`` but returns every token's logits, shape (len(tokens), vocab)."""
+        return np.stack([self._forward([t]) for t in tokens])
+
     @abstractmethod
     def _truncate(self, n: int) -> None:
         """Drop cache entries at positions >= n."""
@@ -78,6 +84,8 @@ class Engine(ABC):
         info = {"kind": self.kind, "path": self.path, "context_length": self.context_length}
         if self.selection is not None:
             info.update(self.selection.as_dict())
+        if getattr(self, "threads", None):  # what the engine runs with (--threads overrides the profile's)
+            info["threads"] = self.threads
         return info
 
     # -- shared behaviour ----------------------------------------------------------------------
@@ -119,15 +127,22 @@ class Engine(ABC):
         self._check_room(1, len(self._cache) + 1)
         return self._run([int(token)], reused=len(self._cache))
 
-    def _run(self, tokens: list[int], reused: int) -> np.ndarray:
+    def score(self, tokens: Sequence[int]) -> np.ndarray:
+        """Append ``tokens`` in one forward; returns the logits after each of them, shape (len, vocab).
+        Speculative decoding verifies drafted tokens this way, then ``truncate``s the rejected ones."""
+        tokens = [int(t) for t in tokens]
+        self._check_room(len(tokens), len(self._cache) + len(tokens))
+        return self._run(tokens, reused=len(self._cache), every=True)
+
+    def _run(self, tokens: list[int], reused: int, every: bool = False) -> np.ndarray:
         try:
-            logits = self._forward(tokens)
+            logits = self._forward_all(tokens) if every else self._forward(tokens)
         except Exception:
             # the backend may have written part of the batch: its cache state is unknown past `reused`
             self.truncate(reused)
             raise
         self._cache.extend(tokens)
-        self._last_logits = logits
+        self._last_logits = logits[-1] if every else logits
         self.evaluated_last, self.reused_last = len(tokens), reused
         self.evaluated_total += len(tokens)
         return logits

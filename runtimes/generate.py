@@ -13,9 +13,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from runtimes.engine import Engine
 from runtimes.sampling import Sampler, SamplingParams
+
+if TYPE_CHECKING:
+    from runtimes.speculative import Drafter
 
 REPLACEMENT = "\ufffd"
 CONTEXT_TOKENS = 4  # prompt tokens kept in the stream decoder so the first piece decodes in context
@@ -71,7 +75,8 @@ class Generation:
     prompt_tps: float = 0.0        # evaluated prompt tokens per second
     eval_tps: float = 0.0          # generated tokens per second
     finish_reason: str = ""        # "stop" (eos or stop string) | "length" (max tokens) | "context" (window full)
-    #                                | "cancelled" (the caller stopped it)
+    #                                | "cancelled" (the caller's cancel() said so)
+    speculative: dict | None = None  # drafter, drafted / accepted tokens, acceptance rate, tokens per forward
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -79,9 +84,18 @@ class Generation:
 
 def generate(engine: Engine, prompt: Sequence[int], params: SamplingParams | None = None, *, max_tokens: int = 256,
              stop: Sequence[str] = (), on_text: Callable[[str], None] | None = None,
-             cancel: Callable[[], bool] | None = None) -> Generation:
+             draft: Drafter | None = None, cancel: Callable[[], bool] | None = None) -> Generation:
     """Generate up to ``max_tokens`` after ``prompt`` (token ids), streaming text to ``on_text``; ``cancel()``
-    returning true stops before the next token (finish_reason "cancelled"), the text so far kept."""
+    is asked before every step and a true answer ends the generation (finish_reason "cancelled"), the text
+    so far kept.
+
+    With a ``draft`` (runtimes/speculative.py), each step feeds the sampled token together with the
+    drafter's guesses in one forward (``engine.score``) and walks the returned rows: the token sampled from
+    a row is emitted; while it equals the guess fed after that row the next row is valid too; at the first
+    difference the rest of the guess is dropped from the KV cache and the sampled token is carried to the
+    next step. Every emitted token is thus sampled from the target's logits after exactly the tokens emitted
+    before it, with one draw each: the output is non-speculative decoding's.
+    """
     params = params or SamplingParams()
     sampler = Sampler(params)
     stops = [s for s in stop if s]
@@ -94,6 +108,8 @@ def generate(engine: Engine, prompt: Sequence[int], params: SamplingParams | Non
     history = list(prompt)
     stream = StreamDecoder(engine.detokenize, prompt)
     text, emitted = "", 0
+    finish, cut = "length", False
+    drafted = accepted = forwards = 0
 
     def emit(upto: int) -> None:
         nonlocal emitted
@@ -102,15 +118,12 @@ def generate(engine: Engine, prompt: Sequence[int], params: SamplingParams | Non
                 on_text(text[emitted:upto])
             emitted = upto
 
-    finish, cut = "length", False
-    while len(out.tokens) < max_tokens:
-        if cancel is not None and cancel():
-            finish = "cancelled"
-            break
-        token = sampler(logits, history)
+    def take(token: int) -> bool:
+        """Emit ``token``; True when generation ends with it."""
+        nonlocal text, finish, cut
         if token in engine.eos_ids:
             finish = "stop"
-            break
+            return True
         out.tokens.append(token)
         history.append(token)
         text += stream.push(token)
@@ -120,16 +133,46 @@ def generate(engine: Engine, prompt: Sequence[int], params: SamplingParams | Non
             if hits:
                 text = text[:min(hits)]
                 finish, cut = "stop", True
-                break
+                return True
             emit(len(text) - _held_back(text, stops))
         else:
             emit(len(text))
         if len(out.tokens) >= max_tokens:
-            break
-        if engine.n_tokens >= engine.context_length:
+            return True
+        if len(history) - 1 >= engine.context_length:  # the token cannot be fed: the window is full
             finish = "context"
+            return True
+        return False
+
+    carry: int | None = None  # a token already sampled (at a rejected guess) and not yet emitted
+    while len(out.tokens) < max_tokens:
+        if cancel is not None and cancel():
+            finish = "cancelled"
             break
-        logits = engine.decode(token)
+        token = sampler(logits, history) if carry is None else carry
+        carry = None
+        if take(token):
+            break
+        room = min(draft.tokens, max_tokens - len(out.tokens), engine.context_length - len(history)) if draft else 0
+        guess = draft.propose(history, room)[:room] if room > 0 else []
+        forwards += 1
+        if not guess:
+            logits = engine.decode(token)
+            continue
+        rows = engine.score([token, *guess])  # rows[i]: logits after guess[:i]
+        drafted += len(guess)
+        logits = rows[-1]
+        for i, g in enumerate(guess):
+            t = sampler(rows[i], history)
+            if t != g:
+                engine.truncate(engine.n_tokens - len(guess) + i)
+                carry = t
+                break
+            accepted += 1
+            if take(t):
+                break
+        if len(out.tokens) >= max_tokens or finish != "length":
+            break
     if not cut:
         text += stream.flush()
     emit(len(text))  # the held-back tail, now known not to start a stop string
@@ -140,6 +183,12 @@ def generate(engine: Engine, prompt: Sequence[int], params: SamplingParams | Non
     out.finish_reason = finish
     out.prompt_tps = out.prompt_evaluated / out.prompt_seconds if out.prompt_seconds > 0 else 0.0
     out.eval_tps = out.eval_count / out.eval_seconds if out.eval_seconds > 0 else 0.0
+    if draft is not None:
+        # tokens per target forward (prefill included; 1.0 without speculation): the speed-up over plain
+        # decoding if verifying k tokens cost what one token's forward costs (the benchmark measures the real one)
+        out.speculative = {"drafter": draft.name, "draft_tokens": draft.tokens, "drafted": drafted,
+                           "accepted": accepted, "acceptance_rate": accepted / drafted if drafted else 0.0,
+                           "forwards": forwards + 1, "tokens_per_forward": out.eval_count / (forwards + 1)}
     return out
 
 

@@ -1,8 +1,9 @@
 """GGUF through llama.cpp (llama-cpp-python's ``Llama`` for loading; decoding driven directly).
 
 Only the pieces the Engine needs are used: the context's ``decode`` on a batch that asks for the last
-token's logits only (``logits_all=False``, so prefill does not compute or copy a vocab-sized row per
-prompt token), ``get_logits()`` read in place, and truncation the way ``Llama.eval`` does it
+token's logits only (so prefill does not compute or copy a vocab-sized row per prompt token), or for every
+token's when speculative decoding verifies a draft (llama.cpp sizes its output buffer per batch),
+``get_logits()`` read in place, and truncation the way ``Llama.eval`` does it
 (``kv_cache_seq_rm`` from position n, then ``n_tokens = n``). ``Llama.n_tokens`` / ``input_ids`` are
 kept in step so the ``Llama`` object stays coherent. Chat template, BOS and end-of-generation tokens
 come from the GGUF's own metadata and vocabulary.
@@ -161,16 +162,28 @@ class LlamaCppEngine(Engine):
 
     # -- model ------------------------------------------------------------------------------------
     def _forward(self, tokens: list[int]) -> np.ndarray:
+        return self._decode(tokens, every=False)[-1]
+
+    def _forward_all(self, tokens: list[int]) -> np.ndarray:
+        return self._decode(tokens, every=True)
+
+    def _decode(self, tokens: list[int], every: bool) -> np.ndarray:
+        """Run ``tokens`` in n_batch chunks; logits rows of every token (``every``) or of the last one only
+        (so a prefill does not compute or copy a vocab-sized row per prompt token)."""
         llm = self.llm
+        rows = []
         for i in range(0, len(tokens), self._n_batch):
             chunk = tokens[i:i + self._n_batch]
             n_past = llm.n_tokens
-            llm._batch.set_batch(batch=chunk, n_past=n_past, logits_all=False)
+            llm._batch.set_batch(batch=chunk, n_past=n_past, logits_all=every)
             llm._ctx.decode(llm._batch)
             llm.input_ids[n_past:n_past + len(chunk)] = chunk
             llm.n_tokens = n_past + len(chunk)
-        # one row: only the batch's last token asked for logits; copied because the next decode reuses it
-        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(self.vocab_size,)).copy()
+            if every:  # copied: the next decode reuses llama.cpp's logits buffer
+                rows.append(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(chunk), self.vocab_size)).copy())
+        if every:
+            return np.concatenate(rows) if len(rows) > 1 else rows[0]
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(1, self.vocab_size)).copy()
 
     def _truncate(self, n: int) -> None:
         self.llm._ctx.kv_cache_seq_rm(-1, n, -1)

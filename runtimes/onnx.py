@@ -64,9 +64,9 @@ def _session(path: Path, selection: Selection, threads: int | None) -> Any:
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
-        # the same trade as llama.cpp's OpenMP wait policy (runtimes/__init__.py): onnxruntime's pool threads
-        # spin between ops by default, which halves decode speed on a busy shared host (SmolLM2 fp32, 2 cores:
-        # 8.1 -> 15.8 tokens/s) and gains ~3% on an idle one (24.0 vs 23.2); OMP_WAIT_POLICY=ACTIVE spins
+        # the user asked OpenMP threads (llama.cpp) to sleep at barriers: onnxruntime's pool threads get the same
+        # (they spin between ops by default, which halves decode speed when other work shares the cores and
+        # gains a few percent on an idle host). Read, never set: without it onnxruntime keeps its default.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), so, providers=selection.providers)
@@ -183,9 +183,12 @@ class OnnxEngine(Engine):
 
     # -- model ------------------------------------------------------------------------------------
     def _forward(self, tokens: list[int]) -> np.ndarray:
-        return self._forward_static(tokens) if self.static else self._forward_dynamic(tokens)
+        return (self._forward_static(tokens) if self.static else self._forward_dynamic(tokens))[-1]
 
-    def _forward_dynamic(self, tokens: list[int]) -> np.ndarray:
+    def _forward_all(self, tokens: list[int]) -> np.ndarray:
+        return self._forward_static(tokens, every=True) if self.static else self._forward_dynamic(tokens, every=True)
+
+    def _forward_dynamic(self, tokens: list[int], every: bool = False) -> np.ndarray:
         p, n = self.n_tokens, len(tokens)
         binding = self._sess.io_binding()
         binding.bind_cpu_input("input_ids", np.array([tokens], self._index["input_ids"]))
@@ -201,19 +204,20 @@ class OnnxEngine(Engine):
         self._sess.run_with_iobinding(binding)
         outs = dict(zip(self._out_names, binding.get_outputs(), strict=True))
         self._past = [outs[f"present.{i}.{kv}"] for i in range(self.layers) for kv in ("key", "value")]
-        return outs["logits"].numpy()[0, -1].astype(np.float32)
+        logits = outs["logits"].numpy()[0]
+        return (logits if every else logits[-1:]).astype(np.float32)
 
-    def _forward_static(self, tokens: list[int]) -> np.ndarray:
-        logits = None
+    def _forward_static(self, tokens: list[int], every: bool = False) -> np.ndarray:
+        rows = []
         i = 0
         while i < len(tokens):
             runner = self._one if len(tokens) - i == 1 else self._chunk
             m = min(runner.tokens, len(tokens) - i)
-            logits = self._run_static(runner, tokens[i:i + m])
+            rows.append(self._run_static(runner, tokens[i:i + m], every or i + m == len(tokens)))
             i += m
-        return logits
+        return np.concatenate(rows) if every else rows[-1]
 
-    def _run_static(self, r: _StaticRunner, tokens: list[int]) -> np.ndarray:
+    def _run_static(self, r: _StaticRunner, tokens: list[int], keep: bool) -> np.ndarray:
         # _static_pos, not n_tokens: a prefill's earlier chunks are not in the Engine's record yet
         p, m, n = self._static_pos, len(tokens), self.context_length
         r.ids[0, :m] = tokens
@@ -227,7 +231,7 @@ class OnnxEngine(Engine):
             self.k[layer][:, :, p:p + m] = r.present[layer][0][:, :, :m]
             self.v[layer][:, :, p:p + m] = r.present[layer][1][:, :, :m]
         self._static_pos = p + m
-        return r.logits[0, m - 1].astype(np.float32)
+        return r.logits[0, :m].astype(np.float32) if keep else r.logits[0, m - 1:m]
 
     _static_pos = 0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import runtimes  # noqa: F401 - before llama_cpp: sets OMP_WAIT_POLICY before libgomp loads
+import runtimes
 from helpers import assert_one_line_error, run_cli
 
 PROMPT = "It is a truth universally acknowledged, that a single man"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import runtimes  # before llama_cpp: it sets OMP_WAIT_POLICY before libgomp loads
+import runtimes
 from helpers import assert_one_line_error, run_cli
 
 llama_cpp = pytest.importorskip("llama_cpp")

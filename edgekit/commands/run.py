@@ -39,10 +39,16 @@ from edgekit.commands import FINITE, NON_NEGATIVE
 @click.option("--context", type=click.IntRange(min=1),
               help="KV-cache size in tokens (default: the model's, at most 4096 for GGUF).")
 @click.option("--verify", is_flag=True, help="Check every file's sha256 against the manifest before loading.")
+@click.option("--lookup", is_flag=True, help="Speculative decoding with prompt-lookup drafts (no second model).")
+@click.option("--draft", "draft_model", metavar="ARTIFACT", help="Speculative decoding with this smaller model "
+              "(same vocabulary) drafting.")
+@click.option("--draft-tokens", type=click.IntRange(min=1),
+              help="Tokens drafted per step (default: 10 with --lookup, 5 with --draft).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with text, tokens and timings.")
 def run_cmd(artifact: str, prompt: str | None, chat: bool, raw: bool, system: str | None, device: str,
             fallback: str | None, max_tokens: int, stop: tuple[str, ...], threads: int | None, context: int | None,
-            verify: bool, as_json: bool, **sampling: Any) -> None:
+            verify: bool, as_json: bool, lookup: bool, draft_model: str | None, draft_tokens: int | None,
+            **sampling: Any) -> None:
     """Generate with ARTIFACT (a .gguf file, or an ONNX / Core ML directory from edgekit convert)."""
     import runtimes
     from edgekit.chat_repl import Chat, reader_for_stdin, valid_text, warn_replaced
@@ -50,6 +56,7 @@ def run_cmd(artifact: str, prompt: str | None, chat: bool, raw: bool, system: st
     from runtimes.chat import ChatSession, prompt_tokens
     from runtimes.generate import generate
     from runtimes.sampling import SamplingParams
+    from runtimes.speculative import drafter
 
     if chat and raw:
         raise EdgekitError("--chat and --raw contradict each other", "pass one of them")
@@ -63,6 +70,7 @@ def run_cmd(artifact: str, prompt: str | None, chat: bool, raw: bool, system: st
     params = SamplingParams(**sampling)
     engine = runtimes.load(artifact, device=device, threads=threads, fallback=fallback, context=context,
                            verify=verify)
+    draft = drafter(engine, draft=draft_model, lookup=lookup, tokens=draft_tokens, device=device, threads=threads)
     stream = None if as_json else (lambda text: click.echo(text, nl=False))
 
     def report(result: Any) -> None:
@@ -72,9 +80,11 @@ def run_cmd(artifact: str, prompt: str | None, chat: bool, raw: bool, system: st
             click.echo("")
             click.echo(f"prompt: {result.prompt_tokens} tokens ({result.prompt_evaluated} evaluated), "
                        f"{result.prompt_tps:.1f} tokens/s | generation: {result.eval_count} tokens, "
-                       f"{result.eval_tps:.1f} tokens/s | {result.finish_reason}", err=True)
+                       f"{result.eval_tps:.1f} tokens/s | {result.finish_reason}"
+                       + (f" | {result.speculative['drafter']}: {result.speculative['acceptance_rate']:.0%} of "
+                          f"drafts accepted" if result.speculative else ""), err=True)
 
-    options = {"max_tokens": max_tokens, "stop": stop, "on_text": stream}
+    options = {"max_tokens": max_tokens, "stop": stop, "on_text": stream, "draft": draft}
     if prompt is not None:
         if chat or (engine.chat_template and not raw):
             messages = [{"role": "system", "content": system}] if system else []
