@@ -71,16 +71,20 @@ class Generation:
     prompt_tps: float = 0.0        # evaluated prompt tokens per second
     eval_tps: float = 0.0          # generated tokens per second
     finish_reason: str = ""        # "stop" (eos or stop string) | "length" (max tokens) | "context" (window full)
+    #                                | "cancelled" (the caller's cancel() said so)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def generate(engine: Engine, prompt: Sequence[int], params: SamplingParams | None = None, *, max_tokens: int = 256,
-             stop: Sequence[str] = (), on_text: Callable[[str], None] | None = None) -> Generation:
-    """Generate up to ``max_tokens`` after ``prompt`` (token ids), streaming text to ``on_text``."""
+             stop: Sequence[str] = (), on_text: Callable[[str], None] | None = None,
+             processors: Sequence[Callable] = (), cancel: Callable[[], bool] | None = None) -> Generation:
+    """Generate up to ``max_tokens`` after ``prompt`` (token ids), streaming text to ``on_text``.
+    ``processors`` are logits processors for the sampler (constrained decoding); ``cancel()`` is asked
+    before every token and a true answer ends the generation (finish_reason "cancelled")."""
     params = params or SamplingParams()
-    sampler = Sampler(params)
+    sampler = Sampler(params, processors)
     stops = [s for s in stop if s]
     out = Generation(prompt_tokens=len(prompt))
     t0 = time.perf_counter()
@@ -101,6 +105,9 @@ def generate(engine: Engine, prompt: Sequence[int], params: SamplingParams | Non
 
     finish, cut = "length", False
     while len(out.tokens) < max_tokens:
+        if cancel is not None and cancel():
+            finish = "cancelled"
+            break
         token = sampler(logits, history)
         if token in engine.eos_ids:
             finish = "stop"
