@@ -35,13 +35,16 @@ import click
 def run_cmd(artifact: str, prompt: str | None, chat: bool, system: str | None, device: str, fallback: str | None,
             max_tokens: int, stop: tuple[str, ...], threads: int | None, context: int | None, as_json: bool,
             **sampling: Any) -> None:
-    """Generate with ARTIFACT (a .gguf file, or an ONNX / Core ML directory from edgekit convert)."""
+    """Generate with ARTIFACT (a .gguf file, an ONNX / Core ML directory from edgekit convert, or a store
+    model NAME[:TAG] from edgekit create / pull)."""
     import runtimes
+    from edgekit.serve.store import resolve_artifact
     from runtimes.chat import ChatSession, prompt_tokens
     from runtimes.generate import generate
     from runtimes.sampling import SamplingParams
 
     params = SamplingParams(**sampling)
+    artifact = resolve_artifact(artifact)  # a store model NAME[:TAG] runs like its artifact
     engine = runtimes.load(artifact, device=device, threads=threads, fallback=fallback, context=context)
     stream = None if as_json else (lambda text: click.echo(text, nl=False))
 

@@ -425,6 +425,22 @@ class Store:
         return [self.blob_path(a["digest"]) for a in manifest.get("adapters", [])]
 
 
+def resolve_artifact(ref: str) -> str:
+    """``ref`` itself when it is a path that exists, else the artifact of the store model of that name
+    (``edgekit run NAME``); anything else is returned unchanged for the runtime to report."""
+    from edgekit.serve.names import is_valid
+
+    if Path(ref).expanduser().exists() or not is_valid(ref):
+        return ref
+    store = Store()
+    try:
+        manifest = store.read(ref)
+    except ModelNotFound:
+        raise ModelNotFound(f"{ref} is neither a file nor a model in the store ({store.root})",
+                            "pass a .gguf file or an artifact directory, or a name from edgekit list") from None
+    return str(store.artifact(manifest))
+
+
 def cache_key(layers: list[dict[str, Any]]) -> str:
     text = json.dumps(sorted((x["path"], x["digest"]) for x in layers))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
