@@ -29,8 +29,7 @@ class Request:
     max_tokens: int
     sampling: Any                       # runtimes.sampling.SamplingParams
     stop: tuple[str, ...] = ()
-    schema: dict[str, Any] | None = None
-    json_mode: bool = False             # any JSON object (format "json", response_format json_object)
+    processors: list[Any] = field(default_factory=list)  # from Runner.constraint (JSON / JSON schema)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -102,17 +101,21 @@ class Runner:
     def has_template(self) -> bool:
         return bool(self.engine.chat_template)
 
+    def constraint(self, schema: dict[str, Any] | None, json_mode: bool) -> list[Any]:
+        """Logits processors enforcing ``schema`` (or any JSON object with ``json_mode``); built before a
+        request is queued so a bad schema is a 400, not an error in the middle of a stream."""
+        if schema is None and not json_mode:
+            return []
+        from runtimes.constrain import JsonConstraint
+
+        return [JsonConstraint(self.engine, schema)]
+
     # -- generation ------------------------------------------------------------------------------
     def generate(self, req: Request, on_text: Callable[[str], None] | None = None) -> Any:
         """Run ``req`` to the end (or until ``req.cancelled``); returns runtimes.generate.Generation,
         or None when the request was cancelled while waiting for the model."""
         from runtimes.generate import generate
 
-        processors = []
-        if req.schema is not None or req.json_mode:
-            from runtimes.constrain import JsonConstraint
-
-            processors.append(JsonConstraint(self.engine, req.schema))
         if not self.lock.acquire(req.cancelled):
             return None
         try:
@@ -121,7 +124,7 @@ class Runner:
                 raise EdgekitError(f"the prompt has {len(req.prompt)} tokens, the context holds {self.context_length}",
                                    "shorten the prompt, or raise num_ctx")
             return generate(self.engine, req.prompt, req.sampling, max_tokens=min(req.max_tokens, room),
-                            stop=req.stop, on_text=on_text, processors=processors, cancel=req.cancelled.is_set)
+                            stop=req.stop, on_text=on_text, processors=req.processors, cancel=req.cancelled.is_set)
         finally:
             self.lock.release()
 

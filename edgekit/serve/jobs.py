@@ -55,7 +55,9 @@ class Job:
                 from edgekit.errors import EdgekitError
 
                 raise EdgekitError("the prompt is empty", "send some text")
-            request = Request(prompt, opts.max_tokens, opts.sampling, opts.stop, schema, json_mode)
+            processors = await asyncio.get_running_loop().run_in_executor(
+                models.executor, loaded.runner.constraint, schema, json_mode)
+            request = Request(prompt, opts.max_tokens, opts.sampling, opts.stop, processors)
         except BaseException:
             models.release(loaded, keep_alive)
             raise

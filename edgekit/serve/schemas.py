@@ -4,7 +4,7 @@ as both servers do, so newer clients keep working."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,12 +28,14 @@ class Options(_Body):
     stop: list[str] | str | None = None
 
 
+# an example the OpenAPI document carries, so schema-driven clients (and the fuzz test) reach a real model
+ModelName = Annotated[str, Field(examples=["tiny"])]
 Format = Literal["", "json"] | dict[str, Any] | None
 KeepAlive = float | int | str | None
 
 
 class GenerateRequest(_Body):
-    model: str
+    model: ModelName
     prompt: str | None = None
     suffix: str | None = None
     system: str | None = None
@@ -54,7 +56,7 @@ class Message(_Body):
 
 
 class ChatRequest(_Body):
-    model: str
+    model: ModelName
     messages: list[Message] = Field(default_factory=list)
     stream: bool = True
     format: Format = None
@@ -64,7 +66,7 @@ class ChatRequest(_Body):
 
 
 class EmbedRequest(_Body):
-    model: str
+    model: ModelName
     input: str | list[str] = ""
     truncate: bool = True
     options: Options | None = None
@@ -73,7 +75,7 @@ class EmbedRequest(_Body):
 
 
 class EmbeddingsRequest(_Body):
-    model: str
+    model: ModelName
     prompt: str = ""
     options: Options | None = None
     keep_alive: KeepAlive = None
@@ -82,7 +84,7 @@ class EmbeddingsRequest(_Body):
 class ModelRequest(_Body):
     """show / delete / pull: ``model`` (``name`` in older clients)."""
 
-    model: str | None = None
+    model: ModelName | None = None
     name: str | None = None
     verbose: bool | None = None
     stream: bool = True
@@ -95,7 +97,7 @@ class CopyRequest(_Body):
 
 
 class CreateRequest(_Body):
-    model: str | None = None
+    model: ModelName | None = None
     name: str | None = None
     from_: str | None = Field(default=None, alias="from")
     files: dict[str, str] | None = None
@@ -137,7 +139,7 @@ class OAIStreamOptions(_Body):
 
 
 class _OAISampling(_Body):
-    model: str
+    model: ModelName
     stream: bool | None = False
     stream_options: OAIStreamOptions | None = None
     max_tokens: int | None = None
@@ -167,7 +169,7 @@ class CompletionRequest(_OAISampling):
 
 
 class OAIEmbeddingRequest(_Body):
-    model: str
+    model: ModelName
     input: str | list[str]
     encoding_format: Literal["float", "base64"] | None = "float"
     dimensions: int | None = None
