@@ -27,6 +27,14 @@ COMMANDS: dict[str, str] = {
     "run": "edgekit.commands.run:run_cmd",
     "doctor": "edgekit.commands.doctor:doctor_cmd",
     "verify": "edgekit.commands.verify:verify_cmd",
+    "serve": "edgekit.commands.serve:serve_cmd",
+    "create": "edgekit.commands.create:create_cmd",
+    "list": "edgekit.commands.list:list_cmd",
+    "show": "edgekit.commands.show:show_cmd",
+    "cp": "edgekit.commands.cp:cp_cmd",
+    "rm": "edgekit.commands.rm:rm_cmd",
+    "ps": "edgekit.commands.ps:ps_cmd",
+    "pull": "edgekit.commands.pull:pull_cmd",
 }
 
 

@@ -84,10 +84,11 @@ class Generation:
 
 def generate(engine: Engine, prompt: Sequence[int], params: SamplingParams | None = None, *, max_tokens: int = 256,
              stop: Sequence[str] = (), on_text: Callable[[str], None] | None = None,
-             draft: Drafter | None = None, cancel: Callable[[], bool] | None = None) -> Generation:
+             draft: Drafter | None = None, processors: Sequence[Callable] = (),
+             cancel: Callable[[], bool] | None = None) -> Generation:
     """Generate up to ``max_tokens`` after ``prompt`` (token ids), streaming text to ``on_text``; ``cancel()``
     is asked before every step and a true answer ends the generation (finish_reason "cancelled"), the text
-    so far kept.
+    so far kept. ``processors`` are logits processors for the sampler (constrained decoding).
 
     With a ``draft`` (runtimes/speculative.py), each step feeds the sampled token together with the
     drafter's guesses in one forward (``engine.score``) and walks the returned rows: the token sampled from
@@ -97,7 +98,7 @@ def generate(engine: Engine, prompt: Sequence[int], params: SamplingParams | Non
     before it, with one draw each: the output is non-speculative decoding's.
     """
     params = params or SamplingParams()
-    sampler = Sampler(params)
+    sampler = Sampler(params, processors)
     stops = [s for s in stop if s]
     out = Generation(prompt_tokens=len(prompt))
     t0 = time.perf_counter()

@@ -17,7 +17,7 @@ The seed makes a run reproducible: the same seed, logits and history draw the sa
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -113,15 +113,22 @@ def check_finite(logits: np.ndarray) -> None:
 
 
 class Sampler:
-    """Picks the next token; one instance per generation (it holds the seeded random generator)."""
+    """Picks the next token; one instance per generation (it holds the seeded random generator).
 
-    def __init__(self, params: SamplingParams | None = None) -> None:
+    ``processors`` (e.g. runtimes.constrain.JsonConstraint) run first, each ``processor(logits, history)
+    -> logits``; a token they set to -inf is never drawn."""
+
+    def __init__(self, params: SamplingParams | None = None,
+                 processors: Sequence[Callable[[np.ndarray, Sequence[int]], np.ndarray]] = ()) -> None:
         self.params = params or SamplingParams()
         self.rng = np.random.default_rng(self.params.seed)
+        self.processors = list(processors)
 
     def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
         p = self.params
         check_finite(logits)
+        for processor in self.processors:
+            logits = processor(logits, history)
         if p.greedy:
             return int(np.argmax(apply_penalties(logits, history, p)))
         ids, probs = distribution(logits, history, p)

@@ -49,10 +49,12 @@ def run_cmd(artifact: str, prompt: str | None, chat: bool, raw: bool, system: st
             fallback: str | None, max_tokens: int, stop: tuple[str, ...], threads: int | None, context: int | None,
             verify: bool, as_json: bool, lookup: bool, draft_model: str | None, draft_tokens: int | None,
             **sampling: Any) -> None:
-    """Generate with ARTIFACT (a .gguf file, or an ONNX / Core ML directory from edgekit convert)."""
+    """Generate with ARTIFACT (a .gguf file, an ONNX / Core ML directory from edgekit convert, or a store
+    model NAME[:TAG] from edgekit create / pull)."""
     import runtimes
     from edgekit.chat_repl import Chat, reader_for_stdin, valid_text, warn_replaced
     from edgekit.errors import EdgekitError
+    from edgekit.serve.store import resolve_artifact
     from runtimes.chat import ChatSession, prompt_tokens
     from runtimes.generate import generate
     from runtimes.sampling import SamplingParams
@@ -68,6 +70,7 @@ def run_cmd(artifact: str, prompt: str | None, chat: bool, raw: bool, system: st
     prompt = valid_text(prompt)[0] if prompt is not None else None
     system = valid_text(system)[0] if system is not None else None
     params = SamplingParams(**sampling)
+    artifact = resolve_artifact(artifact)  # a store model NAME[:TAG] runs like its artifact
     engine = runtimes.load(artifact, device=device, threads=threads, fallback=fallback, context=context,
                            verify=verify)
     draft = drafter(engine, draft=draft_model, lookup=lookup, tokens=draft_tokens, device=device, threads=threads)

@@ -1,0 +1,63 @@
+"""`edgekit serve`: the Ollama- and OpenAI-compatible HTTP server over the model store."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", type=click.IntRange(0, 65535), default=11434, show_default=True, help="Port (Ollama's).")
+@click.option("--api-key", envvar="EDGEKIT_API_KEY",
+              help="Require Authorization: Bearer KEY on every route but HEAD /.")
+@click.option("--keep-alive", default="5m", show_default=True,
+              help="How long a model stays loaded after a request (0 = unload at once, negative = forever).")
+@click.option("--max-loaded", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Models loaded at once; the least recently used is unloaded beyond this.")
+@click.option("--origins", multiple=True, help="Allow cross-origin browser requests from this origin (repeatable).")
+@click.option("--max-body", type=click.IntRange(min=1024), default=16 << 20, show_default=True,
+              help="Largest request body in bytes (blob uploads excepted); larger ones get 413.")
+@click.option("--json", "as_json", is_flag=True, help="Log one JSON object per line.")
+def serve_cmd(host: str, port: int, api_key: str | None, keep_alive: str, max_loaded: int, origins: tuple[str, ...],
+              max_body: int, as_json: bool) -> None:
+    """Serve the models of the store ($EDGEKIT_HOME) over Ollama's and OpenAI's HTTP APIs."""
+    import json
+    import logging
+    import sys
+
+    import uvicorn
+
+    from edgekit.errors import EdgekitError
+    from edgekit.serve.app import Settings, create_app
+    from edgekit.serve.models import parse_keep_alive
+    from edgekit.serve.store import Store
+
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        click.echo(f"edgekit: warning: serving on {host} without --api-key: anyone who can reach it can use it",
+                   err=True)
+    try:
+        keep = parse_keep_alive(keep_alive, 300.0)
+    except EdgekitError as err:
+        raise EdgekitError(f"--keep-alive: {err.what}", err.fix) from None
+    store = Store()
+    app = create_app(store, Settings(api_key=api_key, origins=origins, keep_alive=keep, max_loaded=max_loaded,
+                                     body_limit=max_body))
+    handler = logging.StreamHandler(sys.stderr)
+    if as_json:
+        class JsonFormatter(logging.Formatter):
+            def format(self, record: logging.LogRecord) -> str:
+                return json.dumps({"time": self.formatTime(record), "level": record.levelname,
+                                   "message": record.getMessage()})
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s edgekit serve: %(message)s"))
+    logger = logging.getLogger("edgekit.serve")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.info("store %s; listening on http://%s:%d", store.root, host if ":" not in host else f"[{host}]", port)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                    timeout_graceful_shutdown=3)
+    except OSError as err:
+        raise EdgekitError(f"cannot listen on {host}:{port} ({err.strerror})", "choose another --port") from None

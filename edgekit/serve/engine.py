@@ -1,0 +1,209 @@
+"""The server's one view of a runtime Engine: load, render a chat, generate with cancellation, embed.
+
+Everything ``serve`` does with a model goes through :class:`Runner`, so reworking the Engine into
+sequences (batching) changes this module and nothing in the routes. One generation at a time per model
+(``lock``): a request waits in FIFO order; a waiting request whose client left gives up its place.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+
+
+class Unsupported(EdgekitError):
+    """The model cannot do what was asked (e.g. embeddings from an ONNX decoder)."""
+
+
+@dataclass
+class Request:
+    prompt: list[int]
+    max_tokens: int
+    sampling: Any                       # runtimes.sampling.SamplingParams
+    stop: tuple[str, ...] = ()
+    processors: list[Any] = field(default_factory=list)  # from Runner.constraint (JSON / JSON schema)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class _FairLock:
+    """A FIFO lock whose waiters can give up (their client disconnected)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: list[object] = []
+        self._owner: object | None = None
+
+    def acquire(self, cancelled: threading.Event) -> bool:
+        me = object()
+        with self._cond:
+            self._queue.append(me)
+            try:
+                while self._owner is not None or self._queue[0] is not me:
+                    if cancelled.is_set():
+                        return False
+                    self._cond.wait(0.05)
+                self._owner = me
+                return True
+            finally:
+                self._queue.remove(me)
+                self._cond.notify_all()
+
+    def release(self) -> None:
+        with self._cond:
+            self._owner = None
+            self._cond.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+
+class Runner:
+    def __init__(self, artifact: Path, context: int | None = None, adapters: list[Path] = ()) -> None:
+        import runtimes
+
+        self.artifact = Path(artifact)
+        self.adapters = list(adapters)
+        if self.adapters:
+            raise Unsupported("GGUF LoRA adapters are not applied by this runtime yet",
+                              "FROM the checkpoint with ADAPTER, so the LoRA is merged at conversion")
+        self.engine = runtimes.load(self.artifact, context=context)
+        self.kind = self.engine.kind
+        self.context_length = self.engine.context_length
+        self.lock = _FairLock()
+        self._embedder: Any = None
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def chat_prompt(self, messages: list[dict[str, Any]], template: str | None = None) -> list[int]:
+        """Token ids of ``messages`` rendered with ``template`` (Modelfile TEMPLATE) or the artifact's own."""
+        from runtimes.chat import render
+
+        template = template or self.engine.chat_template
+        if not template:
+            raise Unsupported("the model has no chat template", "add TEMPLATE to its Modelfile, or use /api/generate "
+                                                                 "with raw: true")
+        text = render(template, messages, bos_token=self.engine.bos_token, eos_token=self.engine.eos_token,
+                      add_generation_prompt=True)
+        return self.engine.tokenize(text, add_special=False)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.engine.tokenize(text)
+
+    @property
+    def has_template(self) -> bool:
+        return bool(self.engine.chat_template)
+
+    def constraint(self, schema: dict[str, Any] | None, json_mode: bool) -> list[Any]:
+        """Logits processors enforcing ``schema`` (or any JSON object with ``json_mode``); built before a
+        request is queued so a bad schema is a 400, not an error in the middle of a stream."""
+        if schema is None and not json_mode:
+            return []
+        from runtimes.constrain import JsonConstraint
+
+        return [JsonConstraint(self.engine, schema)]
+
+    # -- generation ------------------------------------------------------------------------------
+    def generate(self, req: Request, on_text: Callable[[str], None] | None = None) -> Any:
+        """Run ``req`` to the end (or until ``req.cancelled``); returns runtimes.generate.Generation,
+        or None when the request was cancelled while waiting for the model."""
+        from runtimes.generate import generate
+
+        if not self.lock.acquire(req.cancelled):
+            return None
+        try:
+            room = self.context_length - len(req.prompt)
+            if room <= 0:
+                raise EdgekitError(f"the prompt has {len(req.prompt)} tokens, the context holds {self.context_length}",
+                                   "shorten the prompt, or raise num_ctx")
+            return generate(self.engine, req.prompt, req.sampling, max_tokens=min(req.max_tokens, room),
+                            stop=req.stop, on_text=on_text, processors=req.processors, cancel=req.cancelled.is_set)
+        finally:
+            self.lock.release()
+
+    # -- embeddings ------------------------------------------------------------------------------
+    def embed(self, texts: list[str], truncate: bool = True, cancelled: threading.Event | None = None
+              ) -> tuple[list[list[float]], int]:
+        """L2-normalised embeddings of ``texts`` and the number of prompt tokens. GGUF only: llama.cpp's
+        embeddings with the model's own pooling (mean where the GGUF declares none)."""
+        if self.kind != "gguf":
+            raise Unsupported(f"{self.kind} models do not give embeddings here",
+                              "use a GGUF model for /api/embed and /v1/embeddings")
+        cancelled = cancelled or threading.Event()
+        if not self.lock.acquire(cancelled):
+            return [], 0
+        try:
+            llm = self._embedding_model()
+            out, count = [], 0
+            for text in texts:
+                n = len(llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+                if n > llm.n_ctx() and not truncate:
+                    raise EdgekitError(f"the input has {n} tokens, the context holds {llm.n_ctx()}",
+                                       "shorten it, or pass truncate: true")
+                if cancelled.is_set():
+                    break
+                vectors, used = llm.embed(text, normalize=False, truncate=True, return_count=True)
+                vector = np.asarray(vectors, dtype=np.float64)
+                if vector.ndim == 2:  # a model without pooling gives one vector per token
+                    vector = vector.mean(axis=0)
+                norm = float(np.linalg.norm(vector))
+                out.append((vector / norm if norm > 0 else vector).tolist())
+                count += used
+            return out, count
+        finally:
+            self.lock.release()
+
+    def _embedding_model(self) -> Any:
+        if self._embedder is None:
+            import llama_cpp
+
+            kwargs = {}
+            pooling = self._gguf_pooling()
+            if pooling is None:
+                kwargs["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+            self._embedder = llama_cpp.Llama(str(self.engine.path), embedding=True, n_ctx=self.context_length,
+                                             n_batch=self.context_length, n_ubatch=self.context_length,
+                                             n_threads=getattr(self.engine, "threads", None), verbose=False, **kwargs)
+        return self._embedder
+
+    def _gguf_pooling(self) -> int | None:
+        meta = self.engine.llm.metadata
+        value = next((v for k, v in meta.items() if k.endswith(".pooling_type")), None)
+        return int(value) if value not in (None, "0") else None
+
+    # -- lifetime --------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self.lock._owner is not None or self.lock.waiting > 0
+
+    def close(self) -> None:
+        for obj in (self._embedder, self.engine):
+            if obj is not None and hasattr(obj, "close"):
+                try:
+                    obj.close()
+                except Exception:  # closing must not fail an unload
+                    pass
+        self._embedder = None
+        self.engine = None
+        gc.collect()
+        _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the OS (glibc keeps them otherwise, and RSS would not drop)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name:
+        try:
+            ctypes.CDLL(name).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass

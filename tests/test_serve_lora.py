@@ -1,0 +1,69 @@
+"""A model created from a LoRA fine-tune (``FROM checkpoint`` + ``ADAPTER peft-dir``, no TEMPLATE) answers
+through the official ollama client with the artifact's own chat template, exactly as transformers does
+with the adapter merged."""
+
+import pytest
+import torch
+from serve_support import cli, serving, write_modelfile
+
+MESSAGES = [{"role": "user", "content": "Where does Anne Elliot live?"}]
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_dir, tmp_path_factory):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    work = tmp_path_factory.mktemp("lora")
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.05)
+    peft_model.save_pretrained(work / "adapter")
+    merged = peft_model.merge_and_unload().eval()
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    # FROM the checkpoint, ADAPTER relative to the Modelfile, f32 so greedy output is comparable; no TEMPLATE
+    write_modelfile(work / "Modelfile", f"FROM {tiny_dir}\nADAPTER ./adapter\nQUANTIZE f32\n"
+                                        "PARAMETER temperature 0\nPARAMETER repeat_penalty 1.0\n")
+    home = work / "home"
+    proc = cli("create", "austen-tuned", "-f", str(work / "Modelfile"), "--json", home=home)
+    assert proc.returncode == 0, proc.stderr
+    return home, merged, tok, base_model_answer(tiny_dir, tok)
+
+
+def base_model_answer(tiny_dir, tok):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    return _greedy(model, tok, 24)
+
+
+def _greedy(model, tok, n):
+    ids = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, do_sample=False, max_new_tokens=n)
+    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_lora_model_answers_with_its_own_template(tuned):
+    import ollama
+
+    home, merged, tok, base_answer = tuned
+    want = _greedy(merged, tok, 24)
+    assert want != base_answer  # the adapter changes the answer, so matching it proves the merge
+    with serving(home) as server:
+        client = ollama.Client(host=server.url)
+        r = client.chat(model="austen-tuned", messages=MESSAGES, options={"num_predict": 24})
+        assert r.message.content == want
+        show = client.show("austen-tuned")
+        assert "TEMPLATE" not in show.modelfile  # nobody wrote one
+        assert show.template.strip() == (tok.chat_template or "").strip()
+        info = __import__("httpx").post(server.url + "/api/show", json={"model": "austen-tuned"}).json()
+        assert info["edgekit"]["conversion"]["adapter"]
+        assert info["edgekit"]["artifact_manifest"]["adapter"]  # the GGUF's edgekit.adapter key
+        streamed = "".join(p.message.content for p in client.chat(model="austen-tuned", messages=MESSAGES,
+                                                                     options={"num_predict": 24}, stream=True))
+        assert streamed == want
