@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "convert": "edgekit.commands.convert:convert_cmd",
     "run": "edgekit.commands.run:run_cmd",
     "doctor": "edgekit.commands.doctor:doctor_cmd",
+    "package": "edgekit.commands.package:package_cmd",
 }
 
 
