@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -350,11 +351,11 @@ def _android(artifact: Path, out: Path, work: Path, progress: bool) -> dict[str,
         "mobile_usability": usability,
     }
     del sessions, first
-    bundle["selftest"] = _selftest(artifact, bundle)
+    bundle["selftest"] = _selftest(artifact, bundle, "onnxruntime CPU on the static ONNX export")
     return bundle
 
 
-def _selftest(artifact: Path, bundle: dict[str, Any]) -> dict[str, Any]:
+def _selftest(artifact: Path, bundle: dict[str, Any], backend: str) -> dict[str, Any]:
     """Greedy tokens from edgekit's own runtime (what ``edgekit run`` does) on the export the bundle came from."""
     import runtimes
     from runtimes.chat import prompt_tokens
@@ -367,7 +368,7 @@ def _selftest(artifact: Path, bundle: dict[str, Any]) -> dict[str, Any]:
         else engine.tokenize(SELFTEST_PROMPT)
     result = generate(engine, ids, SamplingParams(), max_tokens=SELFTEST_TOKENS)
     return {"prompt": SELFTEST_PROMPT, "chat": chat, "prompt_ids": list(ids), "greedy_ids": list(result.tokens),
-            "produced_by": f"edgekit {bundle['edgekit_version']} runtime (onnxruntime CPU) on the static ONNX export"}
+            "produced_by": f"edgekit {bundle['edgekit_version']} runtime ({backend})"}
 
 
 # ------------------------------------------------------------------------------------------------------ ios
@@ -400,6 +401,8 @@ def _ios(artifact: Path, out: Path, work: Path, progress: bool) -> dict[str, Any
         "compute_units": {"preferred": "all", "fallback": "cpuOnly"},
         "minimum_deployment_target": info.get("minimum_deployment_target") or "iOS18 / macOS15",
     }
+    if sys.platform == "darwin":  # Core ML predicts only there; elsewhere the bundle carries no self-test
+        bundle["selftest"] = _selftest(artifact, bundle, "Core ML CPU_ONLY on the package")
     return bundle
 
 
