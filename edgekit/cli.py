@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "rm": "edgekit.commands.rm:rm_cmd",
     "ps": "edgekit.commands.ps:ps_cmd",
     "pull": "edgekit.commands.pull:pull_cmd",
+    "package": "edgekit.commands.package:package_cmd",
 }
 
 
