@@ -149,6 +149,34 @@ def test_q8_0_tensors_are_q8_0(random_model, tmp_path):
     assert types["blk.0.attn_norm.weight"] == Q.F32  # llama.cpp keeps norms in F32
 
 
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe"])
+def test_moe_routers_stay_f32(arch, random_model, tmp_path):
+    """llama.cpp keeps MoE routers and the shared expert's gate in F32 whatever --outtype says; the
+    experts and the rest follow --outtype. Planned for every type; one file written and read back."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf import GGUFReader
+
+    from converters.gguf.base import open_model
+    from converters.gguf.stream import plan
+    from converters.gguf.types import OUTTYPES
+
+    src = random_model(arch)
+    ckpt, fam = open_model(str(src), None, False)
+    routers = {"blk.0.ffn_gate_inp.weight", "blk.1.ffn_gate_inp.weight"}
+    if arch == "qwen2_moe":
+        routers |= {"blk.0.ffn_gate_inp_shexp.weight", "blk.1.ffn_gate_inp_shexp.weight"}
+    for outtype in ("f16", "bf16", "q8_0"):
+        types = {p.job.name: p.qtype for p in plan(fam.jobs(), ckpt, OUTTYPES[outtype])}
+        assert routers <= types.keys()
+        assert {n: types[n] for n in routers} == {n: Q.F32 for n in routers}, outtype
+        assert types["blk.0.ffn_up_exps.weight"] == OUTTYPES[outtype]
+    out = tmp_path / "m.gguf"
+    convert(src, out, "--outtype", "q8_0")
+    written = {t.name: Q(t.tensor_type) for t in GGUFReader(str(out)).tensors}
+    assert {n: written[n] for n in routers} == {n: Q.F32 for n in routers}
+    assert written["blk.0.ffn_down_exps.weight"] == Q.Q8_0
+
+
 # ---- tokenizer ------------------------------------------------------------------------------------
 # ---- streaming: the fast paths write what the plain path writes ---------------------------------
 def _recast(src: Path, dst: Path, dtype: str) -> Path:

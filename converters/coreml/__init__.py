@@ -48,8 +48,10 @@ def _context(spec: Any, context: int | None) -> int:
 
 def convert(model: str, output: str | None, *, adapter: str | None = None, allow_pickle: bool = False,
             force: bool = False, progress: bool = True, context: int | None = None,
-            precision: str | None = None) -> dict[str, Any]:
-    """Convert ``model`` (+ ``adapter``) to a Core ML directory; returns a JSON-serialisable summary."""
+            precision: str | None = None, seam: Any = None) -> dict[str, Any]:
+    """Convert ``model`` (+ ``adapter``) to a Core ML directory; returns a JSON-serialisable summary.
+
+    ``seam``: per-tensor transforms (:mod:`converters.seam`; float replacements here)."""
     from edgekit.atomic import atomic_output, check_destination
     from edgekit.checkpoint import open_checkpoint
     from edgekit.spec import from_config
@@ -67,14 +69,15 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
     check_supported(spec)
     n = _context(spec, context)
     with atomic_output(dest, force, directory=True) as tmp:
-        summary = _write(ckpt, spec, tmp, context=n, precision=precision, progress=progress)
+        summary = _write(ckpt, spec, tmp, context=n, precision=precision, progress=progress, seam=seam)
     files = summary.pop("_files")
     return {"output": str(dest), "format": "coreml", "precision": precision, "dtype": precision,
             "bytes": sum(f["bytes"] for f in files.values()), "seconds": round(time.perf_counter() - start, 3),
             **summary}
 
 
-def _write(ckpt: Any, spec: Any, out: Path, *, context: int, precision: str, progress: bool) -> dict[str, Any]:
+def _write(ckpt: Any, spec: Any, out: Path, *, context: int, precision: str, progress: bool,
+           seam: Any = None) -> dict[str, Any]:
     from converters.coreml import mlprogram, wrapper
     from edgekit import manifest as mf
     from edgekit.tokenizer import chat_template, describe
@@ -86,7 +89,7 @@ def _write(ckpt: Any, spec: Any, out: Path, *, context: int, precision: str, pro
 
         bar = tqdm(total=len(steps), desc="coreml export", unit="step", leave=False)
     try:
-        module = wrapper.build(ckpt, spec, context)
+        module = wrapper.build(ckpt, spec, context, seam=seam)
         _tick(bar, steps[0])
         mlmodel = mlprogram.convert(module, precision)
         del module  # the torch copy of the weights is no longer needed while saving

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -195,8 +196,11 @@ def expected_names(spec: ModelSpec) -> tuple[list[str], list[str]]:
     return required, optional
 
 
-def build(checkpoint: Any, spec: ModelSpec, context: int, last_only: bool = True) -> StatefulCausalLM:
-    """The wrapper over ``checkpoint``'s tensors (adapter merged), weights in float32, in eval mode."""
+def build(checkpoint: Any, spec: ModelSpec, context: int, last_only: bool = True, seam: Any = None) -> StatefulCausalLM:
+    """The wrapper over ``checkpoint``'s tensors (adapter merged), weights in float32, in eval mode.
+
+    Core ML's tensor seam (:mod:`converters.seam`) is here, at the torch-module level: each weight may be
+    replaced by a float array, which the program then stores in its precision like any other weight."""
     check_supported(spec)
     required, optional = expected_names(spec)
     names = set(checkpoint.names())
@@ -205,6 +209,20 @@ def build(checkpoint: Any, spec: ModelSpec, context: int, last_only: bool = True
         raise EdgekitError(f"checkpoint {checkpoint.path} lacks tensor {missing[0]}"
                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
                            + f" expected for {spec.architecture}", "re-save the checkpoint with transformers")
-    weights = {n: checkpoint.get(n).to(torch.float32) for n in required + optional if n in names}
+    weights = {n: _through_seam(seam, checkpoint, spec, n) for n in required + optional if n in names}
     cos, sin = rope_tables(checkpoint.config, spec, context)
     return StatefulCausalLM(spec, weights, cos, sin, context, last_only=last_only).eval()
+
+
+def _through_seam(seam: Any, checkpoint: Any, spec: ModelSpec, name: str) -> torch.Tensor:
+    t = checkpoint.get(name).to(torch.float32)
+    if seam is None:
+        return t
+    from converters import seam as tseam
+
+    info = tseam.info("coreml", name, name, tuple(t.shape), checkpoint.tensors[name].dtype, spec.architecture)
+    out = tseam.run(info, seam.transform_for(info), t.numpy())
+    if not isinstance(out, np.ndarray):
+        # constexpr_blockwise_shift_scale / constexpr_lut_to_dense from a QuantizedTensor: not written yet
+        raise tseam.refuse(info, out, "the Core ML converter stores float replacements only")
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))

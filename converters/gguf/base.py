@@ -25,6 +25,7 @@ from converters.gguf import archs, hf_tokenizer, tokenizer
 from converters.gguf.model import Model
 from converters.gguf.stream import plan, write_gguf
 from converters.gguf.types import FILE_TYPES, Q, resolve_outtype
+from converters.seam import NONE, Seam
 from edgekit.atomic import check_destination
 from edgekit.checkpoint import Checkpoint, open_checkpoint
 from edgekit.errors import EdgekitError
@@ -80,10 +81,11 @@ class Sha256Later:
 
 def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle: bool, force: bool,
             progress: bool, outtype: str | None = None, adapter_only: bool = False,
-            facts: hf_tokenizer.Pending | None = None) -> dict[str, Any]:
+            facts: hf_tokenizer.Pending | None = None, seam: Seam = NONE) -> dict[str, Any]:
     """Convert ``model`` (+ merged ``adapter``) to a GGUF file, or ``adapter`` alone with ``adapter_only``.
 
     ``facts``: the tokenizer measurement, if the caller started it already (it is cancelled on return).
+    ``seam``: per-tensor storage types and transforms (:mod:`converters.seam`; a quantizer).
     """
     from edgekit import __version__
 
@@ -109,7 +111,7 @@ def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle
             summary.update(result)
         else:
             sha = Sha256Later(ckpt)
-            planned = plan(fam.jobs(), ckpt, qtype)  # while the tokenizer is measured
+            planned = plan(fam.jobs(), ckpt, qtype, seam, fam.spec.architecture)  # while the tokenizer is measured
             vocab = tokenizer.load(ckpt.path, fam.spec.vocab_size, pending.result())
 
             def metadata(w: gguf.GGUFWriter) -> None:

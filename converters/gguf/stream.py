@@ -12,6 +12,11 @@ through), so the header is written before any weight is read and only one tensor
   float32 copies small;
 - a tensor the family transforms (Q/K rope order, stacked experts...) is built whole in numpy, then
   encoded in the same chunks.
+
+The tensor seam (:mod:`converters.seam`) sits in :func:`plan`: each tensor's GGML type is chosen
+there, one tensor at a time (llama.cpp's rule, then the seam's storage policy), and a seam transform
+claims the tensors it replaces; :meth:`Planned.tofile` writes a float replacement through the same
+encoder and a QuantizedTensor's raw blocks as they are. Tensors nobody transforms keep the paths above.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any, BinaryIO
 import gguf
 import numpy as np
 
+from converters import seam as tseam
 from converters.gguf.model import Job, meta
 from converters.gguf.types import Q, choose_type, nbytes
 from edgekit.atomic import atomic_output
@@ -62,7 +68,9 @@ class Plan:
     job: Job
     shape: tuple[int, ...]
     qtype: Q
-    stored: Stored | None  # the job returns this stored tensor unchanged
+    stored: Stored | None  # the job returns this stored tensor unchanged (and no seam transform claims it)
+    info: tseam.TensorInfo | None = None
+    transform: tseam.Transform | None = None
 
     @property
     def copied(self) -> bool:
@@ -90,21 +98,35 @@ class Source:
         return job.fn(*(self.get(n) for n in job.inputs))
 
 
-def plan(jobs: Iterable[Job], ckpt: Any, outtype: Q) -> list[Plan]:
-    """Shape, type and stored source of every job's tensor, from shape-only runs (no weight is read)."""
+def plan(jobs: Iterable[Job], ckpt: Any, outtype: Q, seam: tseam.Seam = tseam.NONE,
+         architecture: str = "") -> list[Plan]:
+    """Shape, type and stored source of every job's tensor, from shape-only runs (no weight is read).
+
+    This is GGUF's seam point: the type is chosen per tensor (llama.cpp's rule as the default, then
+    ``seam.storage``) and ``seam.transform`` claims the tensors it will replace."""
     src = Source(ckpt, meta=True)
     out = []
     for job in jobs:
         inputs = [src.get(n) for n in job.inputs]
         result = job.fn(*inputs)
         shape = tuple(result.shape)
+        hf_name = job.inputs[0] if job.inputs else ""
+        dtype = ckpt.tensors[hf_name].dtype if hf_name else "F32"
+        info = tseam.info("gguf", job.name, hf_name, shape, dtype, architecture)
+        default = choose_type(job.name, shape, outtype).name
+        try:
+            qtype = Q[seam.storage_for(info, default)]
+        except KeyError:
+            raise EdgekitError(f"storage type {seam.storage_for(info, default)!r} for {job.name} is not a GGML type",
+                               f"choose one of: {', '.join(t.name for t in Q)}") from None
+        transform = seam.transform_for(info)
         stored = None
-        if len(inputs) == 1 and result is inputs[0]:
+        if len(inputs) == 1 and result is inputs[0] and transform is None:
             name = job.inputs[0]
             where = ckpt.byte_range(name)
             if where is not None and ckpt.tensors[name].dtype in _JOB_DTYPES:
                 stored = Stored(*where, ckpt.tensors[name].dtype)
-        out.append(Plan(job, shape, choose_type(job.name, shape, outtype), stored))
+        out.append(Plan(job, shape, qtype, stored, info, transform))
     return out
 
 
@@ -210,8 +232,26 @@ class Planned:
             t = self.real.run(p.job)
             if tuple(t.shape) != p.shape:
                 raise RuntimeError(f"{p.job.name}: planned {p.shape}, produced {tuple(t.shape)}")
-            self.encoder.write_array(fout, t, p.qtype)
+            if p.transform is not None:
+                assert p.info is not None
+                t = tseam.run(p.info, p.transform, t)
+            if isinstance(t, np.ndarray):
+                self.encoder.write_array(fout, t, p.qtype)
+            else:
+                self._write_codes(fout, t)
         self.done(p.job.name)
+
+    def _write_codes(self, fout: BinaryIO, q: Any) -> None:
+        """A QuantizedTensor's GGML blocks, byte for byte, under the type planned for the header."""
+        p = self.plan
+        if q.attrs["ggml_type"] != p.qtype.name:
+            raise EdgekitError(f"{p.job.name}: the transform returned {q.grid} codes but the tensor's storage type is "
+                               f"{p.qtype.name}", f"choose storage {q.attrs['ggml_type']} for it in the seam")
+        data = np.ascontiguousarray(q.arrays["data"]).view(np.uint8)
+        if data.nbytes != self.nbytes:
+            raise ValueError(f"{p.job.name}: {q.grid} data holds {data.nbytes} bytes, {p.qtype.name} of shape "
+                             f"{p.shape} takes {self.nbytes}")
+        data.tofile(fout)
 
 
 def write_gguf(dest: Path, force: bool, arch_name: str, planned: list[Plan], ckpt: Any,

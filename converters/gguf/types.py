@@ -11,9 +11,11 @@ Q = gguf.GGMLQuantizationType
 OUTTYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0}
 FILE_TYPES = {Q.F32: gguf.LlamaFileType.ALL_F32, Q.F16: gguf.LlamaFileType.MOSTLY_F16,
               Q.BF16: gguf.LlamaFileType.MOSTLY_BF16, Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}
-# tensors llama.cpp's converter always keeps in F32 (routers, learned positions), besides 1-D and norms
-_ALWAYS_F32 = {gguf.TENSOR_NAMES[t] for t in (gguf.MODEL_TENSOR.FFN_GATE_INP, gguf.MODEL_TENSOR.FFN_GATE_INP_SHEXP,
-                                              gguf.MODEL_TENSOR.POS_EMBD)}
+# tensors llama.cpp's converter always keeps in F32 (MoE routers, the shared expert's gate, learned positions),
+# besides 1-D tensors and norms; held as the name without its "blk.{bid}." prefix, as choose_type compares
+_ALWAYS_F32 = {gguf.TENSOR_NAMES[t].rsplit(".", 1)[-1]
+               for t in (gguf.MODEL_TENSOR.FFN_GATE_INP, gguf.MODEL_TENSOR.FFN_GATE_INP_SHEXP,
+                         gguf.MODEL_TENSOR.POS_EMBD)}
 
 
 def resolve_outtype(outtype: str | None, ckpt: Any) -> Q:

@@ -78,8 +78,11 @@ def _static_sizes(spec: Any, config: dict[str, Any], context: int | None, chunk:
 
 def convert(model: str, output: str | None, *, adapter: str | None = None, allow_pickle: bool = False,
             force: bool = False, progress: bool = True, dtype: str | None = None, static: bool = False,
-            context: int | None = None, prefill_chunk: int | None = None, ort: bool = False) -> dict[str, Any]:
-    """Export ``model`` (+ ``adapter``) to an ONNX directory; returns a JSON-serialisable summary."""
+            context: int | None = None, prefill_chunk: int | None = None, ort: bool = False,
+            seam: Any = None) -> dict[str, Any]:
+    """Export ``model`` (+ ``adapter``) to an ONNX directory; returns a JSON-serialisable summary.
+
+    ``seam``: per-tensor storage and transforms (:mod:`converters.seam`; a quantizer)."""
     from edgekit.atomic import atomic_output, check_destination
     from edgekit.checkpoint import open_checkpoint
     from edgekit.spec import from_config
@@ -102,7 +105,7 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; an artifact directory follows the umask
-        summary = _write(ckpt, spec, tmp, dtype=dtype, sizes=sizes, ort=ort, progress=progress)
+        summary = _write(ckpt, spec, tmp, dtype=dtype, sizes=sizes, ort=ort, progress=progress, seam=seam)
     files = summary.pop("_files")
     return {"output": str(dest), "format": "onnx", "dtype": dtype, "static": static,
             "bytes": sum(f["bytes"] for f in files.values()), "seconds": round(time.perf_counter() - start, 3),
@@ -110,10 +113,11 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
 
 
 def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int] | None, ort: bool,
-           progress: bool) -> dict[str, Any]:
+           progress: bool, seam: Any = None) -> dict[str, Any]:
     from converters.onnx import genai, mobile
     from converters.onnx.decoder import DecoderBuilder, Variant, Weights, rope_tables
-    from converters.onnx.graph import Graph, WeightFile
+    from converters.onnx.graph import OPSET, Graph, WeightFile
+    from converters.seam import NONE
     from edgekit import manifest as mf
     from edgekit.tokenizer import chat_template, describe
 
@@ -141,7 +145,7 @@ def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int
         for filename, variant in graphs.items():
             graph = Graph(weights)
             DecoderBuilder(graph, spec, ckpt.config, reader, variant, rope,
-                           progress=bar.update if bar else None).build()
+                           progress=bar.update if bar else None, seam=seam or NONE).build()
             meta = {"edgekit.architecture": spec.architecture, "edgekit.dtype": dtype,
                     "edgekit.static": json.dumps(variant.static), "edgekit.tokens": str(variant.tokens),
                     "edgekit.context": str(variant.context or context)}
@@ -159,7 +163,7 @@ def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int
     if ort:
         mobile.to_ort(out)
     onnx_info = {
-        "opset": 17, "dtype": dtype, "static": bool(sizes), "graphs": {
+        "opset": OPSET, "dtype": dtype, "static": bool(sizes), "graphs": {
             name: {"tokens": v.tokens or None, "context": v.context or None} for name, v in graphs.items()},
         "inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key",
                    "past_key_values.{i}.value"],

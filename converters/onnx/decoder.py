@@ -14,6 +14,11 @@ head_dim)`` shape and no Expand/Tile (unsupported by NNAPI) is needed.
 RoPE uses cos/sin tables computed once by transformers' own rotary class for the architecture (so
 every scaling type, attention factor and partial-rotary rule is exactly transformers'), gathered by
 ``position_ids`` in the graph; NNAPI has Sin but not Cos, so a table is also the portable choice.
+
+The tensor seam (:mod:`converters.seam`): every weight reaches the graph through :meth:`DecoderBuilder.param`
+(floats: embeddings, norms, biases, the head) or :meth:`DecoderBuilder.linear` (the linear layers), which
+emits ``MatMul`` for a float weight and com.microsoft ``MatMulNBits`` / ``MatMulBnb4`` (onnxruntime's
+CPU kernels) for a QuantizedTensor on an ``onnx:`` grid.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto
 
-from converters.onnx.graph import Graph
+from converters import seam as tseam
+from converters.onnx.graph import MS_DOMAIN, Graph
 from edgekit.errors import EdgekitError
 from edgekit.spec import ModelSpec
 
@@ -73,9 +79,7 @@ class Weights:
         if name not in self.names:
             raise EdgekitError(f"checkpoint {self.ckpt.path} has no tensor {name}",
                                "the weights do not match config.json; restore the checkpoint")
-        import torch
-
-        return self.ckpt.get(name).to(torch.float32).numpy()
+        return self.ckpt.array(name).astype(np.float32, copy=False)
 
     def has(self, name: str) -> bool:
         return name in self.names
@@ -150,8 +154,10 @@ class DecoderBuilder:
     """Writes one decoder graph for ``spec`` from ``weights`` into ``graph``."""
 
     def __init__(self, graph: Graph, spec: ModelSpec, config: dict[str, Any], weights: Weights, variant: Variant,
-                 rope: tuple[np.ndarray, np.ndarray] | None, progress: Callable[[int], None] | None = None) -> None:
+                 rope: tuple[np.ndarray, np.ndarray] | None, progress: Callable[[int], None] | None = None,
+                 seam: tseam.Seam = tseam.NONE) -> None:
         self.g, self.spec, self.config, self.w, self.v = graph, spec, config, weights, variant
+        self.seam = seam
         self.rope = rope
         self.progress = progress
         self.dt = variant.dtype
@@ -169,9 +175,61 @@ class DecoderBuilder:
     def tensor(self, name: str, array: np.ndarray, *, dtype: Any = None) -> str:
         return self.g.weight(name, array.astype(dtype or self.dt))
 
-    def linear_weight(self, name: str, *, transpose: bool = True) -> np.ndarray:
-        w = self.w.get(name)
-        return w.T if transpose else w
+    def _seam(self, name: str, hf_name: str, array: np.ndarray, dtype: Any = None, role: str | None = None):
+        """The seam point: the stored value of one weight (float array or QuantizedTensor)."""
+        t = tseam.info("onnx", name, hf_name, array.shape, self.w.ckpt.tensors[hf_name].dtype, self.arch, role)
+        default = np.dtype(dtype or self.dt).name
+        want = self.seam.storage_for(t, default)
+        out = tseam.run(t, self.seam.transform_for(t), array)
+        if want != default and (isinstance(out, np.ndarray) or want != out.grid):
+            raise EdgekitError(f"onnx stores {name} as {default} or as the QuantizedTensor its transform returns, "
+                               f"not {want}", f"return a {want} QuantizedTensor for it, or keep {default}")
+        return t, out
+
+    def param(self, name: str, hf_name: str, array: np.ndarray, *, dtype: Any = None) -> str:
+        """A weight stored as floats (embeddings, norms, biases, head), through the seam."""
+        t, out = self._seam(name, hf_name, array, dtype)
+        if not isinstance(out, np.ndarray):
+            raise tseam.refuse(t, out, "onnx stores only linear layers' weights as codes")
+        return self.tensor(name, out, dtype=dtype)
+
+    def linear(self, x: str, name: str, hf_name: str, w: np.ndarray, bias: tuple[str, np.ndarray] | None) -> str:
+        """``x @ w.T + bias`` for an (out, in) weight: MatMul for floats, MatMulNBits / MatMulBnb4 for codes."""
+        # the projection key ("layers.3.attn.q" -> "q") is the role, also for a split fused tensor
+        t, out = self._seam(name + ".weight", hf_name, w, role=name.rsplit(".", 1)[-1])
+        if isinstance(out, np.ndarray):
+            y = self.g.op("MatMul", x, self.tensor(name + ".weight", out.T))
+        else:
+            y = self.quantized_matmul(x, name, t, out)
+        if bias is not None:
+            y = self.g.op("Add", y, self.param(name + ".bias", *bias))
+        return y
+
+    def quantized_matmul(self, x: str, name: str, t: tseam.TensorInfo, q: Any) -> str:
+        n, k = t.shape
+        if q.grid in ("onnx:int4", "onnx:int8"):
+            bits, block = int(q.attrs["bits"]), int(q.attrs["block_size"])
+            if (q.grid == "onnx:int4") != (bits == 4):
+                raise tseam.refuse(t, q, f"bits={bits} does not match the grid")
+            inputs = [x, self.g.weight(name + ".qweight", q.arrays["B"]),
+                      self.g.weight(name + ".scales", self._exact(t, q, q.arrays["scales"]))]
+            if "zero_points" in q.arrays:
+                zp = q.arrays["zero_points"]
+                zp = zp if zp.dtype == np.uint8 else self._exact(t, q, zp)
+                inputs.append(self.g.weight(name + ".zero_points", zp))
+            return self.g.op("MatMulNBits", *inputs, domain=MS_DOMAIN, K=k, N=n, bits=bits, block_size=block)
+        if q.grid == "onnx:nf4":
+            absmax = self.g.weight(name + ".absmax", self._exact(t, q, q.arrays["absmax"]))
+            return self.g.op("MatMulBnb4", x, self.g.weight(name + ".qweight", q.arrays["B"]), absmax,
+                             domain=MS_DOMAIN, K=k, N=n, block_size=int(q.attrs["block_size"]), quant_type=1)
+        raise tseam.refuse(t, q, "not an onnx grid")
+
+    def _exact(self, t: tseam.TensorInfo, q: Any, a: np.ndarray) -> np.ndarray:
+        """Scales in the graph's dtype (the contrib ops take them in the activations' type), refusing a rounding."""
+        out = np.asarray(a).astype(self.dt)
+        if not np.array_equal(out.astype(np.float64), np.asarray(a, dtype=np.float64)):
+            raise tseam.refuse(t, q, f"its scales are not exact in the graph's {np.dtype(self.dt).name}")
+        return out
 
     def c(self, value: Any) -> str:
         """A scalar constant in the compute dtype."""
@@ -187,25 +245,23 @@ class DecoderBuilder:
     def from32(self, x: str) -> str:
         return x if self.dt == np.float32 else self.g.op("Cast", x, to=self.v.onnx_dtype)
 
-    def matmul(self, x: str, weight: str, bias: str | None = None) -> str:
-        y = self.g.op("MatMul", x, weight)
-        return self.g.op("Add", y, bias) if bias else y
-
-    def rms_norm(self, x: str, weight_name: str, array: np.ndarray, offset: bool = False) -> str:
+    def rms_norm(self, x: str, weight_name: str, offset: bool = False) -> str:
         """x / sqrt(mean(x^2) + eps) * w, computed in fp32 as transformers does; gemma stores w - 1."""
         g = self.g
+        array = self.w.get(weight_name)
         x32 = self.to32(x)
         var = g.op("ReduceMean", g.op("Mul", x32, x32), axes=[-1], keepdims=1)
         normed = g.op("Div", x32, g.op("Sqrt", g.op("Add", var, self.c32(self.spec.norm_eps))))
         if offset:  # gemma: (1 + w) folded at export, multiplied in fp32 before the cast, as transformers does
-            return self.from32(g.op("Mul", normed, g.weight(weight_name, (array + 1.0).astype(np.float32))))
-        return g.op("Mul", self.from32(normed), self.tensor(weight_name, array))
+            return self.from32(g.op("Mul", normed, self.param(weight_name, weight_name, array + 1.0,
+                                                              dtype=np.float32)))
+        return g.op("Mul", self.from32(normed), self.param(weight_name, weight_name, array))
 
     def layer_norm(self, x: str, prefix: str) -> str:
         # decomposed: LayerNormalization is not in NNAPI's operator list; onnxruntime fuses it back on CPU
         g = self.g
-        w = self.tensor(prefix + ".weight", self.w.get(prefix + ".weight"))
-        b = self.tensor(prefix + ".bias", self.w.get(prefix + ".bias"))
+        w = self.param(prefix + ".weight", prefix + ".weight", self.w.get(prefix + ".weight"))
+        b = self.param(prefix + ".bias", prefix + ".bias", self.w.get(prefix + ".bias"))
         x32 = self.to32(x)
         mean = g.op("ReduceMean", x32, axes=[-1], keepdims=1)
         d = g.op("Sub", x32, mean)
@@ -216,7 +272,7 @@ class DecoderBuilder:
     def norm(self, x: str, name: str) -> str:
         if self.spec.norm == "layer":
             return self.layer_norm(x, name)
-        return self.rms_norm(x, name + ".weight", self.w.get(name + ".weight"), offset=self.spec.family.norm_offset)
+        return self.rms_norm(x, name + ".weight", offset=self.spec.family.norm_offset)
 
     def act(self, x: str) -> str:
         g, a = self.g, self.spec.activation
@@ -309,66 +365,65 @@ class DecoderBuilder:
         return out if x_pass is None else g.op("Concat", out, x_pass, axis=3)
 
     # ---------------------------------------------------------------- layer weights (per-arch tables)
-    def attention_weights(self, i: int) -> dict[str, np.ndarray | None]:
+    # each maps a projection key to (checkpoint name, (out, in) weight), and key + "_b" to (name, bias)
+    def attention_weights(self, i: int) -> dict[str, tuple[str, np.ndarray]]:
         s, p = self.spec, f"{self.prefix}layers.{i}." if self.arch != "gpt2" else f"{self.prefix}h.{i}."
         q_out, kv_out = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
         if self.arch == "gpt2":
-            w = self.w.get(p + "attn.c_attn.weight")  # Conv1D: (in, out) already
-            b = self.w.get(p + "attn.c_attn.bias")
+            qkv, qkv_b = p + "attn.c_attn.weight", p + "attn.c_attn.bias"
             cuts = [q_out, q_out + kv_out]
-            q, k, v = np.split(w, cuts, axis=1)
-            qb, kb, vb = np.split(b, cuts)
-            return dict(q=q, k=k, v=v, q_b=qb, k_b=kb, v_b=vb, o=self.w.get(p + "attn.c_proj.weight"),
-                        o_b=self.w.get(p + "attn.c_proj.bias"))
+            q, k, v = np.split(self.w.get(qkv), cuts, axis=1)  # Conv1D: (in, out)
+            qb, kb, vb = np.split(self.w.get(qkv_b), cuts)
+            o, o_b = p + "attn.c_proj.weight", p + "attn.c_proj.bias"
+            return dict(q=(qkv, q.T), k=(qkv, k.T), v=(qkv, v.T), q_b=(qkv_b, qb), k_b=(qkv_b, kb), v_b=(qkv_b, vb),
+                        o=(o, self.w.get(o).T), o_b=(o_b, self.w.get(o_b)))
         if self.arch == "phi3":
-            qkv = self.w.get(p + "self_attn.qkv_proj.weight")
-            q, k, v = np.split(qkv, [q_out, q_out + kv_out], axis=0)
-            out = dict(q=q.T, k=k.T, v=v.T, o=self.linear_weight(p + "self_attn.o_proj.weight"))
-            if self.w.has(p + "self_attn.qkv_proj.bias"):
-                out["q_b"], out["k_b"], out["v_b"] = np.split(self.w.get(p + "self_attn.qkv_proj.bias"),
-                                                               [q_out, q_out + kv_out])
+            qkv_name, o = p + "self_attn.qkv_proj.weight", p + "self_attn.o_proj.weight"
+            q, k, v = np.split(self.w.get(qkv_name), [q_out, q_out + kv_out], axis=0)
+            out = dict(q=(qkv_name, q), k=(qkv_name, k), v=(qkv_name, v), o=(o, self.w.get(o)))
+            b_name = p + "self_attn.qkv_proj.bias"
+            if self.w.has(b_name):
+                qb, kb, vb = np.split(self.w.get(b_name), [q_out, q_out + kv_out])
+                out.update(q_b=(b_name, qb), k_b=(b_name, kb), v_b=(b_name, vb))
             return out
-        out = {}
-        for key in ("q", "k", "v", "o"):
-            name = p + LLAMA_NAMES[key]
-            out[key] = self.linear_weight(name + ".weight")
-            if self.w.has(name + ".bias"):
-                out[key + "_b"] = self.w.get(name + ".bias")
-        return out
+        return self._named(p, ("q", "k", "v", "o"))
 
-    def mlp_weights(self, i: int) -> dict[str, np.ndarray]:
+    def mlp_weights(self, i: int) -> dict[str, tuple[str, np.ndarray]]:
         p = f"{self.prefix}layers.{i}." if self.arch != "gpt2" else f"{self.prefix}h.{i}."
         if self.arch == "gpt2":
-            return dict(up=self.w.get(p + "mlp.c_fc.weight"), up_b=self.w.get(p + "mlp.c_fc.bias"),
-                        down=self.w.get(p + "mlp.c_proj.weight"), down_b=self.w.get(p + "mlp.c_proj.bias"))
+            fc, proj = p + "mlp.c_fc.", p + "mlp.c_proj."
+            return dict(up=(fc + "weight", self.w.get(fc + "weight").T), up_b=(fc + "bias", self.w.get(fc + "bias")),
+                        down=(proj + "weight", self.w.get(proj + "weight").T),
+                        down_b=(proj + "bias", self.w.get(proj + "bias")))
         if self.arch == "phi3":
-            gate, up = np.split(self.w.get(p + "mlp.gate_up_proj.weight"), 2, axis=0)  # Phi3MLP: gate first
-            return dict(gate=gate.T, up=up.T, down=self.linear_weight(p + "mlp.down_proj.weight"))
+            gu, down = p + "mlp.gate_up_proj.weight", p + "mlp.down_proj.weight"
+            gate, up = np.split(self.w.get(gu), 2, axis=0)  # Phi3MLP: gate first
+            return dict(gate=(gu, gate), up=(gu, up), down=(down, self.w.get(down)))
+        return self._named(p, ("gate", "up", "down"))
+
+    def _named(self, p: str, keys: tuple[str, ...]) -> dict[str, tuple[str, np.ndarray]]:
         out = {}
-        for key in ("gate", "up", "down"):
+        for key in keys:
             name = p + LLAMA_NAMES[key]
-            out[key] = self.linear_weight(name + ".weight")
+            out[key] = (name + ".weight", self.w.get(name + ".weight"))
             if self.w.has(name + ".bias"):
-                out[key + "_b"] = self.w.get(name + ".bias")
+                out[key + "_b"] = (name + ".bias", self.w.get(name + ".bias"))
         return out
 
     # ---------------------------------------------------------------- blocks
     def attention(self, i: int, x: str, rope: tuple[str, str] | None, mask: str) -> str:
         g, s = self.g, self.spec
         h, kvh, d = s.num_heads, s.num_kv_heads, s.head_dim
-        groups = h // kvh
         ws = self.attention_weights(i)
         name = f"layers.{i}.attn."
 
         def proj(key: str, x_in: str) -> str:
-            bias = self.tensor(name + key + ".bias", ws[key + "_b"]) if ws.get(key + "_b") is not None else None
-            return self.matmul(x_in, self.tensor(name + key + ".weight", ws[key]), bias)
+            return self.linear(x_in, name + key, *ws[key], ws.get(key + "_b"))
 
         def heads(t: str, n: int, key: str) -> str:
             t = g.op("Reshape", t, g.const([0, 0, n, d]))  # (B, S, n, D)
             if s.qk_norm and key != "v":
-                p = f"{self.prefix}layers.{i}.{LLAMA_NAMES[key + '_norm']}.weight"
-                t = self.rms_norm(t, p, self.w.get(p))
+                t = self.rms_norm(t, f"{self.prefix}layers.{i}.{LLAMA_NAMES[key + '_norm']}.weight")
             return g.op("Transpose", t, perm=[0, 2, 1, 3])  # (B, n, S, D)
 
         q, k, v = heads(proj("q", x), h, "q"), heads(proj("k", x), kvh, "k"), heads(proj("v", x), kvh, "v")
@@ -397,7 +452,6 @@ class DecoderBuilder:
         ctx = g.op("MatMul", probs, v_all)  # (B, kvh, groups*S, D)
         ctx = g.op("Transpose", g.op("Reshape", ctx, g.const([0, h, -1, d])), perm=[0, 2, 1, 3])  # (B, S, H, D)
         ctx = g.op("Reshape", ctx, g.const([0, 0, h * d]))
-        del groups
         return proj("o", ctx)
 
     def attn_scale(self, i: int) -> float:
@@ -417,8 +471,7 @@ class DecoderBuilder:
         name = f"layers.{i}.mlp."
 
         def lin(key: str, x_in: str) -> str:
-            bias = self.tensor(name + key + ".bias", ws[key + "_b"]) if ws.get(key + "_b") is not None else None
-            return self.matmul(x_in, self.tensor(name + key + ".weight", ws[key]), bias)
+            return self.linear(x_in, name + key, *ws[key], ws.get(key + "_b"))
 
         if "gate" in ws:
             return lin("down", self.g.op("Mul", self.act(lin("gate", x)), lin("up", x)))
@@ -449,13 +502,13 @@ class DecoderBuilder:
                                "the weights do not match config.json; restore the checkpoint")
         self.vocab = self.w.shape(head)[0]  # the head's rows: some checkpoints pad the vocabulary past config's
         self.make_inputs()
-        embed = self.tensor(embed_name, self.w.get(embed_name))
+        embed = self.param(embed_name, embed_name, self.w.get(embed_name))
         x = g.op("Gather", embed, self.input_ids)  # (B, S, H)
         if self.arch == "gemma2":
             x = g.op("Mul", x, self.c(s.hidden_size ** 0.5))
         if self.arch == "gpt2":
             wpe = f"{self.prefix}wpe.weight"
-            x = g.op("Add", x, g.op("Gather", self.tensor(wpe, self.w.get(wpe)), self.position_ids))
+            x = g.op("Add", x, g.op("Gather", self.param(wpe, wpe, self.w.get(wpe)), self.position_ids))
         masks = self.make_masks()
         rope = self.make_rope()
         for i in range(s.num_layers):
@@ -466,7 +519,7 @@ class DecoderBuilder:
         x = self.norm(x, final)
         # LM head as Gemm(transB=1) on the (vocab, hidden) matrix: a tied head reuses the embedding table
         # (no transposed copy on disk or in RAM), and NNAPI maps it to its fully-connected layer
-        head_w = embed if head == embed_name else self.tensor(head, self.w.get(head))
+        head_w = embed if head == embed_name else self.param(head, head, self.w.get(head))
         flat = g.op("Reshape", x, g.const([-1, s.hidden_size]))
         logits2d = g.op("Gemm", flat, head_w, transB=1)
         if self.v.static:

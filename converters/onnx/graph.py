@@ -16,13 +16,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+MS_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops (MatMulNBits, MatMulBnb4)
 OPSET = 17  # LayerNormalization-free, ReduceMean with the axes attribute: what NNAPI / CoreML EPs take
 _ALIGN_LARGE = 4096  # page alignment lets onnxruntime mmap big tensors instead of copying them
 _ALIGN_SMALL = 64
 _LARGE = 1 << 20
 
 NP_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
-              np.dtype(np.int64): TensorProto.INT64, np.dtype(np.int32): TensorProto.INT32}
+              np.dtype(np.int64): TensorProto.INT64, np.dtype(np.int32): TensorProto.INT32,
+              np.dtype(np.uint8): TensorProto.UINT8}
 
 
 class WeightFile:
@@ -110,7 +112,10 @@ class Graph:
     def save(self, path: Path, doc: str, metadata: dict[str, str]) -> None:
         outputs = sorted(self.outputs, key=lambda o: o.name != "logits")  # logits first, as optimum orders them
         graph = helper.make_graph(self.nodes, "edgekit_decoder", self.inputs, outputs, self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+        opsets = [helper.make_opsetid("", OPSET)]
+        if any(n.domain == MS_DOMAIN for n in self.nodes):
+            opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
+        model = helper.make_model(graph, opset_imports=opsets,
                                   producer_name="edgekit", doc_string=doc)
         model.ir_version = 8  # readable by onnxruntime >= 1.10 and its mobile builds
         for k, v in metadata.items():

@@ -60,7 +60,7 @@ class _Legacy:
             lo = q & np.uint8(0x0F)
             parts.append(lo[:, :16] | (lo[:, 16:] << np.uint8(4)))  # GGML: element j and j+16 share a byte
         data = np.concatenate(parts, axis=1).reshape(*rows.shape[:-1], -1)
-        return QuantizedTensor(self.name, shape, {"data": np.ascontiguousarray(data)}, {"ggml_type": int(self.qtype)})
+        return QuantizedTensor(self.name, shape, {"data": np.ascontiguousarray(data)}, {"ggml_type": self.qtype.name})
 
     def dequantize(self, qt: QuantizedTensor) -> np.ndarray:
         _, type_size = gguf.GGML_QUANT_SIZES[self.qtype]
