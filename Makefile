@@ -9,7 +9,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all bench lint models venv clean-venv mobile-tools
+.PHONY: demo test test-all bench lint models venv clean-venv mobile-tools llama-tools
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,16 +33,22 @@ mobile-tools:
 	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kotlin junit4 libandroid-json-java >/dev/null) || \
 	  echo "mobile-tools: kotlin / junit4 / libandroid-json-java not installed; the Kotlin test will be skipped"
 
-test: models mobile-tools
+# llama.cpp's reference tools (llama-perplexity, -imatrix, -quantize, -bench, -server), which tests and benchmarks
+# compare against: built once per machine from the vendored llama.cpp of the installed llama-cpp-python, into
+# ~/.cache/edgekit/llama.cpp-<version>/bin, reused when present
+llama-tools: venv
+	PY=$(PY) nice -n 10 bash benchmarks/llama_tools.sh
+
+test: models llama-tools mobile-tools
 	$(PY) -m pytest -m "not slow and not macos" $(PYTEST_ARGS)
 
-test-all: models
+test-all: models llama-tools mobile-tools
 	$(PY) -m pytest -m "not macos" $(PYTEST_ARGS)
 
 demo: models
 	$(PY) -m edgekit.demo
 
-bench: models
+bench: models llama-tools
 	$(PY) benchmarks/run.py
 
 lint: venv

@@ -1,0 +1,1 @@
+"""Support for tests and benchmarks: locating the reference tools they compare edgekit against."""
