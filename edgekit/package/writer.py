@@ -135,8 +135,8 @@ def _tokenizer(artifact: Path, out: Path) -> tuple[dict[str, Any], dict[str, Any
     """(tokenizer, chat, special_ids, sampling) sections; copies tokenizer.json into ``out``."""
     from tokenizers import Tokenizer
 
-    from edgekit.package import chatformat
     from edgekit.jsonfile import read_json
+    from edgekit.package import chatformat
     from runtimes.hftokenizer import HFTokenizer
 
     if not (artifact / "tokenizer.json").is_file():
@@ -148,7 +148,8 @@ def _tokenizer(artifact: Path, out: Path) -> tuple[dict[str, Any], dict[str, Any
     plain = tok.encode("a", add_special_tokens=False).ids
     full = tok.encode("a", add_special_tokens=True).ids
     at = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), 0)
-    unsupported = unsupported_tokenizer_parts(read_json(artifact / "tokenizer.json", "tokenizer.json", optional=True))
+    tokenizer_json = read_json(artifact / "tokenizer.json", "tokenizer.json", optional=True)
+    unsupported = unsupported_tokenizer_parts(tokenizer_json)
     tokenizer = {"kind": "other" if unsupported else "byte_level_bpe", "file": "tokenizer.json",
                  "vocab_size": tok.get_vocab_size(with_added_tokens=True),
                  "add_special": {"prefix": full[:at], "suffix": full[at + len(plain):]}}
@@ -159,7 +160,8 @@ def _tokenizer(artifact: Path, out: Path) -> tuple[dict[str, Any], dict[str, Any
             "eos_token": hf.eos_token, "format": fmt}
     if problem:
         chat["format_problem"] = problem
-    config, generation = read_json(artifact / "config.json", "config.json", optional=True), read_json(artifact / "generation_config.json", "generation_config.json", optional=True)
+    config = read_json(artifact / "config.json", "config.json", optional=True)
+    generation = read_json(artifact / "generation_config.json", "generation_config.json", optional=True)
     tok_config = read_json(artifact / "tokenizer_config.json", "tokenizer_config.json", optional=True)
     pad = generation.get("pad_token_id", config.get("pad_token_id"))
     if pad is None:
