@@ -8,6 +8,20 @@ from typing import Any
 
 from edgekit.jsonfile import read_json
 
+# what an artifact directory carries of the checkpoint besides the weights: tokenizer, chat template, configs
+FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "tokenizer.model",
+         "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json", "config.json")
+
+
+def copy_files(src: Path, dst: Path) -> list[str]:
+    """Copy the :data:`FILES` ``src`` has into ``dst``; returns their names."""
+    import shutil
+
+    copied = [name for name in FILES if (src / name).exists()]
+    for name in copied:
+        shutil.copy2(src / name, dst / name)
+    return copied
+
 
 def chat_template(directory: Path) -> str | None:
     """The chat template string: ``chat_template.jinja`` (transformers 5) or tokenizer_config.json's."""
