@@ -11,6 +11,7 @@ a JSON-serialisable summary.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 
 from edgekit.errors import EdgekitError
@@ -33,3 +34,9 @@ def get(fmt: str) -> ModuleType:
             raise EdgekitError(f"the {fmt} converter is not available in this build of edgekit",
                                "choose one of the available formats") from None
         raise
+
+
+def default_output(model: str, tag: str) -> Path:
+    """Where ``convert`` writes without ``-o``: ``<model name>-<tag>`` in the working directory."""
+    name = Path(str(model).rstrip("/")).name or "model"
+    return Path.cwd() / f"{name}-{tag}"

@@ -7,8 +7,8 @@ quantizers in ``quant``, execution in ``runtimes``.
 
 from edgekit.checkpoint import Checkpoint, open_checkpoint
 from edgekit.errors import EdgekitError
-from edgekit.inspect import inspect
 from edgekit.spec import ModelSpec, from_config
 
+# edgekit.inspect stays the submodule (edgekit.inspect.inspect(...)); binding the function here shadowed it
 __version__ = "0.1.0"
-__all__ = ["Checkpoint", "EdgekitError", "ModelSpec", "from_config", "inspect", "open_checkpoint", "__version__"]
+__all__ = ["Checkpoint", "EdgekitError", "ModelSpec", "from_config", "open_checkpoint", "__version__"]

@@ -22,7 +22,7 @@ def read_json(path: Path, what: str, *, optional: bool = False) -> dict[str, Any
         raise EdgekitError(f"{what} {path} cannot be read ({exc})", "restore the file from its source") from None
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: hostile nesting
+    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nesting deeper than Python's stack
         raise EdgekitError(f"{what} {path} is not valid JSON ({str(exc)[:120]})",
                            "restore the file from its source") from None
     if not isinstance(data, dict):

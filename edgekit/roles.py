@@ -1,5 +1,8 @@
 """Tensor roles: which checkpoint tensor is which part of the transformer, for every format and quantizer.
 
+The module paths transformers uses across families map to roles here; a family whose names mean something
+else says so in its description (``Family.roles``, e.g. gemma's post_attention_layernorm).
+
 A role names what a weight does, independent of how a family spells it: ``q k v o qkv`` (attention
 projections; ``qkv`` fused), ``gate up down gate_up`` (MLP; ``gate_up`` fused), ``embed pos_embed head``,
 norms ``attn_norm ffn_norm post_attn_norm post_ffn_norm q_norm k_norm final_norm``, MoE ``router
@@ -10,6 +13,8 @@ expert_gate expert_up expert_down expert_gate_up shared_gate shared_up shared_do
 from __future__ import annotations
 
 import re
+
+from edgekit import archs
 
 LINEAR = frozenset({"q", "k", "v", "o", "qkv", "gate", "up", "down", "gate_up", "head", "expert_gate", "expert_up",
                     "expert_down", "expert_gate_up", "shared_gate", "shared_up", "shared_down"})
@@ -40,8 +45,6 @@ _EXPERT_ROLES = {"w1": "expert_gate", "w3": "expert_up", "w2": "expert_down", "g
 _GLOBAL_ROLES = {"model.embed_tokens": "embed", "transformer.wte": "embed", "wte": "embed",
                  "transformer.wpe": "pos_embed", "wpe": "pos_embed", "lm_head": "head", "model.norm": "final_norm",
                  "transformer.ln_f": "final_norm", "ln_f": "final_norm"}
-# families whose post_attention_layernorm normalises the attention output (sandwich norms), not the MLP input
-_SANDWICH = ("gemma2", "gemma3", "gemma3_text")
 _LAYER = re.compile(r"^(?:.*?\.)?(?:layers|h)\.(\d+)\.(.+?)(?:\.(weight|bias))?$")
 _EXPERT = re.compile(r"^(?:block_sparse_moe|mlp)\.experts\.\d+\.(\w+)$")
 
@@ -53,8 +56,8 @@ def role_of(hf_name: str, architecture: str = "") -> tuple[str | None, int | Non
         base = re.sub(r"\.(weight|bias)$", "", hf_name)
         return _GLOBAL_ROLES.get(base), None
     layer, path = int(m.group(1)), m.group(2)
-    if path == "post_attention_layernorm" and architecture in _SANDWICH:
-        return "post_attn_norm", layer
+    if architecture in archs.MODULES and path in archs.get(architecture).roles:
+        return archs.get(architecture).roles[path], layer
     if path in _LAYER_ROLES:
         return _LAYER_ROLES[path], layer
     e = _EXPERT.match(path)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.jsonfile import read_json
+from edgekit.tokenizer import read_json
 from runtimes.devices import Selection
 from runtimes.engine import Engine
 from runtimes.hftokenizer import HFTokenizer
@@ -40,7 +40,7 @@ class CoreMLEngine(Engine):
         self._tok = tok.tok
         self.bos_token, self.eos_token, self.bos_id = tok.bos_token, tok.eos_token, tok.bos_id
         self.eos_ids, self.chat_template = tok.eos_ids, tok.chat_template
-        manifest = read_json(directory / "edgekit.json", "manifest", optional=True)
+        manifest = read_json(directory / "edgekit.json")
         slots = int((manifest.get("coreml") or {}).get("context") or manifest.get("context_length") or 0)
         try:
             self.model = ct.models.MLModel(str(package), compute_units=ct.ComputeUnit[selection.compute_units])

@@ -26,7 +26,11 @@ CONTEXT_TOKENS = 4  # prompt tokens kept in the stream decoder so the first piec
 
 
 class StreamDecoder:
-    """Turns a stream of token ids into text deltas without ever emitting half a character."""
+    """Turns a stream of token ids into text deltas without ever emitting half a character.
+
+    Hand-written rather than ``tokenizers.decoders.DecodeStream``: that one needs a ``tokenizers.Tokenizer``,
+    and the GGUF backend detokenizes through llama.cpp's own vocabulary, so one loop here serves every backend.
+    """
 
     def __init__(self, detokenize: Callable[[Sequence[int]], str], context: Sequence[int] = ()) -> None:
         self.detokenize = detokenize

@@ -193,6 +193,3 @@ class LlamaCppEngine(Engine):
         llm = getattr(self, "llm", None)
         if llm is not None and hasattr(llm, "close"):
             llm.close()
-
-    def system_info(self) -> str:
-        return self._lib.llama_print_system_info().decode()

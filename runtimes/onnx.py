@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.jsonfile import read_json
+from edgekit.tokenizer import read_json
 from runtimes.devices import Selection, physical_cores
 from runtimes.engine import Engine
 from runtimes.hftokenizer import HFTokenizer
@@ -158,8 +158,8 @@ class OnnxEngine(Engine):
         else:
             import onnxruntime as ort
 
-            manifest = read_json(directory / "edgekit.json", "manifest", optional=True)
-            config = read_json(directory / "config.json", "model config", optional=True)
+            manifest = read_json(directory / "edgekit.json")
+            config = read_json(directory / "config.json")
             limit = manifest.get("context_length") or config.get("max_position_embeddings") or 2048
             if context is not None and context > limit:
                 raise EdgekitError(f"--context {context} exceeds the model's {limit} positions",

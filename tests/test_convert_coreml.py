@@ -22,7 +22,7 @@ from edgekit.checkpoint import open_checkpoint
 from edgekit.spec import from_config
 from helpers import assert_one_line_error, run_cli
 
-ARCHS = ("llama", "mistral", "qwen2", "qwen3")
+ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 TOL = 1e-4  # max |diff| relative to max |logit|, fp32
 
 
@@ -46,10 +46,12 @@ def _traced(d: Path, context: int, last_only: bool = True, adapter: Path | None 
 
 # -- the traced wrapper against transformers ----------------------------------------------------------
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [*ARCHS, "gemma3-scalar"])
 def test_traced_wrapper_matches_transformers(random_model, arch):
-    # a sliding window shorter than the sequence, so mistral's window mask is exercised
-    d = random_model(arch, sliding_window=5) if arch == "mistral" else random_model(arch)
+    # a sliding window shorter than the sequence, so mistral's window mask is exercised; gemma3 with a
+    # query_pre_attn_scalar other than head_dim (the attention scale is not SDPA's default)
+    d = random_model(arch, sliding_window=5) if arch == "mistral" else \
+        random_model("gemma3_text", query_pre_attn_scalar=40) if arch == "gemma3-scalar" else random_model(arch)
     ref = _reference(d)
     ids = torch.randint(0, ref.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -156,7 +158,7 @@ def _shape(feature) -> list[int]:
 
 
 @pytest.mark.parametrize("arch,precision,context", [
-    ("llama", "fp16", None), ("qwen3", "fp32", 48),
+    ("llama", "fp16", None), ("qwen3", "fp32", 48), ("gemma3_text", "fp16", 32),
     pytest.param("mistral", "fp16", 64, marks=pytest.mark.slow), pytest.param("qwen2", "fp16", 64,
                                                                               marks=pytest.mark.slow)])
 def test_cli_writes_stateful_package(random_model, tmp_path, arch, precision, context):

@@ -84,7 +84,7 @@ def metadata(path: Path) -> dict:
 
 # ---- every architecture, F32 logits -------------------------------------------------------------
 # near-duplicates of a fast family (mistral, mixtral ~ llama; qwen2, qwen3 ~ qwen2_moe) run under slow
-FAST = ("llama", "phi3", "gemma2", "gpt2", "qwen2_moe")
+FAST = ("llama", "phi3", "gemma2", "gemma3_text", "gpt2", "qwen2_moe")
 
 
 @pytest.mark.parametrize("arch", [a if a in FAST else pytest.param(a, marks=pytest.mark.slow) for a in ARCHITECTURES])
@@ -466,6 +466,15 @@ def test_lora_merged_and_adapter_only(random_model, tmp_path):
 def _no_leftovers(directory: Path, name: str) -> None:
     assert not (directory / name).exists()
     assert not list(directory.glob(f".{name}.tmp-*"))
+
+
+def test_gguf_refuses_what_llama_cpp_cannot_represent(random_model, tmp_path):
+    """llama.cpp fixes gemma3's attention scale at 1/sqrt(head_dim): another query_pre_attn_scalar is refused."""
+    out = tmp_path / "m.gguf"
+    proc = run_cli("convert", str(random_model("gemma3_text", query_pre_attn_scalar=40)), "--to", "gguf", "-o",
+                   str(out))
+    assert_one_line_error(proc, "query_pre_attn_scalar", "onnx")
+    _no_leftovers(tmp_path, "m.gguf")
 
 
 def test_unsupported_architecture(random_model, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 
 from helpers import assert_one_line_error, run_cli
 
-ARCHS = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gpt2")
+ARCHS = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "gpt2")
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 64, "rope_theta": 10000.0}
 GENAI_SKIP = ("onnxruntime-genai is not installed in this environment (PyPI has onnxruntime-genai 0.18.0 for "
@@ -240,7 +240,9 @@ def test_layout_manifest_and_genai_config(random_model, export):
     assert manifest["format"] == "onnx" and manifest["chat_template"]
     for name, info in manifest["files"].items():
         assert file_sha256(out / name) == info["sha256"], name
-    assert manifest["mobile_usability"]["model.onnx"]["NNAPI"]["verdict"] in ("YES", "MAYBE", "NO")
+    # the dynamic graph's shapes are not fixed, which NNAPI needs: onnxruntime's checker says NO, and why
+    nnapi = manifest["mobile_usability"]["model.onnx"]["NNAPI"]
+    assert nnapi["verdict"] == "NO" and nnapi["nodes_unsupported_due_to_dynamic_shape"] > nnapi["nodes"] // 2
     genai = json.loads((out / "genai_config.json").read_text())["model"]
     assert genai["decoder"]["num_key_value_heads"] == 2 and genai["decoder"]["head_size"] == 16
     assert genai["decoder"]["inputs"]["past_key_names"] == "past_key_values.%d.key"
@@ -255,7 +257,7 @@ def test_static_variant_greedy_nnapi_and_ort(random_model, export):
     assert greedy(Static(out), prompt, 32) == hf_greedy(model, prompt, 32)
     manifest = json.loads((out / "edgekit.json").read_text())
     nnapi = manifest["mobile_usability"]["model.onnx"]["NNAPI"]
-    assert nnapi["partitions"] == 1 and nnapi["supported_share"] == 1.0, nnapi
+    assert nnapi["partitions"] == 1 and nnapi["supported_share"] == 1.0 and nnapi["verdict"] == "YES", nnapi
     assert manifest["mobile_usability"]["decode.onnx"]["NNAPI"]["partitions"] == 1
     assert manifest["onnx"]["static"] and manifest["context_length"] == 64
     import onnx
@@ -319,7 +321,7 @@ def test_tiny_greedy_32_tokens(tiny_dir, export):
     static, summary = export(tiny_dir, "--static", "--context", "128", "--prefill-chunk", "16")
     assert greedy(Static(static), prompt, 32) == hf_greedy(tiny_dir, prompt, 32)
     nnapi = json.loads((static / "edgekit.json").read_text())["mobile_usability"]["model.onnx"]["NNAPI"]
-    assert nnapi["partitions"] == 1 and nnapi["supported_share"] == 1.0, nnapi
+    assert nnapi["partitions"] == 1 and nnapi["supported_share"] == 1.0 and nnapi["verdict"] == "YES", nnapi
 
 
 @pytest.mark.slow
@@ -331,7 +333,7 @@ def test_smollm2_greedy_dynamic_and_static(smollm2_dir, export):
     static, _ = export(smollm2_dir, "--static", "--context", "128", "--prefill-chunk", "16")
     assert greedy(Static(static), prompt, 32) == ref
     nnapi = json.loads((static / "edgekit.json").read_text())["mobile_usability"]["model.onnx"]["NNAPI"]
-    assert nnapi["partitions"] == 1 and nnapi["supported_share"] == 1.0, nnapi
+    assert nnapi["partitions"] == 1 and nnapi["supported_share"] == 1.0 and nnapi["verdict"] == "YES", nnapi
 
 
 def _genai_generate(out: Path, prompt: list[int], n: int) -> list[int]:

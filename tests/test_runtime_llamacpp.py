@@ -72,12 +72,16 @@ def test_multi_turn_reuses_the_kv_cache_and_matches_a_fresh_engine(gguf, engine)
     first = chat.ask("Name a fruit.", max_tokens=24)
     cached = engine.tokens
     assert first.prompt_evaluated == first.prompt_tokens  # nothing to reuse yet
+    total_before = engine.evaluated_total
     second = chat.ask("What colour is it?", max_tokens=24)
     prompt2 = prompt_tokens(engine, chat.messages[:-1])
     assert common_prefix(cached, prompt2) == len(cached)  # the whole first turn stays in the cache
     assert second.prompt_tokens == len(prompt2)
     assert second.prompt_evaluated == len(prompt2) - len(cached) < len(prompt2) // 2
-    assert engine.reused_last == len(cached) or engine.evaluated_last == 1
+    # the engine ran only the new turn's tokens and one decode per generated token fed back (the loop
+    # does not feed the last token back when it stops at max_tokens)
+    fed_back = second.eval_count - (1 if second.finish_reason == "length" else 0)
+    assert engine.evaluated_total - total_before == second.prompt_evaluated + fed_back
     fresh = runtimes.load(gguf, threads=2, context=512)
     again = generate(fresh, prompt2, max_tokens=24)
     assert again.prompt_evaluated == len(prompt2)

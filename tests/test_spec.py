@@ -39,6 +39,9 @@ def _to_transformers4(config: dict) -> dict:
     """Rewrite a transformers 5 config into the transformers 4 style (rope_theta + rope_scaling)."""
     old = dict(config)
     params = old.pop("rope_parameters", None)
+    if params and "full_attention" in params:  # per layer kind (gemma3): the global rope and the local base
+        old["rope_local_base_freq"] = params["sliding_attention"]["rope_theta"]
+        params = params["full_attention"]
     if params:
         params = dict(params)
         old["rope_theta"] = params.pop("rope_theta")

@@ -16,7 +16,6 @@ Output directory::
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,14 +25,6 @@ from edgekit.errors import EdgekitError
 OPTIONS = ("context", "precision")
 DEFAULT_CONTEXT = 2048
 PACKAGE = "model.mlpackage"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json",
-                   "config.json")
-
-
-def _default_output(model: str) -> Path:
-    name = Path(str(model).rstrip("/")).name or "model"
-    return Path.cwd() / f"{name}-coreml"
 
 
 def _context(spec: Any, context: int | None) -> int:
@@ -52,6 +43,7 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
     """Convert ``model`` (+ ``adapter``) to a Core ML directory; returns a JSON-serialisable summary.
 
     ``seam``: per-tensor transforms (:mod:`converters.seam`; float replacements here)."""
+    from converters import default_output
     from edgekit import validate
     from edgekit.atomic import atomic_output, check_destination
     from edgekit.checkpoint import open_checkpoint
@@ -61,7 +53,7 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
     precision = precision or "fp16"
     if precision not in ("fp16", "fp32"):
         raise EdgekitError(f"--precision {precision} is not a Core ML precision", "pass fp16 or fp32")
-    dest = Path(output) if output else _default_output(model)
+    dest = Path(output) if output else default_output(model, "coreml")
     check_destination(dest, force, sources=(model, adapter))  # before any heavy work
     ckpt = open_checkpoint(model, adapter=adapter, allow_pickle=allow_pickle)
     spec = from_config(ckpt.config)
@@ -82,7 +74,7 @@ def _write(ckpt: Any, spec: Any, out: Path, *, context: int, precision: str, pro
            seam: Any = None) -> dict[str, Any]:
     from converters.coreml import mlprogram, wrapper
     from edgekit import manifest as mf
-    from edgekit.tokenizer import chat_template, describe
+    from edgekit.tokenizer import chat_template, copy_files, describe
 
     steps = ["read weights", "trace + convert", "save"]
     bar = None
@@ -109,9 +101,7 @@ def _write(ckpt: Any, spec: Any, out: Path, *, context: int, precision: str, pro
     finally:
         if bar:
             bar.close()
-    for name in TOKENIZER_FILES:
-        if (ckpt.path / name).exists():
-            shutil.copy2(ckpt.path / name, out / name)
+    copy_files(ckpt.path, out)
     state_shape = [spec.num_layers, spec.num_kv_heads, context, spec.head_dim]
     coreml_info = {
         "package": PACKAGE, "precision": precision, "context": context,

@@ -5,15 +5,19 @@ helpers (``create_causal_mask``) whose ops (``diff``, ``new_ones``, vmap-style i
 convert through coremltools, and its ``DynamicCache`` grows Python lists rather than writing into a
 fixed buffer, which is what a Core ML state has to be. So the decoder below is written out over the
 checkpoint's tensors (read through :func:`edgekit.checkpoint.open_checkpoint`, so a LoRA adapter is
-already merged), op for op as transformers computes llama / mistral / qwen2 / qwen3:
+already merged), op for op as transformers computes the dense families with split projections
+(llama / mistral / qwen2 / qwen3 / gemma3), reading what differs from the family description
+(:mod:`edgekit.archs`):
 
-- RMSNorm in float32, ``weight * x * rsqrt(mean(x^2) + eps)``;
-- q/k/v projections (with bias for qwen2), per-head RMSNorm on q and k for qwen3, rotary embedding
-  with the cos/sin tables produced by the family's own transformers ``*RotaryEmbedding`` (so every
-  rope scaling transformers knows, llama3 / yarn / linear / longrope, is computed by transformers);
+- RMSNorm in float32, ``weight * x * rsqrt(mean(x^2) + eps)`` (gemma's ``1 + w`` folded into the weight);
+- scaled embeddings and sandwich norms (gemma);
+- q/k/v projections (with bias for qwen2), per-head RMSNorm on q and k (qwen3, gemma3), rotary embedding
+  with the cos/sin tables of :func:`edgekit.rope.tables` (transformers' own rotary classes for every
+  scaled rope), one table per rope where local and global layers differ (gemma3);
 - grouped-query attention through ``scaled_dot_product_attention`` (Core ML 18 has a fused SDPA op),
-  key/value heads repeated as transformers' ``repeat_kv`` does;
-- SwiGLU MLP, final norm, LM head (tied to the embedding when the checkpoint ties them).
+  key/value heads repeated as transformers' ``repeat_kv`` does, q pre-scaled where the family's scale is
+  not 1/sqrt(head_dim), the sliding-window mask on the layers that slide;
+- gated MLP, final norm, LM head (tied to the embedding when the checkpoint ties them).
 
 The rotary tables are stored (half width, positions ``0..N-1``) rather than computed from
 ``position * inv_freq`` in the graph: with fp16 compute the angle of position 2000 would carry an
@@ -27,7 +31,7 @@ Interface of the traced module (and of the Core ML program):
 - states ``key_cache`` / ``value_cache``, ``(num_layers, num_kv_heads, N, head_dim)`` (float32 buffers
   here; fp16 in the Core ML program, the only state type Core ML has): the call
   writes its keys/values at ``[position, position + q)`` and attends over ``[0, position + q)``,
-  with the causal (and, for mistral, sliding-window) mask built in the graph from those positions.
+  with the causal (and, on sliding layers, sliding-window) mask built in the graph from those positions.
 - output ``logits`` float ``(1, 1, vocab)`` for the last token (``(1, q, vocab)`` with
   ``last_only=False``).
 
@@ -47,19 +51,20 @@ from torch import nn
 from edgekit.errors import EdgekitError
 from edgekit.spec import ModelSpec
 
-SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 # Additive mask value for hidden positions: far below any attention score, still finite in fp16
 # (a -inf can turn a softmax into NaN on some Core ML compute units).
 MASK_VALUE = -3.0e4
-_ROTARY = {"llama": ("llama", "Llama"), "mistral": ("mistral", "Mistral"), "qwen2": ("qwen2", "Qwen2"),
-           "qwen3": ("qwen3", "Qwen3")}
 
 
 def check_supported(spec: ModelSpec) -> None:
     """Refuse an architecture (or a variant of one) the wrapper does not compute exactly."""
-    if spec.architecture not in SUPPORTED:
+    fam = spec.family
+    # what Core ML cannot do yet: fused / Conv1D layouts, layer norms, learned positions, experts, softcapped scores
+    if (fam.conv1d or fam.fused_qkv or fam.norm != "rms" or fam.learned_positions or spec.moe is not None
+            or spec.extra.get("attn_logit_softcapping")):
         raise EdgekitError(f"Core ML export does not support model_type {spec.architecture!r}",
-                           f"supported: {', '.join(SUPPORTED)}")
+                           "supported: dense models with split q/k/v and gate/up projections and RMSNorm, no "
+                           "attention softcapping (llama, mistral, qwen2, qwen3, gemma3); convert to gguf or onnx")
     if spec.rope is not None and spec.rope.partial_rotary_factor != 1.0:
         raise EdgekitError(f"Core ML export does not support partial rotary embeddings "
                            f"(partial_rotary_factor={spec.rope.partial_rotary_factor})",
@@ -69,42 +74,48 @@ def check_supported(spec: ModelSpec) -> None:
                            "with the sequence length)", "convert to gguf or onnx instead")
 
 
-def rope_tables(config: dict[str, Any], spec: ModelSpec, context: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin for positions ``0..context-1``, first half of the head dimension, float32, as the
-    family's transformers rotary embedding computes them (including its attention scaling)."""
-    import importlib
+def rope_tables(config: dict[str, Any], spec: ModelSpec, context: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer kind, cos and sin for positions ``0..context-1``, first half of the head dimension, float32
+    (:func:`edgekit.rope.tables`, which includes transformers' attention scaling)."""
+    from edgekit.rope import tables
 
-    import transformers
-
-    module, prefix = _ROTARY[spec.architecture]
-    cfg = transformers.CONFIG_MAPPING[spec.architecture].from_dict(dict(config))
-    modeling = importlib.import_module(f"transformers.models.{module}.modeling_{module}")
-    rotary = getattr(modeling, f"{prefix}RotaryEmbedding")(cfg)
-    positions = torch.arange(context)[None]
-    cos, sin = rotary(torch.zeros(1, dtype=torch.float32), positions)
     half = spec.head_dim // 2
     # transformers concatenates (freqs, freqs): the second half repeats the first
-    return cos[0, :, :half].contiguous(), sin[0, :, :half].contiguous()
+    return {kind: (torch.from_numpy(cos[:, :half].copy()), torch.from_numpy(sin[:, :half].copy()))
+            for kind, (cos, sin) in tables(config, spec, context).items()}
 
 
 class StatefulCausalLM(nn.Module):
-    """llama / mistral / qwen2 / qwen3 decoder with its KV cache as registered buffers (Core ML state)."""
+    """A dense decoder (see the module docstring) with its KV cache as registered buffers (Core ML state)."""
 
-    def __init__(self, spec: ModelSpec, weights: dict[str, torch.Tensor], cos: torch.Tensor, sin: torch.Tensor,
-                 context: int, last_only: bool = True) -> None:
+    def __init__(self, spec: ModelSpec, weights: dict[str, torch.Tensor],
+                 rope: dict[str, tuple[torch.Tensor, torch.Tensor]], context: int, last_only: bool = True,
+                 config: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.spec, self.context, self.last_only = spec, context, last_only
+        self.fam = spec.family
         self.n_heads, self.n_kv, self.head_dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
         self.eps = spec.norm_eps
-        self.window = spec.sliding_window if spec.architecture == "mistral" else None
+        self.window = spec.sliding_window if "sliding" in spec.layer_types else None
+        # SDPA scales by 1/sqrt(head_dim); families that scale otherwise get q pre-multiplied
+        self.q_scale = [self.fam.attn_scale(spec, config or {}, i) * spec.head_dim ** 0.5
+                        for i in range(spec.num_layers)]
         from transformers.activations import ACT2FN
 
         self.act = ACT2FN[spec.activation]
         self.params = nn.ParameterDict()
         for name, tensor in weights.items():
             self.params[name.replace(".", "__")] = nn.Parameter(tensor, requires_grad=False)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        # one pair of tables per distinct rope: "rope_cos"/"rope_sin" for the first kind, suffixed for others
+        self.rope_of: dict[str, str] = {}
+        seen: dict[int, str] = {}
+        for kind, (cos, sin) in sorted(rope.items()):
+            if id(cos) not in seen:
+                suffix = "" if not seen else f"_{kind}"
+                self.register_buffer(f"rope_cos{suffix}", cos, persistent=False)
+                self.register_buffer(f"rope_sin{suffix}", sin, persistent=False)
+                seen[id(cos)] = suffix
+            self.rope_of[kind] = seen[id(cos)]
         shape = (spec.num_layers, spec.num_kv_heads, context, spec.head_dim)
         self.register_buffer("key_cache", torch.zeros(shape, dtype=torch.float32))
         self.register_buffer("value_cache", torch.zeros(shape, dtype=torch.float32))
@@ -130,16 +141,24 @@ class StatefulCausalLM(nn.Module):
         q_pos = torch.arange(q_len, dtype=torch.int32) + start  # (q,)
         k_pos = torch.arange(end, dtype=torch.int32)  # (end,)
         allowed = k_pos[None, :] <= q_pos[:, None]
+        masks = {"full": torch.where(allowed, 0.0, MASK_VALUE)[None, None]}  # (1, 1, q, end)
         if self.window:
-            allowed = allowed & (k_pos[None, :] > q_pos[:, None] - self.window)
-        mask = torch.where(allowed, 0.0, MASK_VALUE)[None, None]  # (1, 1, q, end)
+            sliding = allowed & (k_pos[None, :] > q_pos[:, None] - self.window)
+            masks["sliding"] = torch.where(sliding, 0.0, MASK_VALUE)[None, None]
         # half-width tables: rotate() pairs dimension i with i + head_dim/2, both rotated by angle i
-        cos = F.embedding(q_pos, self.rope_cos)[None, None]  # (1, 1, q, d/2)
-        sin = F.embedding(q_pos, self.rope_sin)[None, None]
+        ropes = {}
+        for suffix in sorted(set(self.rope_of.values())):
+            ropes[suffix] = (F.embedding(q_pos, getattr(self, f"rope_cos{suffix}"))[None, None],  # (1, 1, q, d/2)
+                             F.embedding(q_pos, getattr(self, f"rope_sin{suffix}"))[None, None])
         h = F.embedding(input_ids, self.w("model.embed_tokens.weight"))
+        if self.fam.embed_scale:
+            h = h * self.spec.hidden_size ** 0.5
         rep = self.n_heads // self.n_kv
         for i in range(self.spec.num_layers):
             p = f"model.layers.{i}."
+            kind = self.spec.layer_types[i]
+            cos, sin = ropes[self.rope_of[kind]]
+            mask = masks[kind] if kind in masks else masks["full"]
             x = self.rms(h, self.w(p + "input_layernorm.weight"))
             q = F.linear(x, self.w(p + "self_attn.q_proj.weight"), self.w(p + "self_attn.q_proj.bias"))
             k = F.linear(x, self.w(p + "self_attn.k_proj.weight"), self.w(p + "self_attn.k_proj.bias"))
@@ -152,6 +171,8 @@ class StatefulCausalLM(nn.Module):
                 k = self.rms(k, self.w(p + "self_attn.k_norm.weight"))
             q = self.rotate(q, cos, sin)
             k = self.rotate(k, cos, sin)
+            if self.q_scale[i] != 1.0:
+                q = q * self.q_scale[i]
             self.key_cache[i, :, start:end, :] = k[0]
             self.value_cache[i, :, start:end, :] = v[0]
             keys = self.key_cache[i, :, :end, :]
@@ -163,17 +184,24 @@ class StatefulCausalLM(nn.Module):
                                                                                             self.head_dim)
             attn = F.scaled_dot_product_attention(q, keys[None], values[None], attn_mask=mask)
             attn = attn.transpose(1, 2).reshape(1, q_len, self.n_heads * self.head_dim)
-            h = h + F.linear(attn, self.w(p + "self_attn.o_proj.weight"), self.w(p + "self_attn.o_proj.bias"))
-            x = self.rms(h, self.w(p + "post_attention_layernorm.weight"))
+            attn = F.linear(attn, self.w(p + "self_attn.o_proj.weight"), self.w(p + "self_attn.o_proj.bias"))
+            if self.fam.sandwich_norms:
+                h = h + self.rms(attn, self.w(p + "post_attention_layernorm.weight"))
+                x = self.rms(h, self.w(p + "pre_feedforward_layernorm.weight"))
+            else:
+                h = h + attn
+                x = self.rms(h, self.w(p + "post_attention_layernorm.weight"))
             gate = F.linear(x, self.w(p + "mlp.gate_proj.weight"), self.w(p + "mlp.gate_proj.bias"))
             up = F.linear(x, self.w(p + "mlp.up_proj.weight"), self.w(p + "mlp.up_proj.bias"))
-            h = h + F.linear(self.act(gate) * up, self.w(p + "mlp.down_proj.weight"),
-                             self.w(p + "mlp.down_proj.bias"))
+            m = F.linear(self.act(gate) * up, self.w(p + "mlp.down_proj.weight"), self.w(p + "mlp.down_proj.bias"))
+            h = h + (self.rms(m, self.w(p + "post_feedforward_layernorm.weight")) if self.fam.sandwich_norms else m)
         if self.last_only:
             h = h[:, -1:, :]
         h = self.rms(h, self.w("model.norm.weight"))
         head = self.w("lm_head.weight")
-        return F.linear(h, head if head is not None else self.w("model.embed_tokens.weight"))
+        logits = F.linear(h, head if head is not None else self.w("model.embed_tokens.weight"))
+        cap = self.spec.extra.get("final_logit_softcapping")
+        return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def expected_names(spec: ModelSpec) -> tuple[list[str], list[str]]:
@@ -188,6 +216,8 @@ def expected_names(spec: ModelSpec) -> tuple[list[str], list[str]]:
                                      "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
                                      "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
                                      "mlp.down_proj.weight")]
+        if spec.family.sandwich_norms:
+            required += [p + "pre_feedforward_layernorm.weight", p + "post_feedforward_layernorm.weight"]
         if spec.qk_norm:
             required += [p + "self_attn.q_norm.weight", p + "self_attn.k_norm.weight"]
         for proj in ("q", "k", "v", "o"):
@@ -210,8 +240,10 @@ def build(checkpoint: Any, spec: ModelSpec, context: int, last_only: bool = True
                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
                            + f" expected for {spec.architecture}", "re-save the checkpoint with transformers")
     weights = {n: _through_seam(seam, checkpoint, spec, n) for n in required + optional if n in names}
-    cos, sin = rope_tables(checkpoint.config, spec, context)
-    return StatefulCausalLM(spec, weights, cos, sin, context, last_only=last_only).eval()
+    if spec.family.norm_offset:  # the checkpoint stores w - 1 and computes x * (1 + w), in fp32 as here
+        weights = {n: t + 1 if n.endswith("norm.weight") else t for n, t in weights.items()}
+    rope = rope_tables(checkpoint.config, spec, context)
+    return StatefulCausalLM(spec, weights, rope, context, last_only=last_only, config=checkpoint.config).eval()
 
 
 def _through_seam(seam: Any, checkpoint: Any, spec: ModelSpec, name: str) -> torch.Tensor:

@@ -21,10 +21,11 @@ from typing import Any
 
 import gguf
 
+from converters import default_output
 from converters.gguf import archs, hf_tokenizer, tokenizer
 from converters.gguf.model import Model
 from converters.gguf.stream import plan, write_gguf
-from converters.gguf.types import FILE_TYPES, Q, resolve_outtype
+from converters.gguf.types import FILE_TYPES, resolve_outtype
 from converters.seam import NONE, Seam
 from edgekit import integrity
 from edgekit.atomic import check_destination
@@ -36,13 +37,8 @@ from edgekit.spec import from_config
 def open_model(model: str, adapter: str | None, allow_pickle: bool) -> tuple[Checkpoint, Model]:
     ckpt = open_checkpoint(model, adapter=adapter, allow_pickle=allow_pickle)
     spec = from_config(ckpt.config)
-    cls = archs.get(spec.hf_class, spec.architecture)
+    cls = archs.get(spec)
     return ckpt, cls(spec, ckpt.config, ckpt.names())
-
-
-def default_output(ckpt: Checkpoint, qtype: Q, adapter_only: bool = False) -> Path:
-    suffix = "-lora" if adapter_only else ""
-    return Path.cwd() / f"{ckpt.path.name}{suffix}-{qtype.name.lower()}.gguf"
 
 
 class Sha256Later:
@@ -102,7 +98,8 @@ def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle
             tokenizer.check_present(ckpt.path)
             pending = hf_tokenizer.start(ckpt.path)
         qtype = resolve_outtype(outtype, ckpt)
-        dest = Path(output).expanduser() if output else default_output(ckpt, qtype, adapter_only)
+        tag = f"{'lora-' if adapter_only else ''}{qtype.name.lower()}.gguf"
+        dest = Path(output).expanduser() if output else default_output(str(ckpt.path), tag)
         check_destination(dest, force, sources=(ckpt.path, adapter))
         summary: dict[str, Any] = {"format": "gguf", "architecture": fam.arch_name, "hf_class": fam.spec.hf_class}
         if pending is None:

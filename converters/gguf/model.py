@@ -1,4 +1,10 @@
-"""The architecture mapping every family module specialises: names, tensor transforms, hyperparameters.
+"""The GGUF mapping of an architecture: names, tensor transforms, hyperparameters.
+
+What it knows of the architecture comes from the family's description (:mod:`edgekit.archs`): llama.cpp's
+architecture name, whether q/k rows are permuted to llama.cpp's rope order, norm offsets, Conv1D weights,
+whether the head is always token_embd, head_dim, sliding-window layers and their rope. A family needs a
+module under :mod:`converters.gguf.archs` only for what llama.cpp wants beyond that (stacked experts,
+rope factor tensors).
 
 A family turns the checkpoint's tensor names into a list of :class:`Job`: one GGUF tensor each, made
 by a function of one or more checkpoint tensors (numpy arrays). The same function runs twice: first
@@ -10,7 +16,6 @@ unchanged lets the writer copy the stored bytes as they are.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +27,7 @@ from edgekit.errors import EdgekitError
 from edgekit.spec import ModelSpec
 
 _SKIP = (".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
+_CONV1D = (".c_attn.weight", ".c_proj.weight", ".c_fc.weight")
 
 
 @dataclass
@@ -59,13 +65,12 @@ def permute_qk(w, n_head: int, n_head_kv: int | None = None):
 
 
 class Model:
-    """Base mapping: rename with gguf's TensorNameMap, no transform, llama.cpp's common hyperparameters."""
-
-    gguf_arch: gguf.MODEL_ARCH
-    hf_classes: tuple[str, ...] = ()
+    """Rename with gguf's TensorNameMap, transform as the family description says, llama.cpp's hyperparameters."""
 
     def __init__(self, spec: ModelSpec, config: dict[str, Any], names: Sequence[str]) -> None:
         self.spec, self.config, self.names = spec, config, list(names)
+        self.fam = spec.family
+        self.gguf_arch = gguf.MODEL_ARCH[self.fam.gguf_arch]
         self.tmap = gguf.get_tensor_name_map(self.gguf_arch, spec.num_layers)
         self.arch_name = gguf.MODEL_ARCH_NAMES[self.gguf_arch]
 
@@ -73,8 +78,11 @@ class Model:
     def skip(self, name: str) -> bool:
         if name.endswith(_SKIP):
             return True
-        # tied embeddings: llama.cpp reuses token_embd when output.weight is absent
-        return name == "lm_head.weight" and self.spec.tied_embeddings
+        # tied embeddings: llama.cpp reuses token_embd when output.weight is absent (some graphs always do)
+        return name == "lm_head.weight" and (self.spec.tied_embeddings or self.fam.gguf_tied_head)
+
+    def _offset_norm(self, name: str) -> bool:
+        return self.fam.norm_offset and name.endswith("norm.weight")
 
     def map_name(self, name: str) -> str:
         new = self.tmap.get_name(name, try_suffixes=(".weight", ".bias"))
@@ -84,11 +92,25 @@ class Model:
         return new
 
     def transform(self, name: str, t):
-        """The tensor as llama.cpp wants it (default: unchanged)."""
+        """The tensor as llama.cpp wants it."""
+        if self.fam.conv1d and name.endswith(_CONV1D):
+            return t.T  # Conv1D stores (in, out)
+        if self.fam.gguf_rope_permute:
+            if name.endswith(("q_proj.weight", "q_proj.bias")):
+                return permute_qk(t, self.spec.num_heads)
+            if name.endswith(("k_proj.weight", "k_proj.bias")):
+                return permute_qk(t, self.spec.num_heads, self.spec.num_kv_heads)
+        if self._offset_norm(name):
+            # the checkpoint stores w - 1 and computes x * (1 + w); llama.cpp multiplies by the stored weight
+            return t.astype(np.float32) + 1
         return t
 
     def lora_b(self, name: str) -> Callable[[Any], Any] | None:
         """How a LoRA B (out x r) must change for the transform of ``name``; None if LoRA cannot follow it."""
+        if self._offset_norm(name):
+            return None
+        if self.fam.gguf_rope_permute:
+            return lambda b, n=name: self.transform(n, b)  # delta = B @ A: permuting its rows permutes B's
         return lambda b: b
 
     def jobs(self) -> list[Job]:
@@ -108,11 +130,6 @@ class Model:
         """Tensors llama.cpp needs that the checkpoint does not hold (rope factors)."""
         return []
 
-    @staticmethod
-    def layer_of(name: str) -> int | None:
-        m = re.search(r"\.(\d+)\.", name)
-        return int(m.group(1)) if m else None
-
     # ---- hyperparameters -----------------------------------------------------------------------
     def set_params(self, w: gguf.GGUFWriter) -> None:
         s = self.spec
@@ -127,15 +144,23 @@ class Model:
             w.add_layer_norm_rms_eps(s.norm_eps)
         else:
             w.add_layer_norm_eps(s.norm_eps)
-        if s.head_dim * s.num_heads != s.hidden_size or "head_dim" in self.config:
+        if s.head_dim * s.num_heads != s.hidden_size or "head_dim" in self.config or self.fam.explicit_head_dim:
             w.add_key_length(s.head_dim)
             w.add_value_length(s.head_dim)
         if s.rope is not None:
             w.add_rope_freq_base(s.rope.theta)
             w.add_rope_dimension_count(int(s.head_dim * s.rope.partial_rotary_factor))
             self.set_rope_scaling(w)
+            if s.rope_local is not None:
+                w.add_rope_freq_base_swa(s.rope_local.theta)
         if s.sliding_window:
             w.add_sliding_window(s.sliding_window)
+            if len(set(s.layer_types)) > 1:  # which layers slide, spelled out rather than left to llama.cpp's default
+                w.add_sliding_window_pattern([t == "sliding" for t in s.layer_types])
+        if s.extra.get("attn_logit_softcapping") is not None:
+            w.add_attn_logit_softcapping(float(s.extra["attn_logit_softcapping"]))
+        if s.extra.get("final_logit_softcapping") is not None:
+            w.add_final_logit_softcapping(float(s.extra["final_logit_softcapping"]))
         if s.moe is not None:
             w.add_expert_count(s.moe.experts)
             w.add_expert_used_count(s.moe.experts_per_token)

@@ -11,11 +11,12 @@ hidden 64) and the 1B-shaped benchmark checkpoint (``benchmarks/convert_onnx.py`
 * ``torch.onnx.export`` directly: the same tracing cost and memory, same wrapper needed.
 * building the graph node by node with ``onnx.helper`` from the checkpoint's tensors, as
   onnxruntime-genai's model builder does (chosen). The graph build takes well under a second for the
-  tiny models (a CLI run is ~4 s, mostly interpreter and torch import); tensors stream from the
-  memory-mapped safetensors (LoRA merged by the Checkpoint) into the external-data file one at a
-  time, so models past 2 GiB need nothing special: the 1B-shaped fp16 checkpoint exports to fp32
-  (3.41 GB of external data) in 74 s with 2.7 GB peak RSS, of which 1.7 GB are the checkpoint's
-  mmapped file pages and under 1 GB anonymous memory (largest tensor and its copies + interpreter).
+  tiny models (a CLI run is ~4 s, mostly interpreter and torch import); tensors are read one at a
+  time with plain reads (:mod:`edgekit.checkpoint`, LoRA merged by the Checkpoint) and streamed into
+  the external-data file, so models past 2 GiB need nothing special: the 1B-shaped fp16 checkpoint
+  exported to fp32 (3.41 GB of external data) in 74 s with 2.7 GB peak RSS when tensors were still
+  read through a memory map (1.7 GB of that were mapped file pages; ``benchmarks/convert_onnx.py``
+  measures the current code).
   Fidelity is measured, not assumed: tests compare logits with transformers for every architecture
   (measured max |diff| 4e-7 .. 2e-6 of the largest |logit|, bound 1e-4; 1.9e-6 on the 1B fp32 export).
   The graph uses standard ops only, so the same file also serves NNAPI / CoreML; rope tables are
@@ -35,7 +36,6 @@ It comes as ``model.onnx`` (``--prefill-chunk`` tokens) and, when the chunk is l
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -45,23 +45,15 @@ import numpy as np
 from edgekit.errors import EdgekitError
 
 OPTIONS = ("dtype", "static", "context", "prefill_chunk", "ort")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json",
-                   "config.json")
 DEFAULT_STATIC_CONTEXT = 1024
 DEFAULT_PREFILL_CHUNK = 32
 
 
-def _default_output(model: str, static: bool) -> Path:
-    name = Path(str(model).rstrip("/")).name or "model"
-    return Path.cwd() / f"{name}-onnx{'-static' if static else ''}"
-
-
-def _static_sizes(spec: Any, config: dict[str, Any], context: int | None, chunk: int | None) -> tuple[int, int]:
-    from converters.onnx.decoder import window
+def _static_sizes(spec: Any, context: int | None, chunk: int | None) -> tuple[int, int]:
+    from converters.onnx.decoder import sliding_window
 
     # defaults: context + chunk must fit the model's positions (rope table) and any sliding window
-    limit = min(spec.context_length, window(spec, config) or spec.context_length)
+    limit = min(spec.context_length, sliding_window(spec) or spec.context_length)
     c = chunk if chunk is not None else min(DEFAULT_PREFILL_CHUNK, max(limit // 8, 1))
     n = context if context is not None else max(min(limit - c, DEFAULT_STATIC_CONTEXT), 1)
     if n < 1 or c < 1:
@@ -82,6 +74,7 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
     """Export ``model`` (+ ``adapter``) to an ONNX directory; returns a JSON-serialisable summary.
 
     ``seam``: per-tensor storage and transforms (:mod:`converters.seam`; a quantizer)."""
+    from converters import default_output
     from edgekit import validate
     from edgekit.atomic import atomic_output, check_destination
     from edgekit.checkpoint import open_checkpoint
@@ -91,7 +84,7 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
     dtype = dtype or "fp32"
     if not static and (context is not None or prefill_chunk is not None):
         raise EdgekitError("--context and --prefill-chunk only apply to a static export", "add --static")
-    dest = Path(output) if output else _default_output(model, static)
+    dest = Path(output) if output else default_output(model, "onnx-static" if static else "onnx")
     check_destination(dest, force, sources=(model, adapter))  # before opening anything large
     ckpt = open_checkpoint(model, adapter=adapter, allow_pickle=allow_pickle)
     spec = from_config(ckpt.config)
@@ -99,9 +92,9 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
 
     check_supported(spec)
     validate.tokenizer_files(ckpt.path, spec.vocab_size)  # the artifact will carry these files
-    sizes = _static_sizes(spec, ckpt.config, context, prefill_chunk) if static else None
+    sizes = _static_sizes(spec, context, prefill_chunk) if static else None
     if sizes:
-        check_static_window(spec, ckpt.config, *sizes)
+        check_static_window(spec, *sizes)
     with atomic_output(dest, force, directory=True) as tmp:
         summary = _write(ckpt, spec, tmp, dtype=dtype, sizes=sizes, ort=ort, progress=progress, seam=seam)
     files = summary.pop("_files")
@@ -113,11 +106,12 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
 def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int] | None, ort: bool,
            progress: bool, seam: Any = None) -> dict[str, Any]:
     from converters.onnx import genai, mobile
-    from converters.onnx.decoder import DecoderBuilder, Variant, Weights, rope_tables
+    from converters.onnx.decoder import DecoderBuilder, Variant, Weights
     from converters.onnx.graph import OPSET, Graph, WeightFile
     from converters.seam import NONE
     from edgekit import manifest as mf
-    from edgekit.tokenizer import chat_template, describe
+    from edgekit.rope import tables
+    from edgekit.tokenizer import chat_template, copy_files, describe
 
     np_dtype = np.dtype(np.float16 if dtype == "fp16" else np.float32)
     context = sizes[0] if sizes else spec.context_length
@@ -131,7 +125,7 @@ def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int
         graphs["model.onnx"] = Variant(np_dtype)
     # the static graph gathers positions up to context + chunk - 1; the dynamic one up to the model's limit
     rope_len = (sizes[0] + sizes[1]) if sizes else spec.context_length
-    rope = rope_tables(ckpt, spec, rope_len) if spec.rope is not None else None
+    rope = tables(ckpt.config, spec, rope_len) if spec.rope is not None else None
     weights = WeightFile(out / "model.onnx.data")
     reader = Weights(ckpt)
     bar = None
@@ -152,9 +146,7 @@ def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int
         weights.close()
         if bar:
             bar.close()
-    for name in TOKENIZER_FILES:
-        if (ckpt.path / name).exists():
-            shutil.copy2(ckpt.path / name, out / name)
+    copy_files(ckpt.path, out)
     if not sizes:
         (out / "genai_config.json").write_text(json.dumps(genai.config(spec, context), indent=4) + "\n")
     usability = {name: mobile.usability(out / name) for name in graphs}

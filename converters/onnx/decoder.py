@@ -11,9 +11,10 @@ GQA without repeating K/V: the query heads of one KV group are laid out contiguo
 ``K (B, kv_heads, T, D)`` scores all of them; the KV cache keeps its ``(batch, kv_heads, seq,
 head_dim)`` shape and no Expand/Tile (unsupported by NNAPI) is needed.
 
-RoPE uses cos/sin tables computed once by transformers' own rotary class for the architecture (so
-every scaling type, attention factor and partial-rotary rule is exactly transformers'), gathered by
-``position_ids`` in the graph; NNAPI has Sin but not Cos, so a table is also the portable choice.
+RoPE uses cos/sin tables (:func:`edgekit.rope.tables`: transformers' formula or its rotary class, one
+table per distinct rope, e.g. gemma3's local and global layers), gathered by ``position_ids`` in the
+graph; NNAPI has Sin but not Cos, so a table is also the portable choice. What the architecture is
+(layout, norms, scales, which layers slide) comes from the family description (:mod:`edgekit.archs`).
 
 The tensor seam (:mod:`converters.seam`): every weight reaches the graph through :meth:`DecoderBuilder.param`
 (floats: embeddings, norms, biases, the head) or :meth:`DecoderBuilder.linear` (the linear layers), which
@@ -23,7 +24,6 @@ CPU kernels) for a QuantizedTensor on an ``onnx:`` grid.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +37,6 @@ from converters.onnx.graph import MS_DOMAIN, Graph
 from edgekit.errors import EdgekitError
 from edgekit.spec import ModelSpec
 
-SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gpt2")
 MASK_NEG = 1e9  # added to masked scores in fp32: exp underflows to exactly 0, and no -inf arithmetic
 
 # per-architecture tensor names inside a layer (llama layout unless overridden)
@@ -89,72 +88,32 @@ class Weights:
 
 
 def check_supported(spec: ModelSpec) -> None:
-    if spec.moe is not None:
+    if spec.moe is not None:  # what ONNX cannot do yet: routed experts
         raise EdgekitError(f"{spec.architecture} is a mixture-of-experts model, which the ONNX converter does not "
                            "export yet", "convert it with --to gguf, or pick a dense model")
-    if spec.architecture not in SUPPORTED:
-        raise EdgekitError(f"the ONNX converter does not support {spec.architecture}",
-                           f"supported: {', '.join(SUPPORTED)}")
     if spec.head_dim % 2:
         raise EdgekitError(f"head_dim {spec.head_dim} is odd", "RoPE needs an even head dimension")
 
 
-def layer_types(spec: ModelSpec, config: dict[str, Any]) -> list[str]:
-    """'full' or 'sliding' per layer, as transformers decides it for the architecture."""
-    types = config.get("layer_types")
-    if isinstance(types, list) and len(types) == spec.num_layers:
-        return ["sliding" if t == "sliding_attention" and window(spec, config) else "full" for t in types]
-    if spec.architecture == "gemma2" and window(spec, config):
-        return ["sliding" if (i + 1) % 2 else "full" for i in range(spec.num_layers)]
-    return ["sliding" if spec.sliding_window else "full"] * spec.num_layers
+def sliding_window(spec: ModelSpec) -> int | None:
+    """The window of the sliding layers, if any layer slides."""
+    return spec.sliding_window if "sliding" in spec.layer_types else None
 
 
-def window(spec: ModelSpec, config: dict[str, Any]) -> int | None:
-    if spec.architecture in ("qwen2", "qwen3") and not config.get("use_sliding_window", False):
-        return None
-    w = spec.sliding_window or config.get("sliding_window")
-    return int(w) if w else None
-
-
-def check_static_window(spec: ModelSpec, config: dict[str, Any], context: int, chunk: int) -> None:
+def check_static_window(spec: ModelSpec, context: int, chunk: int) -> None:
     """The static graph has no position-dependent window: refuse a context the sliding window would cut."""
-    w = window(spec, config)
-    if w and "sliding" in layer_types(spec, config) and context + chunk > w:
+    w = sliding_window(spec)
+    if w and context + chunk > w:
         raise EdgekitError(f"--static --context {context} plus --prefill-chunk {chunk} exceeds this model's sliding "
                            f"window of {w} tokens, which the static graph cannot apply",
                            f"pass --context and --prefill-chunk that sum to at most {w}, or export without --static")
-
-
-def rope_tables(ckpt: Any, spec: ModelSpec, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin of shape (length, rotary_dim), from transformers' rotary embedding for this architecture."""
-    import torch
-
-    if spec.rope is not None and spec.rope.scaling is None:
-        # unscaled RoPE, computed exactly as transformers' compute_default_rope_parameters + forward do (fp32),
-        # without importing transformers' model classes (which costs seconds per export)
-        dim = int(spec.head_dim * spec.rope.partial_rotary_factor)
-        inv_freq = 1.0 / (spec.rope.theta ** (torch.arange(0, dim, 2, dtype=torch.int64).to(torch.float) / dim))
-        freqs = torch.arange(length)[:, None].float() * inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().numpy(), emb.sin().numpy()
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(ckpt.path))
-    arch = spec.architecture
-    module = importlib.import_module(f"transformers.models.{arch}.modeling_{arch}")
-    cls = next(getattr(module, n) for n in dir(module) if n.endswith("RotaryEmbedding"))
-    rotary = cls(config=config)
-    with torch.no_grad():
-        positions = torch.arange(length)[None]
-        cos, sin = rotary(torch.zeros(1, dtype=torch.float32), positions)
-    return cos[0].float().numpy(), sin[0].float().numpy()
 
 
 class DecoderBuilder:
     """Writes one decoder graph for ``spec`` from ``weights`` into ``graph``."""
 
     def __init__(self, graph: Graph, spec: ModelSpec, config: dict[str, Any], weights: Weights, variant: Variant,
-                 rope: tuple[np.ndarray, np.ndarray] | None, progress: Callable[[int], None] | None = None,
+                 rope: dict[str, tuple[np.ndarray, np.ndarray]] | None, progress: Callable[[int], None] | None = None,
                  seam: tseam.Seam = tseam.NONE) -> None:
         self.g, self.spec, self.config, self.w, self.v = graph, spec, config, weights, variant
         self.seam = seam
@@ -162,15 +121,19 @@ class DecoderBuilder:
         self.progress = progress
         self.dt = variant.dtype
         self.arch = spec.architecture
-        self.types = layer_types(spec, config)
-        self.window = window(spec, config)
+        self.fam = spec.family
+        self.types = spec.layer_types
+        self.window = sliding_window(spec)
         self.prefix = self._prefix()
 
     # ---------------------------------------------------------------- weights
     def _prefix(self) -> str:
-        if self.arch == "gpt2":
+        if self.fam.conv1d:
             return "transformer." if self.w.has("transformer.wte.weight") else ""
         return "model."
+
+    def _layer(self, i: int) -> str:
+        return f"{self.prefix}h.{i}." if self.fam.conv1d else f"{self.prefix}layers.{i}."
 
     def tensor(self, name: str, array: np.ndarray, *, dtype: Any = None) -> str:
         return self.g.weight(name, array.astype(dtype or self.dt))
@@ -317,7 +280,7 @@ class DecoderBuilder:
         kinds = sorted(set(self.types))
         if v.static:
             c, n = v.tokens, v.context
-            check_static_window(self.spec, self.config, n, c)
+            check_static_window(self.spec, n, c)
             # past slots: allowed when attention_mask says so; chunk: causal among its own tokens
             allowed = np.concatenate([np.ones((c, n), np.float32), np.tril(np.ones((c, c), np.float32))], axis=1)
             pad = g.op("Unsqueeze", g.op("Cast", self.attention_mask, to=TensorProto.FLOAT), g.const([1, 2]))
@@ -340,21 +303,28 @@ class DecoderBuilder:
             masks[kind] = g.op("Where", allowed, self.c32(0.0), self.c32(-MASK_NEG))
         return masks
 
-    def make_rope(self) -> tuple[str, str] | None:
+    def make_rope(self) -> dict[str, tuple[str, str]] | None:
+        """Per layer kind, cos and sin gathered at the positions: (B, 1, S, rot), one lookup per distinct table."""
         if self.rope is None:
             return None
-        cos, sin = self.rope
         g = self.g
-        cos_t, sin_t = self.tensor("rope.cos_cache", cos), self.tensor("rope.sin_cache", sin)
-        # (B, S, rot) -> (B, 1, S, rot): one table lookup shared by every layer
-        return (g.op("Unsqueeze", g.op("Gather", cos_t, self.position_ids), g.const([1])),
-                g.op("Unsqueeze", g.op("Gather", sin_t, self.position_ids), g.const([1])))
+        out: dict[str, tuple[str, str]] = {}
+        made: dict[int, tuple[str, str]] = {}
+        for kind, (cos, sin) in sorted(self.rope.items()):
+            if id(cos) not in made:
+                prefix = "rope." if not made else f"rope.{kind}."
+                cos_t, sin_t = self.tensor(prefix + "cos_cache", cos), self.tensor(prefix + "sin_cache", sin)
+                made[id(cos)] = (g.op("Unsqueeze", g.op("Gather", cos_t, self.position_ids), g.const([1])),
+                                 g.op("Unsqueeze", g.op("Gather", sin_t, self.position_ids), g.const([1])))
+            out[kind] = made[id(cos)]
+        return out
 
     def apply_rope(self, x: str, rope: tuple[str, str]) -> str:
         """x * cos + rotate_half(x) * sin on the first rotary_dim channels of (B, H, S, D)."""
         g = self.g
         cos, sin = rope
-        d, rot = self.spec.head_dim, self.rope[0].shape[-1]
+        assert self.rope is not None
+        d, rot = self.spec.head_dim, next(iter(self.rope.values()))[0].shape[-1]
         x_rot, x_pass = (x, None) if rot == d else (g.op("Slice", x, g.const([0]), g.const([rot]), g.const([3])),
                                                      g.op("Slice", x, g.const([rot]), g.const([d]), g.const([3])))
         half = rot // 2
@@ -367,9 +337,9 @@ class DecoderBuilder:
     # ---------------------------------------------------------------- layer weights (per-arch tables)
     # each maps a projection key to (checkpoint name, (out, in) weight), and key + "_b" to (name, bias)
     def attention_weights(self, i: int) -> dict[str, tuple[str, np.ndarray]]:
-        s, p = self.spec, f"{self.prefix}layers.{i}." if self.arch != "gpt2" else f"{self.prefix}h.{i}."
+        s, p = self.spec, self._layer(i)
         q_out, kv_out = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
-        if self.arch == "gpt2":
+        if self.fam.conv1d:
             qkv, qkv_b = p + "attn.c_attn.weight", p + "attn.c_attn.bias"
             cuts = [q_out, q_out + kv_out]
             q, k, v = np.split(self.w.get(qkv), cuts, axis=1)  # Conv1D: (in, out)
@@ -377,7 +347,7 @@ class DecoderBuilder:
             o, o_b = p + "attn.c_proj.weight", p + "attn.c_proj.bias"
             return dict(q=(qkv, q.T), k=(qkv, k.T), v=(qkv, v.T), q_b=(qkv_b, qb), k_b=(qkv_b, kb), v_b=(qkv_b, vb),
                         o=(o, self.w.get(o).T), o_b=(o_b, self.w.get(o_b)))
-        if self.arch == "phi3":
+        if self.fam.fused_qkv:
             qkv_name, o = p + "self_attn.qkv_proj.weight", p + "self_attn.o_proj.weight"
             q, k, v = np.split(self.w.get(qkv_name), [q_out, q_out + kv_out], axis=0)
             out = dict(q=(qkv_name, q), k=(qkv_name, k), v=(qkv_name, v), o=(o, self.w.get(o)))
@@ -389,13 +359,13 @@ class DecoderBuilder:
         return self._named(p, ("q", "k", "v", "o"))
 
     def mlp_weights(self, i: int) -> dict[str, tuple[str, np.ndarray]]:
-        p = f"{self.prefix}layers.{i}." if self.arch != "gpt2" else f"{self.prefix}h.{i}."
-        if self.arch == "gpt2":
+        p = self._layer(i)
+        if self.fam.conv1d:
             fc, proj = p + "mlp.c_fc.", p + "mlp.c_proj."
             return dict(up=(fc + "weight", self.w.get(fc + "weight").T), up_b=(fc + "bias", self.w.get(fc + "bias")),
                         down=(proj + "weight", self.w.get(proj + "weight").T),
                         down_b=(proj + "bias", self.w.get(proj + "bias")))
-        if self.arch == "phi3":
+        if self.fam.fused_qkv:
             gu, down = p + "mlp.gate_up_proj.weight", p + "mlp.down_proj.weight"
             gate, up = np.split(self.w.get(gu), 2, axis=0)  # Phi3MLP: gate first
             return dict(gate=(gu, gate), up=(gu, up), down=(down, self.w.get(down)))
@@ -423,7 +393,8 @@ class DecoderBuilder:
         def heads(t: str, n: int, key: str) -> str:
             t = g.op("Reshape", t, g.const([0, 0, n, d]))  # (B, S, n, D)
             if s.qk_norm and key != "v":
-                t = self.rms_norm(t, f"{self.prefix}layers.{i}.{LLAMA_NAMES[key + '_norm']}.weight")
+                norm = f"{self._layer(i)}{LLAMA_NAMES[key + '_norm']}.weight"
+                t = self.rms_norm(t, norm, offset=self.fam.norm_offset)
             return g.op("Transpose", t, perm=[0, 2, 1, 3])  # (B, n, S, D)
 
         q, k, v = heads(proj("q", x), h, "q"), heads(proj("k", x), kvh, "k"), heads(proj("v", x), kvh, "v")
@@ -455,16 +426,7 @@ class DecoderBuilder:
         return proj("o", ctx)
 
     def attn_scale(self, i: int) -> float:
-        s = self.spec
-        if self.arch == "gemma2":
-            return float(s.extra.get("query_pre_attn_scalar", s.head_dim)) ** -0.5
-        scale = s.head_dim ** -0.5
-        if self.arch == "gpt2":
-            if not self.config.get("scale_attn_weights", True):
-                scale = 1.0
-            if self.config.get("scale_attn_by_inverse_layer_idx"):
-                scale /= i + 1
-        return scale
+        return self.fam.attn_scale(self.spec, self.config, i)
 
     def mlp(self, i: int, x: str) -> str:
         ws = self.mlp_weights(i)
@@ -477,15 +439,16 @@ class DecoderBuilder:
             return lin("down", self.g.op("Mul", self.act(lin("gate", x)), lin("up", x)))
         return lin("down", self.act(lin("up", x)))
 
-    def block(self, i: int, x: str, rope: tuple[str, str] | None, masks: dict[str, str]) -> str:
+    def block(self, i: int, x: str, ropes: dict[str, tuple[str, str]] | None, masks: dict[str, str]) -> str:
         g = self.g
-        p = f"{self.prefix}layers.{i}." if self.arch != "gpt2" else f"{self.prefix}h.{i}."
+        p = self._layer(i)
         mask = masks[self.types[i]]
-        if self.arch == "gpt2":
+        rope = ropes[self.types[i]] if ropes is not None else None
+        if self.fam.conv1d:
             x = g.op("Add", x, self.attention(i, self.norm(x, p + "ln_1"), rope, mask))
             return g.op("Add", x, self.mlp(i, self.norm(x, p + "ln_2")))
         a = self.attention(i, self.norm(x, p + LLAMA_NAMES["ln_attn"]), rope, mask)
-        if self.arch == "gemma2":
+        if self.fam.sandwich_norms:
             a = self.norm(a, p + LLAMA_NAMES["post_attn"])
             x = g.op("Add", x, a)
             m = self.norm(self.mlp(i, self.norm(x, p + LLAMA_NAMES["pre_ff"])), p + LLAMA_NAMES["post_ff"])
@@ -495,7 +458,7 @@ class DecoderBuilder:
 
     def build(self) -> None:
         g, s = self.g, self.spec
-        embed_name = f"{self.prefix}wte.weight" if self.arch == "gpt2" else f"{self.prefix}embed_tokens.weight"
+        embed_name = f"{self.prefix}wte.weight" if self.fam.conv1d else f"{self.prefix}embed_tokens.weight"
         head = embed_name if s.tied_embeddings or not self.w.has("lm_head.weight") else "lm_head.weight"
         if not self.w.has(head):
             raise EdgekitError(f"checkpoint {self.w.ckpt.path} has no tensor {head}",
@@ -504,9 +467,9 @@ class DecoderBuilder:
         self.make_inputs()
         embed = self.param(embed_name, embed_name, self.w.get(embed_name))
         x = g.op("Gather", embed, self.input_ids)  # (B, S, H)
-        if self.arch == "gemma2":
+        if self.fam.embed_scale:
             x = g.op("Mul", x, self.c(s.hidden_size ** 0.5))
-        if self.arch == "gpt2":
+        if self.fam.learned_positions:
             wpe = f"{self.prefix}wpe.weight"
             x = g.op("Add", x, g.op("Gather", self.param(wpe, wpe, self.w.get(wpe)), self.position_ids))
         masks = self.make_masks()
@@ -515,7 +478,7 @@ class DecoderBuilder:
             x = self.block(i, x, rope, masks)
             if self.progress:
                 self.progress(1)
-        final = f"{self.prefix}ln_f" if self.arch == "gpt2" else f"{self.prefix}norm"
+        final = f"{self.prefix}ln_f" if self.fam.conv1d else f"{self.prefix}norm"
         x = self.norm(x, final)
         # LM head as Gemm(transB=1) on the (vocab, hidden) matrix: a tied head reuses the embedding table
         # (no transposed copy on disk or in RAM), and NNAPI maps it to its fully-connected layer

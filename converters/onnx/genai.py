@@ -6,9 +6,6 @@ from typing import Any
 
 from edgekit.spec import ModelSpec
 
-# model types onnxruntime-genai's decoder-only model factory knows; anything else runs as a generic decoder
-_GENAI_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gpt2"}
-
 
 def _first_id(value: Any) -> Any:
     return value[0] if isinstance(value, list) and value else value
@@ -45,7 +42,8 @@ def config(spec: ModelSpec, context_length: int, filename: str = "model.onnx") -
             },
             "eos_token_id": eos,
             "pad_token_id": pad,
-            "type": spec.architecture if spec.architecture in _GENAI_TYPES else "decoder",
+            # a type onnxruntime-genai's model factory knows (the family says); else a generic decoder
+            "type": spec.family.genai_type or "decoder",
             "vocab_size": spec.vocab_size,
         },
         "search": {

@@ -14,7 +14,7 @@ from typing import Any
 
 from edgekit.models import TINY_DIR
 
-ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gpt2", "mixtral", "qwen2_moe")
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "gpt2", "mixtral", "qwen2_moe")
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -37,6 +37,10 @@ def _configs(vocab: int, bos: int, eos: int) -> dict[str, Any]:
         "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
                    dict(base, head_dim=16, query_pre_attn_scalar=16, sliding_window=32,
                         attn_logit_softcapping=50.0, final_logit_softcapping=30.0)),
+        # a local (sliding, window 8: shorter than the tests' prompts) then a global layer, each with its rope
+        "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+                        dict(base, head_dim=16, query_pre_attn_scalar=16, sliding_window=8, sliding_window_pattern=2,
+                             rope_theta=1e6, rope_local_base_freq=10000.0)),
         "gpt2": ("GPT2Config", "GPT2LMHeadModel",
                  dict(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=256, bos_token_id=bos,
                       eos_token_id=eos)),

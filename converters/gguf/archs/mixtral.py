@@ -8,7 +8,7 @@ from converters.gguf.model import Job
 from converters.gguf.moe import stacked_expert_jobs
 
 
-@register("MixtralForCausalLM")
+@register("mixtral")
 class Mixtral(Llama):
     def grouped_jobs(self) -> tuple[list[Job], set[str]]:
         return stacked_expert_jobs(self, ".block_sparse_moe.experts.", ("w1", "w2", "w3"))

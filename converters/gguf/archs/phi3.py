@@ -11,9 +11,8 @@ from converters.gguf.archs import register
 from converters.gguf.model import Job, Model
 
 
-@register("Phi3ForCausalLM")
+@register("phi3")
 class Phi3(Model):
-    gguf_arch = gguf.MODEL_ARCH.PHI3
 
     def _orig_ctx(self) -> int:
         r = self.spec.rope

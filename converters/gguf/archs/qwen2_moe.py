@@ -9,9 +9,8 @@ from converters.gguf.model import Job, Model
 from converters.gguf.moe import stacked_expert_jobs
 
 
-@register("Qwen2MoeForCausalLM")
+@register("qwen2_moe")
 class Qwen2Moe(Model):
-    gguf_arch = gguf.MODEL_ARCH.QWEN2MOE
 
     def grouped_jobs(self) -> tuple[list[Job], set[str]]:
         return stacked_expert_jobs(self, ".mlp.experts.", ("gate_proj", "up_proj", "down_proj"))
