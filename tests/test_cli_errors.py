@@ -264,3 +264,12 @@ def test_disk_full_while_writing_a_gguf(base, tmp_path):
             assert list(mnt.iterdir()) == []
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "onnx", "coreml"])
+def test_tokenizer_larger_than_the_vocabulary(fmt, base, tiny_dir, tmp_path, ek):
+    big = _copy(base, tmp_path / "big")
+    shutil.copy(tiny_dir / "tokenizer.json", big / "tokenizer.json")  # ~4k tokens for a 512-row embedding
+    out = tmp_path / "out"
+    assert_one_line_error(ek("convert", str(big), "--to", fmt, "-o", str(out)), "beyond the model's vocab_size")
+    assert not out.exists()

@@ -25,7 +25,7 @@ from converters.gguf import archs, hf_tokenizer, tokenizer
 from converters.gguf.model import Model
 from converters.gguf.stream import plan, write_gguf
 from converters.gguf.types import FILE_TYPES, Q, resolve_outtype
-from edgekit import integrity
+from edgekit import integrity, validate
 from edgekit.atomic import check_destination
 from edgekit.checkpoint import Checkpoint, open_checkpoint
 from edgekit.errors import EdgekitError
@@ -95,6 +95,8 @@ def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle
     ckpt, fam = open_model(model, adapter, allow_pickle)
     pending = facts
     try:
+        if not adapter_only:  # present, loadable, ids inside the embedding (llama.cpp refuses more tokens)
+            validate.tokenizer_files(ckpt.path, fam.spec.vocab_size)
         if not adapter_only and pending is None:
             tokenizer.check_present(ckpt.path)
             pending = hf_tokenizer.start(ckpt.path)
