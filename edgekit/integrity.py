@@ -178,9 +178,65 @@ def sha256_from(path: Path, offset: int) -> str:
     return h.hexdigest()
 
 
-def patch_gguf_data_hash(path: Path, kv_end: int, placeholder: str) -> str:
-    """Write the sha256 of ``path[kv_end:]`` over ``placeholder`` (same length) in the metadata."""
-    value = sha256_from(path, kv_end)
+class TrailingSha256:
+    """sha256 of a file being written, from ``start`` on, computed on a thread that follows the writer:
+    the writer flushes and calls :meth:`advance` with the end of what is final, the thread reads (from the
+    page cache) and hashes up to there, so the hash costs almost no wall time on top of the write."""
+
+    def __init__(self, path: Path, start: int) -> None:
+        import threading
+
+        self.path, self.pos, self.target = Path(path), start, start
+        self.h = hashlib.sha256()
+        self.cond = threading.Condition()
+        self.closing, self.cancelled = False, False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def advance(self, upto: int) -> None:
+        with self.cond:
+            self.target = max(self.target, upto)
+            self.cond.notify()
+
+    def finish(self, end: int) -> str:
+        with self.cond:
+            self.target, self.closing = max(self.target, end), True
+            self.cond.notify()
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.h.hexdigest()
+
+    def cancel(self) -> None:
+        with self.cond:
+            self.cancelled = True
+            self.cond.notify()
+
+    def _run(self) -> None:
+        try:
+            with self.path.open("rb", buffering=0) as fh:
+                fh.seek(self.pos)
+                while True:
+                    with self.cond:
+                        while self.target <= self.pos and not self.closing and not self.cancelled:
+                            self.cond.wait()
+                        if self.cancelled or (self.closing and self.target <= self.pos):
+                            return
+                        target = self.target
+                    while self.pos < target:
+                        block = fh.read(min(8 << 20, target - self.pos))
+                        if not block:
+                            raise OSError(f"{self.path} ended at byte {self.pos} while hashing")
+                        self.h.update(block)
+                        self.pos += len(block)
+        except BaseException as exc:  # re-raised on the writer's thread in finish()
+            self.error = exc
+
+
+def patch_gguf_data_hash(path: Path, kv_end: int, placeholder: str, value: str | None = None) -> str:
+    """Write ``value`` (default: the sha256 of ``path[kv_end:]``) over ``placeholder`` in the metadata."""
+    value = value or sha256_from(path, kv_end)
     with Path(path).open("r+b") as fh:
         head = fh.read(kv_end)
         at = head.find(placeholder.encode())

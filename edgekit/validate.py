@@ -75,7 +75,8 @@ def _types(cfg: dict[str, Any], path: Path) -> None:
                     raise bad(f"{key}.{k}", rope[k], "a rope type name")
             for k in ("factor", "rope_theta", "partial_rotary_factor", "beta_fast", "beta_slow", "low_freq_factor",
                       "high_freq_factor", "attention_factor", "mscale", "mscale_all_dim"):
-                if rope.get(k) is not None and (not _number(rope[k]) or rope[k] <= 0):
+                zero_ok = k in ("attention_factor", "mscale", "mscale_all_dim", "beta_slow")
+                if rope.get(k) is not None and (not _number(rope[k]) or rope[k] < 0 or (rope[k] == 0 and not zero_ok)):
                     raise bad(f"{key}.{k}", rope[k], "a finite positive number")
             k = "original_max_position_embeddings"
             if rope.get(k) is not None and (not is_int(rope[k]) or not 0 < rope[k] <= LIMITS["n_positions"]):

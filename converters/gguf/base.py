@@ -129,11 +129,10 @@ def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle
 
             data_placeholder = secrets.token_hex(32)
 
-            def finish(path: Path, kv_end: int) -> None:
-                sha.patch(path, kv_end)  # also refuses NaN / infinite weights, found while hashing
-                integrity.patch_gguf_data_hash(path, kv_end, data_placeholder)  # for `edgekit verify`
-
-            result = write_gguf(dest, force, fam.arch_name, planned, ckpt, metadata, progress, finish)
+            # sha.patch also refuses NaN / infinite weights, found while hashing the source; the data hash
+            # (for `edgekit verify`) is computed by write_gguf while it writes
+            result = write_gguf(dest, force, fam.arch_name, planned, ckpt, metadata, progress, sha.patch,
+                                data_hash_placeholder=data_placeholder)
             summary.update(result)
             summary.update({"tokenizer": vocab.summary(), "chat_template": vocab.chat_template is not None,
                             "source_sha256": sha.value})
