@@ -18,7 +18,7 @@ import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from edgekit.errors import EdgekitError
 
@@ -29,6 +29,7 @@ RECREATE = "re-create it with edgekit convert (or restore it from where it came)
 
 # GGUF value types (gguf-py's GGUFValueType): scalar struct codes; 8 = string, 9 = array
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_U64 = struct.Struct("<Q")
 _MAX_COUNT = 1 << 24  # more keys, tensors or array items than any model has: a corrupt count
 
 
@@ -45,21 +46,32 @@ class GGUFLayout:
 
 
 class _Reader:
-    """Bounded little-endian reads: any value pointing past the end of the file is corruption."""
+    """Bounded little-endian reads over a memory map: a value pointing past the end is corruption."""
 
-    def __init__(self, fh: BinaryIO, size: int, path: Path) -> None:
-        self.fh, self.size, self.path = fh, size, path
+    def __init__(self, data: Any, size: int, path: Path) -> None:
+        self.data, self.size, self.path, self.pos = data, size, path, 0
 
     def bad(self, why: str) -> EdgekitError:
         return EdgekitError(f"{self.path} is a damaged GGUF file ({why})", RECREATE)
 
     def take(self, n: int) -> bytes:
-        if n < 0 or self.fh.tell() + n > self.size:
-            raise self.bad(f"a field at byte {self.fh.tell()} runs past the end of the file")
-        return self.fh.read(n)
+        if n < 0 or self.pos + n > self.size:
+            raise self.bad(f"a field at byte {self.pos} runs past the end of the file")
+        self.pos += n
+        return self.data[self.pos - n:self.pos]
+
+    def skip(self, n: int) -> None:
+        if n < 0 or self.pos + n > self.size:
+            raise self.bad(f"a field at byte {self.pos} runs past the end of the file")
+        self.pos += n
 
     def scalar(self, code: str) -> Any:
-        return struct.unpack("<" + code, self.take(struct.calcsize("<" + code)))[0]
+        size = struct.calcsize("<" + code)
+        if self.pos + size > self.size:
+            raise self.bad(f"a field at byte {self.pos} runs past the end of the file")
+        value = struct.unpack_from("<" + code, self.data, self.pos)[0]
+        self.pos += size
+        return value
 
     def count(self, what: str) -> int:
         n = self.scalar("Q")
@@ -78,7 +90,16 @@ class _Reader:
         if vtype == 9 and depth < 2:
             etype, n = self.scalar("I"), self.count("array")
             if etype in _SCALAR:
-                self.take(n * struct.calcsize("<" + _SCALAR[etype]))  # skipped, bounded by the file size
+                self.skip(n * struct.calcsize("<" + _SCALAR[etype]))
+            elif etype == 8:  # a vocabulary: tens of thousands of strings, skipped in one tight loop
+                unpack, data, pos, end = _U64.unpack_from, self.data, self.pos, self.size - 8
+                for _ in range(n):
+                    if pos > end:
+                        raise self.bad(f"a string array at byte {self.pos} runs past the end of the file")
+                    pos += 8 + unpack(data, pos)[0]
+                if pos > self.size:
+                    raise self.bad(f"a string array at byte {self.pos} runs past the end of the file")
+                self.pos = pos
             else:
                 for _ in range(n):
                     self.value(etype, depth + 1)
@@ -89,52 +110,59 @@ class _Reader:
 def gguf_layout(path: Path) -> GGUFLayout:
     """Parse a GGUF header (written by hand: gguf-py's GGUFReader maps and decodes every field, ~1 s
     on a 49k-token vocabulary, too slow for a check on every load). Raises EdgekitError if damaged."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    import mmap
 
     path = Path(path)
     size = path.stat().st_size
-    with path.open("rb") as fh:
-        r = _Reader(fh, size, path)
-        if size < 24 or r.take(4) != GGUF_MAGIC:
-            raise EdgekitError(f"{path} is not a GGUF file", "pass a .gguf file written by edgekit convert")
-        version = r.scalar("I")
-        if version not in (2, 3):
-            raise r.bad(f"version {version}")
-        n_tensors, n_kv = r.count("tensor"), r.count("metadata")
-        strings: dict[str, str] = {}
-        alignment = 32
-        for _ in range(n_kv):
-            key = r.string().decode("utf-8", "replace")
-            vtype = r.scalar("I")
-            value = r.value(vtype)
-            if isinstance(value, bytes):
-                strings[key] = value.decode("utf-8", "replace")
-            elif key == "general.alignment" and isinstance(value, int):
-                alignment = value
-        if not 1 <= alignment <= 1 << 16 or alignment & (alignment - 1):
-            raise r.bad(f"alignment {alignment}")
-        kv_end = fh.tell()
-        need = 0
-        for _ in range(n_tensors):
-            name = r.string().decode("utf-8", "replace")
-            n_dims = r.scalar("I")
-            if n_dims > 4:
-                raise r.bad(f"tensor {name} has {n_dims} dimensions")
-            dims = [r.scalar("Q") for _ in range(n_dims)]
-            ttype, offset = r.scalar("I"), r.scalar("Q")
-            try:
-                block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
-            except (ValueError, KeyError):
-                raise r.bad(f"tensor {name} has unknown type {ttype}") from None
-            numel = 1
-            for d in dims:
-                numel *= d
-            if dims and dims[0] % block:
-                raise r.bad(f"tensor {name}'s rows of {dims[0]} do not fill blocks of {block}")
-            if offset % alignment:
-                raise r.bad(f"tensor {name}'s offset {offset} is not aligned")
-            need = max(need, offset + numel // block * nbytes)
-        data_start = -(-fh.tell() // alignment) * alignment
+    if size < 24:
+        raise EdgekitError(f"{path} is not a GGUF file ({size} bytes)", "pass a .gguf file written by edgekit convert")
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return _layout(_Reader(data, size, path), path, size)
+
+
+def _layout(r: _Reader, path: Path, size: int) -> GGUFLayout:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    if r.take(4) != GGUF_MAGIC:
+        raise EdgekitError(f"{path} is not a GGUF file", "pass a .gguf file written by edgekit convert")
+    version = r.scalar("I")
+    if version not in (2, 3):
+        raise r.bad(f"version {version}")
+    n_tensors, n_kv = r.count("tensor"), r.count("metadata")
+    strings: dict[str, str] = {}
+    alignment = 32
+    for _ in range(n_kv):
+        key = r.string().decode("utf-8", "replace")
+        vtype = r.scalar("I")
+        value = r.value(vtype)
+        if isinstance(value, bytes):
+            strings[key] = value.decode("utf-8", "replace")
+        elif key == "general.alignment" and isinstance(value, int):
+            alignment = value
+    if not 1 <= alignment <= 1 << 16 or alignment & (alignment - 1):
+        raise r.bad(f"alignment {alignment}")
+    kv_end = r.pos
+    need = 0
+    for _ in range(n_tensors):
+        name = r.string().decode("utf-8", "replace")
+        n_dims = r.scalar("I")
+        if n_dims > 4:
+            raise r.bad(f"tensor {name} has {n_dims} dimensions")
+        dims = [r.scalar("Q") for _ in range(n_dims)]
+        ttype, offset = r.scalar("I"), r.scalar("Q")
+        try:
+            block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+        except (ValueError, KeyError):
+            raise r.bad(f"tensor {name} has unknown type {ttype}") from None
+        numel = 1
+        for d in dims:
+            numel *= d
+        if dims and dims[0] % block:
+            raise r.bad(f"tensor {name}'s rows of {dims[0]} do not fill blocks of {block}")
+        if offset % alignment:
+            raise r.bad(f"tensor {name}'s offset {offset} is not aligned")
+        need = max(need, offset + numel // block * nbytes)
+    data_start = -(-r.pos // alignment) * alignment
     layout = GGUFLayout(version, kv_end, data_start, data_start + need, size, alignment, strings, n_tensors)
     if layout.data_end > size:
         raise EdgekitError(f"{path} is truncated: {size} bytes, its tensors need {layout.data_end}", RECREATE)
@@ -150,9 +178,65 @@ def sha256_from(path: Path, offset: int) -> str:
     return h.hexdigest()
 
 
-def patch_gguf_data_hash(path: Path, kv_end: int, placeholder: str) -> str:
-    """Write the sha256 of ``path[kv_end:]`` over ``placeholder`` (same length) in the metadata."""
-    value = sha256_from(path, kv_end)
+class TrailingSha256:
+    """sha256 of a file being written, from ``start`` on, computed on a thread that follows the writer:
+    the writer flushes and calls :meth:`advance` with the end of what is final, the thread reads (from the
+    page cache) and hashes up to there, so the hash costs almost no wall time on top of the write."""
+
+    def __init__(self, path: Path, start: int) -> None:
+        import threading
+
+        self.path, self.pos, self.target = Path(path), start, start
+        self.h = hashlib.sha256()
+        self.cond = threading.Condition()
+        self.closing, self.cancelled = False, False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def advance(self, upto: int) -> None:
+        with self.cond:
+            self.target = max(self.target, upto)
+            self.cond.notify()
+
+    def finish(self, end: int) -> str:
+        with self.cond:
+            self.target, self.closing = max(self.target, end), True
+            self.cond.notify()
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.h.hexdigest()
+
+    def cancel(self) -> None:
+        with self.cond:
+            self.cancelled = True
+            self.cond.notify()
+
+    def _run(self) -> None:
+        try:
+            with self.path.open("rb", buffering=0) as fh:
+                fh.seek(self.pos)
+                while True:
+                    with self.cond:
+                        while self.target <= self.pos and not self.closing and not self.cancelled:
+                            self.cond.wait()
+                        if self.cancelled or (self.closing and self.target <= self.pos):
+                            return
+                        target = self.target
+                    while self.pos < target:
+                        block = fh.read(min(8 << 20, target - self.pos))
+                        if not block:
+                            raise OSError(f"{self.path} ended at byte {self.pos} while hashing")
+                        self.h.update(block)
+                        self.pos += len(block)
+        except BaseException as exc:  # re-raised on the writer's thread in finish()
+            self.error = exc
+
+
+def patch_gguf_data_hash(path: Path, kv_end: int, placeholder: str, value: str | None = None) -> str:
+    """Write ``value`` (default: the sha256 of ``path[kv_end:]``) over ``placeholder`` in the metadata."""
+    value = value or sha256_from(path, kv_end)
     with Path(path).open("r+b") as fh:
         head = fh.read(kv_end)
         at = head.find(placeholder.encode())

@@ -25,6 +25,7 @@ LIMITS = {"vocab_size": 1 << 22, "hidden_size": 1 << 17, "n_embd": 1 << 17, "num
           "num_local_experts": 1 << 12, "num_experts": 1 << 12, "num_experts_per_tok": 1 << 12,
           "sliding_window": 1 << 24, "decoder_sparse_step": 1 << 12}
 FLOATS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "rope_theta", "partial_rotary_factor",
+          "original_max_position_embeddings",
           "attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar")
 SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                       "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
@@ -37,8 +38,54 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _types(cfg: dict[str, Any], path: Path) -> None:
+    """The non-size keys a ModelSpec reads have the JSON types transformers writes."""
+    def bad(key: str, value: Any, want: str) -> EdgekitError:
+        return EdgekitError(f"{path}: {key} is {value!r:.60}, not {want}", RESTORE)
+
+    if not isinstance(cfg.get("model_type"), str):
+        raise bad("model_type", cfg.get("model_type"), "a model type name")
+    archs = cfg.get("architectures")
+    if archs is not None and (not isinstance(archs, list) or not all(isinstance(a, str) for a in archs)):
+        raise bad("architectures", archs, "a list of class names")
+    for key in ("hidden_act", "hidden_activation", "activation_function"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], str):
+            raise bad(key, cfg[key], "an activation name")
+    for key in ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_sliding_window", "norm_topk_prob"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], bool):
+            raise bad(key, cfg[key], "true or false")
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = cfg.get(key)
+        ids = value if isinstance(value, list) else [value]
+        if value is not None and not all(is_int(i) for i in ids):  # pad -1 appears in old configs
+            raise bad(key, value, "a token id or a list of them")
+    for key in ("rope_scaling", "rope_parameters"):
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise bad(key, value, "an object")
+        for rope in [value, *(v for v in value.values() if isinstance(v, dict))]:
+            for k in ("rope_type", "type"):
+                if rope.get(k) is not None and not isinstance(rope[k], str):
+                    raise bad(f"{key}.{k}", rope[k], "a rope type name")
+            for k in ("factor", "rope_theta", "partial_rotary_factor", "beta_fast", "beta_slow", "low_freq_factor",
+                      "high_freq_factor", "attention_factor", "mscale", "mscale_all_dim"):
+                zero_ok = k in ("attention_factor", "mscale", "mscale_all_dim", "beta_slow")
+                if rope.get(k) is not None and (not _number(rope[k]) or rope[k] < 0 or (rope[k] == 0 and not zero_ok)):
+                    raise bad(f"{key}.{k}", rope[k], "a finite positive number")
+            k = "original_max_position_embeddings"
+            if rope.get(k) is not None and (not is_int(rope[k]) or not 0 < rope[k] <= LIMITS["n_positions"]):
+                raise bad(f"{key}.{k}", rope[k], "a positive integer")
+
+
 def config(cfg: dict[str, Any], path: Path) -> None:
-    """Sizes positive integers within :data:`LIMITS`, floats finite, heads dividing evenly."""
+    """Sizes positive integers within :data:`LIMITS`, floats finite, heads dividing evenly, types right."""
+    _types(cfg, path)
     for key, limit in LIMITS.items():
         value = cfg.get(key)
         if value is None:
@@ -51,8 +98,7 @@ def config(cfg: dict[str, Any], path: Path) -> None:
                                f"integer of at most {limit}", RESTORE)
     for key in FLOATS:
         value = cfg.get(key)
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
-                                  or not math.isfinite(value) or value < 0):
+        if value is not None and (not _number(value) or value < 0):
             raise EdgekitError(f"{path}: {key} is {value!r}, not a finite non-negative number", RESTORE)
     hidden = cfg.get("hidden_size", cfg.get("n_embd"))
     heads = cfg.get("num_attention_heads", cfg.get("n_head"))
@@ -103,7 +149,7 @@ def safetensors_header(header: Any, data_start: int, size: int, path: Path) -> d
         if not isinstance(entry, dict):
             raise EdgekitError(f"{what} has no dtype/shape/data_offsets entry", fix)
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in SAFETENSORS_DTYPES:
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
             raise EdgekitError(f"{what} has dtype {dtype!r}, not a safetensors dtype", fix)
         if not isinstance(shape, list) or not all(is_int(d) and d >= 0 for d in shape):
             raise EdgekitError(f"{what} has shape {shape!r}, not a list of non-negative integers", fix)

@@ -9,6 +9,7 @@ is checked through its spec and MIL program. On macOS (``macos`` marker, run by
 import json
 import os
 import shutil
+import stat
 import sys
 from collections import Counter
 from pathlib import Path
@@ -222,6 +223,12 @@ def _check_package(out: Path, spec_, n: int, precision: str) -> None:
                                                                   spec_.head_dim]
     assert "tokenizer.json" in manifest["files"] and (out / "tokenizer.json").exists()
     assert "model.mlpackage/Data/com.apple.CoreML/weights/weight.bin" in manifest["files"]
+    # the umask's permissions (0755 / 0644 as ONNX gets), not mkdtemp's 0700; no temporaries inside
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in [out, *out.rglob("*")]:
+        assert stat.S_IMODE(p.stat().st_mode) == (0o777 if p.is_dir() else 0o666) & ~mask, p
+    assert not (out / ".tmp").exists()
 
 
 @pytest.mark.slow

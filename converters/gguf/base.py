@@ -27,7 +27,7 @@ from converters.gguf.model import Model
 from converters.gguf.stream import plan, write_gguf
 from converters.gguf.types import FILE_TYPES, resolve_outtype
 from converters.seam import NONE, Seam
-from edgekit import integrity
+from edgekit import integrity, validate
 from edgekit.atomic import check_destination
 from edgekit.checkpoint import Checkpoint, open_checkpoint
 from edgekit.errors import EdgekitError
@@ -94,6 +94,8 @@ def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle
     ckpt, fam = open_model(model, adapter, allow_pickle)
     pending = facts
     try:
+        if not adapter_only:  # present, loadable, ids inside the embedding (llama.cpp refuses more tokens)
+            validate.tokenizer_files(ckpt.path, fam.spec.vocab_size)
         if not adapter_only and pending is None:
             tokenizer.check_present(ckpt.path)
             pending = hf_tokenizer.start(ckpt.path)
@@ -132,11 +134,10 @@ def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle
 
             data_placeholder = secrets.token_hex(32)
 
-            def finish(path: Path, kv_end: int) -> None:
-                sha.patch(path, kv_end)  # also refuses NaN / infinite weights, found while hashing
-                integrity.patch_gguf_data_hash(path, kv_end, data_placeholder)  # for `edgekit verify`
-
-            result = write_gguf(dest, force, fam.arch_name, planned, ckpt, metadata, progress, finish)
+            # sha.patch also refuses NaN / infinite weights, found while hashing the source; the data hash
+            # (for `edgekit verify`) is computed by write_gguf while it writes
+            result = write_gguf(dest, force, fam.arch_name, planned, ckpt, metadata, progress, sha.patch,
+                                data_hash_placeholder=data_placeholder)
             summary.update(result)
             summary.update({"tokenizer": vocab.summary(), "chat_template": vocab.chat_template is not None,
                             "source_sha256": sha.value})

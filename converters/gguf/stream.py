@@ -35,6 +35,7 @@ import numpy as np
 from converters import seam as tseam
 from converters.gguf.model import Job, meta
 from converters.gguf.types import Q, choose_type, nbytes
+from edgekit import integrity
 from edgekit.atomic import atomic_output
 from edgekit.checkpoint import NUMPY_DTYPES, read_bits, widen_bf16
 from edgekit.errors import EdgekitError
@@ -256,10 +257,13 @@ class Planned:
 
 def write_gguf(dest: Path, force: bool, arch_name: str, planned: list[Plan], ckpt: Any,
                metadata: Callable[[gguf.GGUFWriter], None], progress: bool,
-               finish: Callable[[Path, int], None] | None = None) -> dict[str, Any]:
+               finish: Callable[[Path, int], None] | None = None,
+               data_hash_placeholder: str | None = None) -> dict[str, Any]:
     """Write the :func:`plan`ned tensors of ``ckpt`` into ``dest``, atomically.
 
-    ``finish(path, metadata_end)`` runs on the complete temporary file before it is renamed. Returns
+    ``finish(path, metadata_end)`` runs on the complete temporary file before it is renamed. With
+    ``data_hash_placeholder`` (a metadata string value), the sha256 of everything after the metadata is
+    computed while the tensors are written and patched over it (:mod:`edgekit.integrity`). Returns
     {"tensors", "types", "bytes", "copied"}; ``copied`` counts tensors copied as stored.
     """
     counts: dict[str, int] = {}
@@ -268,7 +272,12 @@ def write_gguf(dest: Path, force: bool, arch_name: str, planned: list[Plan], ckp
     real, encoder = Source(ckpt, meta=False), Encoder()
     bar = _bar(len(planned), progress)
 
+    trail = None
+
     def done(name: str) -> None:
+        if trail is not None:  # everything up to here is final: let the hashing thread read it
+            w.fout[0].flush()
+            trail.advance(w.fout[0].tell())
         if bar is not None:
             bar.set_postfix_str(name, refresh=False)
             bar.update(1)
@@ -283,13 +292,22 @@ def write_gguf(dest: Path, force: bool, arch_name: str, planned: list[Plan], ckp
             w.write_header_to_file()
             w.write_kv_data_to_file()
             kv_end = w.fout[0].tell()
+            if data_hash_placeholder is not None:
+                w.fout[0].flush()
+                trail = integrity.TrailingSha256(tmp, kv_end)
             w.write_tensors_to_file(progress=False)
             w.flush()
+        except BaseException:
+            if trail is not None:
+                trail.cancel()
+            raise
         finally:
             w.close()
             encoder.close()
             if bar is not None:
                 bar.close()
+        if trail is not None:
+            integrity.patch_gguf_data_hash(tmp, kv_end, data_hash_placeholder, trail.finish(tmp.stat().st_size))
         if finish is not None:
             finish(tmp, kv_end)
         size = tmp.stat().st_size
