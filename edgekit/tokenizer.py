@@ -75,3 +75,69 @@ def describe(directory: Path) -> dict[str, Any]:
             specials[key] = value
     return {"kind": kind, "byte_level": byte_level, "vocab_size": vocab, "files": files,
             "chat_template": chat_template(directory) is not None, "special_tokens": specials}
+
+
+def _token_ids(directory: Path) -> tuple[Any, set[str]]:
+    """(text -> id lookup, texts of the special added tokens) from tokenizer.json, else tokenizer.model."""
+    tj = directory / "tokenizer.json"
+    if tj.exists():
+        from tokenizers import Tokenizer
+
+        try:
+            tok = Tokenizer.from_file(str(tj))
+        except Exception:  # a broken tokenizer.json is reported by the converters; no stop tokens from it
+            return (lambda text: None), set()
+        specials = {t["content"] for t in read_json(tj).get("added_tokens", []) if t.get("special")}
+        return tok.token_to_id, specials
+    model = directory / "tokenizer.model"
+    if model.exists():
+        from sentencepiece import SentencePieceProcessor
+
+        sp = SentencePieceProcessor(model_file=str(model))
+        unk = sp.unk_id()
+        specials = {sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.is_control(i)}
+        return (lambda text: (None if (i := sp.piece_to_id(text)) == unk and text != sp.id_to_piece(unk) else i)), \
+            specials
+    return (lambda text: None), set()
+
+
+def template_end_token(template: str | None, specials: set[str]) -> str | None:
+    """The special token the chat template writes right after an assistant message (``<|im_end|>``,
+    ``<|eot_id|>``, ``</s>`` ...): the one a chat model emits to end its turn."""
+    if not template or not specials:
+        return None
+    from runtimes.chat import render
+
+    marker = "\u2063edgekit-answer\u2063"
+    try:
+        text = render(template, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": marker}],
+                      add_generation_prompt=False, bos_token="", eos_token="")
+    except Exception:  # a template that refuses this conversation says nothing about its end token
+        return None
+    at = text.find(marker)
+    if at < 0:
+        return None
+    tail = text[at + len(marker):]
+    hits = [(tail.find(s), s) for s in specials if s and tail.find(s) >= 0]
+    return min(hits)[1] if hits else None
+
+
+def stop_token_ids(directory: Path) -> list[int]:
+    """The tokens that end generation, the same for every format: generation_config.json's eos_token_id
+    (one id or a list; config.json's when there is no generation_config), the tokenizer's eos token, and
+    the token the chat template ends an assistant turn with."""
+    token_id, specials = _token_ids(directory)
+    ids: set[int] = set()
+    generation = read_json(directory / "generation_config.json") or read_json(directory / "config.json")
+    eos = generation.get("eos_token_id")
+    for value in eos if isinstance(eos, list) else [eos]:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            ids.add(value)
+    config = read_json(directory / "tokenizer_config.json")
+    eos_text = config.get("eos_token")
+    eos_text = eos_text.get("content") if isinstance(eos_text, dict) else eos_text
+    end = template_end_token(chat_template(directory), specials | ({eos_text} if isinstance(eos_text, str) else set()))
+    for text in (eos_text, end):
+        if isinstance(text, str) and token_id(text) is not None:
+            ids.add(int(token_id(text)))
+    return sorted(ids)

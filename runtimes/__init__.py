@@ -48,8 +48,9 @@ def artifact_kind(artifact: str | Path) -> str:
         return "onnx"
     if (path / "model.mlpackage").exists():
         return "coreml"
-    raise EdgekitError(f"{path} holds no model.onnx, model.mlpackage or edgekit.json",
-                       "pass a .gguf file or a directory written by edgekit convert")
+    from edgekit.artifacts import not_an_artifact
+
+    raise not_an_artifact(path)
 
 
 def load(artifact: str | Path, device: str = "auto", threads: int | None = None, fallback: str | None = None,

@@ -41,6 +41,9 @@ class HFTokenizer:
                 eos.update(int(x) for x in source)
         if self.eos_token and self.tok.token_to_id(self.eos_token) is not None:
             eos.add(self.tok.token_to_id(self.eos_token))
+        recorded = read_json(directory / "edgekit.json").get("stop_token_ids")  # the set every format shares
+        if isinstance(recorded, list) and recorded and all(isinstance(i, int) for i in recorded):
+            eos = set(recorded)
         self.eos_ids = frozenset(eos)
         bos = model_config.get("bos_token_id", generation.get("bos_token_id"))
         if bos is None and self.bos_token:

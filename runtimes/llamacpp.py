@@ -95,6 +95,36 @@ def _diagnose(path: Path) -> str:
     return "llama.cpp could not load it (unsupported architecture or tensor type?)"
 
 
+PREPEND_FIRST_KEY = "edgekit.tokenizer.prepend_first"  # written by converters.gguf.tokenizer
+STOP_IDS_KEY = "edgekit.stop_token_ids"  # written by converters.gguf.base (edgekit.tokenizer.stop_token_ids)
+
+
+def tokenize(llm: object, text: str, add_special: bool, prepend_first: bool = False) -> list[int]:
+    """llama.cpp's tokens for ``text`` (special-token texts parsed as such; BOS added with ``add_special``
+    when the vocabulary says so). ``prepend_first``: the one leading "▁" a ``prepend_scheme=first``
+    SentencePiece tokenizer puts before a text that starts with a word, which GGUF has no key for."""
+    import llama_cpp
+
+    data = text.encode("utf-8")
+    if prepend_first and text and not text.startswith((" ", "\u2581")):
+        head = llm.tokenize(data, add_bos=False, special=True)
+        added = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+        if head and not llama_cpp.llama_vocab_get_attr(llm._model.vocab, head[0]) & added:
+            data = b" " + data
+    return llm.tokenize(data, add_bos=add_special, special=True)
+
+
+def _metadata_ids(value: str | None) -> frozenset[int] | None:
+    """The token ids of a JSON list in a metadata string ("[2, 7]"), None when absent or unreadable."""
+    import json
+
+    try:
+        ids = json.loads(value) if value else None
+        return frozenset(int(x) for x in ids) if isinstance(ids, list) and ids else None
+    except (ValueError, TypeError):
+        return None
+
+
 class LlamaCppEngine(Engine):
     kind = "gguf"
 
@@ -137,14 +167,18 @@ class LlamaCppEngine(Engine):
         self.bos_token = model.token_get_text(bos) if bos >= 0 else None
         self.eos_token = model.token_get_text(eos) if eos >= 0 else None
         vocab = model.vocab
-        self.eos_ids = frozenset(t for t in range(self.vocab_size) if llama_cpp.llama_vocab_is_eog(vocab, t))
+        # the stop set edgekit recorded at convert time (the same in every format); llama.cpp's own
+        # end-of-generation set for GGUFs from elsewhere
+        self.eos_ids = _metadata_ids(meta.get(STOP_IDS_KEY)) or frozenset(
+            t for t in range(self.vocab_size) if llama_cpp.llama_vocab_is_eog(vocab, t))
+        self._prepend_first = meta.get(PREPEND_FIRST_KEY) == "true"
         self._vocab = vocab
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
 
     # -- tokenizer --------------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)
+        return tokenize(self.llm, text, add_special, self._prepend_first)
 
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)

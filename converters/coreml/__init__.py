@@ -65,6 +65,9 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
     with atomic_output(dest, force, directory=True) as tmp:
         summary = _write(ckpt, spec, tmp, context=n, precision=precision, progress=progress, seam=seam)
     files = summary.pop("_files")
+    from edgekit.tokenizer_check import warn
+
+    warn(summary["tokenizer_check"], dest)
     return {"output": str(dest), "format": "coreml", "precision": precision, "dtype": precision,
             "bytes": sum(f["bytes"] for f in files.values()), "seconds": round(time.perf_counter() - start, 3),
             **summary}
@@ -74,7 +77,8 @@ def _write(ckpt: Any, spec: Any, out: Path, *, context: int, precision: str, pro
            seam: Any = None) -> dict[str, Any]:
     from converters.coreml import mlprogram, wrapper
     from edgekit import manifest as mf
-    from edgekit.tokenizer import chat_template, copy_files, describe
+    from edgekit import tokenizer_check
+    from edgekit.tokenizer import chat_template, copy_files, describe, stop_token_ids
 
     steps = ["read weights", "trace + convert", "save"]
     bar = None
@@ -114,6 +118,7 @@ def _write(ckpt: Any, spec: Any, out: Path, *, context: int, precision: str, pro
         "outputs": {mlprogram.OUTPUT: {"dtype": "float32", "shape": [1, 1, spec.vocab_size],
                                        "meaning": "logits of the call's last token"}},
     }
+    check = tokenizer_check.check_hf_directory(ckpt.path, out)
     files = sorted(p for p in out.rglob("*") if p.is_file())
     manifest = mf.build(
         format="coreml", source=str(ckpt.path), source_sha256=ckpt.sha256(),
@@ -121,10 +126,11 @@ def _write(ckpt: Any, spec: Any, out: Path, *, context: int, precision: str, pro
         chat_template=chat_template(ckpt.path), context_length=context, files=files, root=out,
         adapter=str(ckpt.adapter.path) if ckpt.adapter is not None else None,
         architecture=spec.architecture, coreml=coreml_info,
+        stop_token_ids=stop_token_ids(ckpt.path), tokenizer_check=check,
     )
     mf.write(out, manifest)
     return {"architecture": spec.architecture, "context_length": context, "package": PACKAGE,
-            "_files": manifest["files"]}
+            "stop_token_ids": manifest["stop_token_ids"], "tokenizer_check": check, "_files": manifest["files"]}
 
 
 def _tick(bar: Any, what: str) -> None:

@@ -6,7 +6,10 @@ that :func:`convert` hands to coremltools.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -25,6 +28,35 @@ def coremltools() -> Any:
     import coremltools as ct
 
     return ct
+
+
+# coremltools draws its own tqdm bars (frontend ops, MIL passes) on every convert, with leave=True; the
+# converter's own bar already shows the step, so theirs are turned off (a module attribute each)
+_COREMLTOOLS_BARS = (("coremltools.converters.mil.frontend.torch.ops", "_tqdm"),
+                     ("coremltools.converters.mil.mil.passes.pass_pipeline", "tqdm"))
+
+
+@contextlib.contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Within this block, coremltools' progress bars are disabled."""
+    import importlib
+
+    from tqdm import tqdm
+
+    saved = []
+    for module_name, attr in _COREMLTOOLS_BARS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        if hasattr(module, attr):
+            saved.append((module, attr, getattr(module, attr)))
+            setattr(module, attr, functools.partial(tqdm, disable=True))
+    try:
+        yield
+    finally:
+        for module, attr, original in saved:
+            setattr(module, attr, original)
 
 
 def example_inputs(tokens: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,15 +83,16 @@ def convert(wrapper: StatefulCausalLM, precision: str) -> Any:
     state_dtype = np.float16
     shape = tuple(wrapper.key_cache.shape)
     n = wrapper.context
-    return ct.convert(
-        traced,
-        inputs=[ct.TensorType(name="input_ids", shape=(1, ct.RangeDim(1, n, default=1)), dtype=np.int32),
-                ct.TensorType(name="position", shape=(1,), dtype=np.int32)],
-        outputs=[ct.TensorType(name=OUTPUT, dtype=np.float32)],
-        states=[ct.StateType(wrapped_type=ct.TensorType(shape=shape, dtype=state_dtype), name=name)
-                for name in STATES],
-        minimum_deployment_target=ct.target.iOS18,
-        compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
-        convert_to="mlprogram",
-        skip_model_load=True,
-    )
+    with quiet_progress_bars():
+        return ct.convert(
+            traced,
+            inputs=[ct.TensorType(name="input_ids", shape=(1, ct.RangeDim(1, n, default=1)), dtype=np.int32),
+                    ct.TensorType(name="position", shape=(1,), dtype=np.int32)],
+            outputs=[ct.TensorType(name=OUTPUT, dtype=np.float32)],
+            states=[ct.StateType(wrapped_type=ct.TensorType(shape=shape, dtype=state_dtype), name=name)
+                    for name in STATES],
+            minimum_deployment_target=ct.target.iOS18,
+            compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+            convert_to="mlprogram",
+            skip_model_load=True,
+        )

@@ -12,6 +12,7 @@ Torch is never imported (it costs 3 s and 225 MB), unless an adapter has to be m
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import threading
@@ -32,6 +33,7 @@ from edgekit.atomic import check_destination
 from edgekit.checkpoint import Checkpoint, open_checkpoint
 from edgekit.errors import EdgekitError
 from edgekit.spec import from_config
+from edgekit.tokenizer import stop_token_ids
 
 
 def open_model(model: str, adapter: str | None, allow_pickle: bool) -> tuple[Checkpoint, Model]:
@@ -76,6 +78,35 @@ class Sha256Later:
         return self.value
 
 
+class TokenizerCheckLater:
+    """edgekit.tokenizer_check: known only once the file exists (llama.cpp reads the vocabulary from it),
+    so written as a fixed-width placeholder and patched in place, like :class:`Sha256Later`."""
+
+    WIDTH = 1024
+
+    def __init__(self, probe: dict[str, Any]) -> None:
+        self.probe = probe
+        self.placeholder = secrets.token_hex(16).ljust(self.WIDTH)
+        self.record: dict[str, Any] | None = None
+
+    def patch(self, path: Path, search_bytes: int) -> dict[str, Any]:
+        from edgekit import tokenizer_check
+
+        self.record = tokenizer_check.check_gguf(path, self.probe)
+        text = tokenizer_check.as_metadata(self.record)
+        if len(text) > self.WIDTH:  # keep the verdict, shorten the detail
+            short = {**self.record, "detail": str(self.record.get("detail", ""))[:self.WIDTH // 2]}
+            text = tokenizer_check.as_metadata(short)[:self.WIDTH]
+        with path.open("r+b") as fh:
+            head = fh.read(search_bytes)
+            at = head.find(self.placeholder.encode())
+            if at < 0:
+                raise RuntimeError("tokenizer check placeholder not found in the GGUF metadata")
+            fh.seek(at)
+            fh.write(text.ljust(self.WIDTH).encode())
+        return self.record
+
+
 def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle: bool, force: bool,
             progress: bool, outtype: str | None = None, adapter_only: bool = False,
             facts: hf_tokenizer.Pending | None = None, seam: Seam = NONE) -> dict[str, Any]:
@@ -113,7 +144,10 @@ def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle
         else:
             sha = Sha256Later(ckpt)
             planned = plan(fam.jobs(), ckpt, qtype, seam, fam.spec.architecture)  # while the tokenizer is measured
-            vocab = tokenizer.load(ckpt.path, fam.spec.vocab_size, pending.result())
+            facts = pending.result()
+            vocab = tokenizer.load(ckpt.path, fam.spec.vocab_size, facts)
+            stops = stop_token_ids(ckpt.path)
+            check = TokenizerCheckLater(facts.probe)
 
             # edgekit.json's fields, as edgekit.* keys; the source hash is patched in when known
             manifest = mf.build(format="gguf", source=str(ckpt.path), source_sha256=sha.placeholder,
@@ -131,16 +165,25 @@ def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle
                 vocab.write(w)
                 mf.write_gguf(w, manifest)
                 w.add_string(integrity.DATA_SHA256_KEY, data_placeholder)
+                if stops:  # a JSON string, not an array: llama-cpp-python's metadata dict leaves arrays out
+                    w.add_string("edgekit.stop_token_ids", json.dumps(stops))
+                w.add_string("edgekit.tokenizer_check", check.placeholder)
 
             data_placeholder = secrets.token_hex(32)
 
-            # sha.patch also refuses NaN / infinite weights, found while hashing the source; the data hash
-            # (for `edgekit verify`) is computed by write_gguf while it writes
-            result = write_gguf(dest, force, fam.arch_name, planned, ckpt, metadata, progress, sha.patch,
+            def finish(path: Path, kv_end: int) -> None:
+                sha.patch(path, kv_end)  # also refuses NaN / infinite weights, found while hashing the source
+                check.patch(path, kv_end)
+
+            # the data hash (for `edgekit verify`) covers the tensor data and is computed by write_gguf as it writes
+            result = write_gguf(dest, force, fam.arch_name, planned, ckpt, metadata, progress, finish,
                                 data_hash_placeholder=data_placeholder)
             summary.update(result)
             summary.update({"tokenizer": vocab.summary(), "chat_template": vocab.chat_template is not None,
-                            "source_sha256": sha.value})
+                            "source_sha256": sha.value, "stop_token_ids": stops, "tokenizer_check": check.record})
+            from edgekit.tokenizer_check import warn
+
+            warn(check.record or {}, dest)
     finally:
         if pending is not None:
             pending.cancel()

@@ -15,7 +15,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class TokenizerFacts:
     chkhsh: str  # llama.cpp's pre-tokenizer hash of the probe text
     first_piece: str | None  # the first token of "a": starts with "▁" if a space prefix is added
     pre_tokenizer: str  # repr of the backend pre-tokenizer
+    probe: dict[str, Any] = field(default_factory=dict)  # edgekit.tokenizer_check.reference: the fidelity probes
 
 
 def measure(directory: Path) -> TokenizerFacts:
@@ -49,6 +50,8 @@ def measure(directory: Path) -> TokenizerFacts:
     from transformers import AutoTokenizer
 
     from converters.gguf.pretokenizer import probe_hash
+    from edgekit import tokenizer_check
+    from edgekit.tokenizer import chat_template
 
     try:
         hf = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
@@ -66,7 +69,8 @@ def measure(directory: Path) -> TokenizerFacts:
     backend = getattr(hf, "_tokenizer", None)
     return TokenizerFacts(added, specials, list(hf.encode(PROBE, add_special_tokens=True)),
                           list(hf.encode(PROBE, add_special_tokens=False)), probe_hash(hf),
-                          first[0] if first else None, str(backend.pre_tokenizer) if backend is not None else "")
+                          first[0] if first else None, str(backend.pre_tokenizer) if backend is not None else "",
+                          tokenizer_check.reference(hf, chat_template(directory)))
 
 
 class Pending:

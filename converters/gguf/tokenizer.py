@@ -32,6 +32,7 @@ from edgekit.tokenizer import chat_template
 _LOOKS_SPECIAL = re.compile(r"^(<\|.*\|>|<｜.*｜>|<unused.*>|<pad>|<mask>|\[@BOS@\])$")
 _EOT_NAMES = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 _BYTE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
+PREPEND_FIRST_KEY = "edgekit.tokenizer.prepend_first"  # read by runtimes.llamacpp
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Vocab:
     add_bos: bool = False
     add_eos: bool = False
     add_space_prefix: bool | None = None
+    prepend_first: bool = False  # see _sentencepiece: the runtime prefixes "▁" to a text starting with a word
     chat_template: str | None = None
 
     def write(self, w: gguf.GGUFWriter) -> None:
@@ -64,6 +66,8 @@ class Vocab:
         w.add_add_eos_token(self.add_eos)
         if self.add_space_prefix is not None:
             w.add_add_space_prefix(self.add_space_prefix)
+        if self.prepend_first:
+            w.add_bool(PREPEND_FIRST_KEY, True)
         if self.chat_template:
             w.add_chat_template(self.chat_template)
 
@@ -148,11 +152,18 @@ def _sentencepiece(directory: Path, tj: dict[str, Any], hf: TokenizerFacts, voca
         types[i] = int(gguf.TokenType.CONTROL if tok.special else gguf.TokenType.USER_DEFINED)
     # measured, not configured: does the HF tokenizer put "▁" in front of the first word?
     add_space = bool(hf.first_piece) and hf.first_piece.startswith("\u2581")
-    # GGUF cannot say "prefix only the first word": llama.cpp also prefixes text after special tokens
-    check = None
-    if "prepend_scheme=first" in hf.pre_tokenizer:
-        check = "HF prepends '\u2581' only at the start (prepend_scheme=first); llama.cpp also after special tokens"
-    return Vocab("llama", tokens, types, scores=scores, pre="default", pre_check=check, add_space_prefix=add_space)
+    # llama.cpp's add_space_prefix puts "▁" at the start of the text AND after every special token (the
+    # Llama 2 normalizer's Prepend). Metaspace with prepend_scheme=first (transformers 5's LlamaTokenizer)
+    # prefixes only a text that starts the input: so no prefix in the file (a chat prompt starts with a
+    # special token and then matches exactly), and edgekit's runtime adds the one leading "▁" itself
+    # when the text starts with a word (:data:`PREPEND_FIRST_KEY`); llama.cpp alone misses only that one.
+    check, first = None, "prepend_scheme=first" in hf.pre_tokenizer
+    if add_space and first:
+        add_space = False
+        check = ("HF prepends '\u2581' only to a text that starts with a word (prepend_scheme=first): llama.cpp "
+                 "alone omits it there, edgekit's runtime adds it")
+    return Vocab("llama", tokens, types, scores=scores, pre="default", pre_check=check, add_space_prefix=add_space,
+                 prepend_first=first and check is not None)
 
 
 def _spm_model(path: Path) -> tuple[list[str], list[float], list[int]]:

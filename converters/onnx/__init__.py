@@ -98,6 +98,9 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
     with atomic_output(dest, force, directory=True) as tmp:
         summary = _write(ckpt, spec, tmp, dtype=dtype, sizes=sizes, ort=ort, progress=progress, seam=seam)
     files = summary.pop("_files")
+    from edgekit.tokenizer_check import warn
+
+    warn(summary["tokenizer_check"], dest)
     return {"output": str(dest), "format": "onnx", "dtype": dtype, "static": static,
             "bytes": sum(f["bytes"] for f in files.values()), "seconds": round(time.perf_counter() - start, 3),
             **summary}
@@ -110,8 +113,9 @@ def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int
     from converters.onnx.graph import OPSET, Graph, WeightFile
     from converters.seam import NONE
     from edgekit import manifest as mf
+    from edgekit import tokenizer_check
     from edgekit.rope import tables
-    from edgekit.tokenizer import chat_template, copy_files, describe
+    from edgekit.tokenizer import chat_template, copy_files, describe, stop_token_ids
 
     np_dtype = np.dtype(np.float16 if dtype == "fp16" else np.float32)
     context = sizes[0] if sizes else spec.context_length
@@ -163,6 +167,7 @@ def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int
         "index_dtype": "int32" if sizes else "int64",
         "genai_config": not sizes,
     }
+    check = tokenizer_check.check_hf_directory(ckpt.path, out)
     files = sorted(p for p in out.rglob("*") if p.is_file())
     manifest = mf.build(
         format="onnx", source=str(ckpt.path), source_sha256=ckpt.sha256(),
@@ -170,9 +175,10 @@ def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int
         context_length=context, files=files, root=out,
         adapter=str(ckpt.adapter.path) if ckpt.adapter is not None else None,
         architecture=spec.architecture, onnx=onnx_info, mobile_usability=usability,
+        stop_token_ids=stop_token_ids(ckpt.path), tokenizer_check=check,
     )
     mf.write(out, manifest)
     return {"architecture": spec.architecture, "graphs": list(graphs), "context_length": context,
             "mobile_usability": {g: {ep: {k: r[k] for k in ("partitions", "supported_share", "verdict")}
                                      for ep, r in u.items()} for g, u in usability.items()},
-            "_files": manifest["files"]}
+            "stop_token_ids": manifest["stop_token_ids"], "tokenizer_check": check, "_files": manifest["files"]}
