@@ -21,6 +21,9 @@ COMMANDS: dict[str, str] = {
     "convert": "edgekit.commands.convert:convert_cmd",
     "run": "edgekit.commands.run:run_cmd",
     "doctor": "edgekit.commands.doctor:doctor_cmd",
+    "imatrix": "edgekit.commands.imatrix:imatrix_cmd",
+    "quantize": "edgekit.commands.quantize:quantize_cmd",
+    "eval": "edgekit.commands.eval:eval_cmd",
 }
 
 
