@@ -14,7 +14,10 @@ import numpy as np
 from edgekit.errors import EdgekitError
 
 # --method name -> llama_ftype suffix (LLAMA_FTYPE_MOSTLY_<...>), as llama-quantize names them
+# (q4_0..q8_0 here are llama.cpp's own quantizer, which weighs by the importance matrix; `--method rtn --type
+# q4_0` is edgekit's round-to-nearest on the same grid)
 METHODS: dict[str, str] = {m: m.upper() for m in (
+    "q4_0", "q4_1", "q5_0", "q5_1", "q8_0",
     "q2_k", "q2_k_s", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k",
     "iq4_nl", "iq4_xs", "iq3_xxs", "iq3_xs", "iq3_s", "iq3_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m",
     "iq1_s", "iq1_m", "tq1_0", "tq2_0")}
@@ -33,7 +36,8 @@ def ftype(method: str) -> int:
 
 
 # llama.h's enum llama_ftype, for the names the bindings do not export
-_FTYPES = {"Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12, "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16,
+_FTYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
+           "Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12, "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16,
            "Q5_K_M": 17, "Q6_K": 18, "IQ2_XXS": 19, "IQ2_XS": 20, "Q2_K_S": 21, "IQ3_XS": 22, "IQ3_XXS": 23,
            "IQ1_S": 24, "IQ4_NL": 25, "IQ3_S": 26, "IQ3_M": 27, "IQ2_S": 28, "IQ2_M": 29, "IQ4_XS": 30,
            "IQ1_M": 31, "TQ1_0": 36, "TQ2_0": 37}

@@ -83,6 +83,8 @@ def run(model: str, fmt: str, method: str, output: str | None = None, *, qtype: 
     if plan["kind"] == "kquant" and not no_imatrix and not imatrix_file:
         calibration.load_text(calib)  # a missing or empty file fails now, not after the conversion
     ckpt = open_checkpoint(model)
+    if plan["kind"] == "seam":
+        _check_blocks(ckpt, plan)
     label = method if plan["kind"] == "kquant" else f"{method}-{plan['grid'].split(':')[1]}"
     if fmt == "gguf":
         dest = Path(output).expanduser() if output else Path.cwd() / f"{ckpt.path.name}-{label}.gguf"
@@ -108,6 +110,18 @@ def run(model: str, fmt: str, method: str, output: str | None = None, *, qtype: 
     return summary
 
 
+def _check_blocks(ckpt: Any, plan: dict[str, Any]) -> None:
+    """Every linear weight's input dimension must split into whole blocks: checked on shapes, before any work."""
+    from edgekit.roles import LINEAR, role_of
+
+    block = plan["params"].get("block_size", 32)
+    for name, info in ckpt.tensors.items():
+        role, _ = role_of(name)
+        if role in LINEAR and len(info.shape) == 2 and info.shape[-1] % block:
+            raise EdgekitError(f"--group-size {block} does not divide the input dimension {info.shape[-1]} of {name}",
+                               "choose a group size that divides every linear layer's input dimension")
+
+
 def manifest_path(artifact: Path) -> Path:
     """Where an artifact's edgekit.json lives: inside a directory, beside a file (``<file>.edgekit.json``)."""
     return artifact / "edgekit.json" if artifact.is_dir() else artifact.with_name(artifact.name + ".edgekit.json")
@@ -127,30 +141,28 @@ def write_manifest(artifact: Path, fmt: str, update: dict[str, Any]) -> Path:
 def _kquant(ckpt: Any, model: str, dest: Path, method: str, quant_info: dict[str, Any], *, calib: str | None,
             imatrix_file: str | None, no_imatrix: bool, samples: int | None, seqlen: int | None,
             keep_head: bool | None, keep_embed: bool, force: bool, progress: bool) -> dict[str, Any]:
-    import gguf
-
     import converters
     from quant import imatrix as im_mod
     from quant.imatrix_run import compute_for
 
-    im = im_mod.read(imatrix_file) if imatrix_file else None
     if method in kquant.NEEDS_IMATRIX and no_imatrix:
         raise EdgekitError(f"{method} needs an importance matrix", "drop --no-imatrix, or pass --imatrix FILE")
+    if imatrix_file:
+        im = im_mod.read(imatrix_file)
+        quant_info["imatrix"] = {"file": str(imatrix_file), "datasets": im.datasets, "chunks": im.chunk_count}
+    elif not no_imatrix:
+        im = compute_for(model, calib, samples, seqlen, progress)  # bad calibration fails before the conversion
+        quant_info["imatrix"] = {"computed": True, "datasets": im.datasets, "chunks": im.chunk_count,
+                                 "chunk_size": im.chunk_size}
+    else:
+        im = None
+        quant_info["imatrix"] = None
+    shapes = gguf_shapes(model)  # from shapes alone: a foreign imatrix fails before the conversion
+    if im is not None:
+        im_mod.check_matches(im, shapes, imatrix_file or "computed")
     base = dest.parent / f".{dest.name}.base-{secrets.token_hex(4)}.gguf"
     try:
         converters.get("gguf").convert(model, str(base), force=True, progress=progress)
-        reader = gguf.GGUFReader(str(base))
-        shapes = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}
-        del reader
-        if im is not None:
-            im_mod.check_matches(im, shapes, imatrix_file or "")
-            quant_info["imatrix"] = {"file": str(imatrix_file), "datasets": im.datasets, "chunks": im.chunk_count}
-        elif not no_imatrix:
-            im = compute_for(model, calib, samples, seqlen, progress)
-            quant_info["imatrix"] = {"computed": True, "datasets": im.datasets, "chunks": im.chunk_count,
-                                     "chunk_size": im.chunk_size}
-        else:
-            quant_info["imatrix"] = None
         means = {n: v for n, v in im.means().items() if n in shapes} if im is not None else None
         kv = {"edgekit.quant.method": method, "edgekit.quant.grid": quant_info["grid"],
               "edgekit.quant.calibration": (im.datasets[0] if im is not None and im.datasets else "none")}
@@ -161,6 +173,16 @@ def _kquant(ckpt: Any, model: str, dest: Path, method: str, quant_info: dict[str
                 "bits_per_weight": _bpw(dest)}
     finally:
         base.unlink(missing_ok=True)
+
+
+def gguf_shapes(model: str) -> dict[str, tuple[int, ...]]:
+    """GGUF tensor name -> shape (rows, columns) of ``model``'s GGUF conversion, planned without reading weights."""
+    from converters.gguf.base import open_model
+    from converters.gguf.stream import plan
+    from converters.gguf.types import Q
+
+    ckpt, fam = open_model(model, None, False)
+    return {p.job.name: p.shape for p in plan(fam.jobs(), ckpt, Q.F16, architecture=fam.spec.architecture)}
 
 
 def _bpw(path: Path) -> float:
