@@ -36,6 +36,9 @@ COMMANDS: dict[str, str] = {
     "ps": "edgekit.commands.ps:ps_cmd",
     "pull": "edgekit.commands.pull:pull_cmd",
     "package": "edgekit.commands.package:package_cmd",
+    "imatrix": "edgekit.commands.imatrix:imatrix_cmd",
+    "quantize": "edgekit.commands.quantize:quantize_cmd",
+    "eval": "edgekit.commands.eval:eval_cmd",
 }
 
 

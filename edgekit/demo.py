@@ -2,7 +2,9 @@
 
 Prepares SmolLM2-135M-Instruct as a Hugging Face checkpoint, inspects it and edgekit-tiny, converts
 SmolLM2 to every format (GGUF f16 and q8_0, ONNX fp32 and static, Core ML fp16), then asks it the same
-question through the GGUF and the ONNX artifact. Artifacts go to ``$EDGEKIT_CACHE/demo``.
+question through the GGUF and the ONNX artifact; quantizes SmolLM2 to q4_k_m with edgekit's importance matrix,
+measures what that cost against the fp32 original (``edgekit eval``) and asks the question again. Artifacts go
+to ``$EDGEKIT_CACHE/demo``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,22 @@ def _convert(model: Path, fmt: str, out: Path, **options) -> str:
     return f"{result['output']}: {size / 1e6:.1f} MB in {result['seconds']:.1f} s"
 
 
+def _quantize(model: Path, out: Path) -> str:
+    from quant.pipeline import run
+
+    r = run(str(model), "gguf", "q4_k_m", str(out), samples=16, seqlen=256, force=True, progress=False)
+    return f"{r['output']}: {r['bytes'] / 1e6:.1f} MB, {r['bits_per_weight']:.2f} bits/weight in {r['seconds']:.1f} s"
+
+
+def _eval(artifact: Path, reference: Path) -> str:
+    from edgekit.eval.run import run
+
+    r = run(str(artifact), str(reference), ctx=256, chunks=4, progress=False)
+    return (f"ppl {r['ppl']:.3f} vs {r['reference_ppl']:.3f} fp32 (Δppl {r['delta_ppl']:+.3f}); KLD mean "
+            f"{r['kld_mean']:.4f}, p99 {r['kld_p99']:.4f}; top-1 agreement {100 * r['top1_agreement']:.1f}% "
+            f"over {r['tokens']} tokens of Persuasion")
+
+
 def _ask(artifact: Path) -> str:
     from runtimes import load
     from runtimes.generate import GenerationParams, chat
@@ -62,6 +80,11 @@ def main() -> None:
     print(f"\nQ: {QUESTION}")
     _step("A (GGUF f16 through llama.cpp)", lambda: _ask(gguf_f16))
     _step("A (ONNX fp32 through onnxruntime)", lambda: _ask(onnx_dir))
+    q4 = out / "smollm2-q4_k_m.gguf"
+    _step("SmolLM2 -> GGUF q4_k_m with edgekit's importance matrix (16 x 256 calibration tokens)",
+          lambda: _quantize(smol, q4))
+    _step("edgekit eval: q4_k_m against the fp32 original", lambda: _eval(q4, smol))
+    _step("A (GGUF q4_k_m through llama.cpp)", lambda: _ask(q4))
 
 
 if __name__ == "__main__":

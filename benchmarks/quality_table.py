@@ -1,0 +1,119 @@
+"""The README's quality table: edgekit-tiny quantized every way edgekit offers, each scored by `edgekit eval`
+on held-out Persuasion against the fp32 Hugging Face model (size, bits per weight, ppl, Δppl, KLD, top-1).
+
+    python benchmarks/quality_table.py [--ctx 512] [--chunks 40] [--out DIR]
+
+Core ML rows give the weight error of the grid (relative RMS over all linear weights); their perplexity is
+measured by the macOS workflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ROWS = [  # label, command args after MODEL (None: plain convert f16)
+    ("f16", None),
+    ("q8_0 (rtn)", ["--to", "gguf", "--method", "rtn", "--type", "q8_0"]),
+    ("q4_0 (rtn)", ["--to", "gguf", "--method", "rtn", "--type", "q4_0"]),
+    ("q4_1 (rtn)", ["--to", "gguf", "--method", "rtn", "--type", "q4_1"]),
+    ("q4_0 + imatrix", ["--to", "gguf", "--method", "q4_0"]),
+    ("q4_k_m", ["--to", "gguf", "--method", "q4_k_m", "--no-imatrix"]),
+    ("q4_k_m + imatrix", ["--to", "gguf", "--method", "q4_k_m"]),
+    ("iq4_xs + imatrix", ["--to", "gguf", "--method", "iq4_xs"]),
+    ("onnx int4 b32 sym", ["--to", "onnx", "--method", "rtn", "--type", "int4", "--group-size", "32", "--sym"]),
+    ("onnx int4 b32 asym", ["--to", "onnx", "--method", "rtn", "--type", "int4", "--group-size", "32", "--asym"]),
+    ("onnx int4 b128 sym", ["--to", "onnx", "--method", "rtn", "--type", "int4", "--group-size", "128", "--sym"]),
+    ("onnx int4 b128 asym", ["--to", "onnx", "--method", "rtn", "--type", "int4", "--group-size", "128", "--asym"]),
+    ("onnx int8 b32", ["--to", "onnx", "--method", "rtn", "--type", "int8"]),
+    ("onnx nf4 b64", ["--to", "onnx", "--method", "nf4"]),
+]
+
+
+def cli(*args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "edgekit.cli", *args, "--json"], capture_output=True, text=True,
+                          cwd=ROOT)
+    if proc.returncode:
+        raise SystemExit(proc.stderr)
+    return json.loads(proc.stdout)
+
+
+def size_and_bpw(path: Path, n_params: int) -> tuple[int, float]:
+    files = [path] if path.is_file() else [p for p in path.iterdir() if p.suffix in (".onnx", ".data")]
+    size = sum(f.stat().st_size for f in files)
+    return size, 8.0 * size / n_params
+
+
+def coreml_weight_error(model: Path) -> dict[str, float]:
+    from safetensors import safe_open
+
+    import quant
+    from edgekit.roles import LINEAR, role_of
+
+    out = {}
+    for label, method, grid in (("coreml int4 b32", "rtn", "coreml:int4"), ("coreml nf4 b64", "nf4",
+                                                                             "coreml:palette4")):
+        num = den = 0.0
+        with safe_open(str(model / "model.safetensors"), "np") as f:
+            for name in f.keys():
+                if role_of(name)[0] in LINEAR and name.endswith(".weight"):
+                    w = f.get_tensor(name).astype(np.float32)
+                    w16 = w.astype(np.float16).astype(np.float32)
+                    d = quant.dequantize(quant.quantize(method, w16, grid))
+                    num += float(((d - w) ** 2).sum())
+                    den += float((w ** 2).sum())
+        out[label] = (num / den) ** 0.5
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ctx", default="512")
+    ap.add_argument("--chunks", default="40")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    from edgekit.models import tiny_path
+
+    model = tiny_path()
+    n_params = sum(int(np.prod(v)) for v in _shapes(model).values())
+    out = Path(args.out or tempfile.mkdtemp(prefix="edgekit-quality-"))
+    lines = ["| artifact | size (MB) | bits/weight | ppl | Δppl | mean KLD | p99 KLD | top-1 |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for label, extra in ROWS:
+        dest = out / (label.replace(" ", "_").replace("+", "im").replace("(", "").replace(")", "")
+                      + (".gguf" if extra is None or "gguf" in extra else ""))
+        if not dest.exists():
+            if extra is None:
+                cli("convert", str(model), "--to", "gguf", "--outtype", "f16", "-o", str(dest))
+            else:
+                cli("quantize", str(model), *extra, "-o", str(dest))
+        r = cli("eval", str(dest), "--reference", str(model), "--ctx", args.ctx, "--chunks", args.chunks)
+        size, bpw = size_and_bpw(dest, n_params)
+        lines.append(f"| {label} | {size / 1e6:.2f} | {bpw:.2f} | {r['ppl']:.3f} | {r['delta_ppl']:+.3f} | "
+                     f"{r['kld_mean']:.5f} | {r['kld_p99']:.5f} | {100 * r['top1_agreement']:.2f}% |")
+        print(lines[-1], flush=True)
+    for label, err in coreml_weight_error(model).items():
+        lines.append(f"| {label} | | | (macOS workflow) | | weight rel. RMS error {err:.4f} | | |")
+    print(f"\nedgekit-tiny, held-out Persuasion, ctx {args.ctx}, {args.chunks} windows "
+          f"(reference ppl {r['reference_ppl']:.3f}):\n")
+    print("\n".join(lines))
+
+
+def _shapes(model: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    with safe_open(str(model / "model.safetensors"), "np") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+if __name__ == "__main__":
+    main()

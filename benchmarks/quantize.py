@@ -1,0 +1,104 @@
+"""edgekit quantize / eval against llama.cpp's own path, in the same run: wall time and peak RSS.
+
+- ``edgekit quantize --to gguf --method q4_k_m --no-imatrix`` vs llama.cpp's ``convert_hf_to_gguf.py --outtype f16``
+  followed by ``llama-quantize ... Q4_K_M`` (times summed, peak RSS the larger), on the 1B-shaped checkpoint of
+  benchmarks/convert_gguf.py;
+- ``edgekit quantize --to onnx --method rtn --type int4`` on the same checkpoint (edgekit alone: onnxruntime has
+  no exporter from a Hugging Face checkpoint to compare with);
+- ``edgekit eval`` vs ``llama-perplexity`` on the same GGUF (edgekit-tiny q4_0) and text (held-out Persuasion).
+
+llama.cpp's converter comes from $LLAMA_CPP_DIR (default: the copy of the vendored convert_hf_to_gguf.py and gguf-py
+that ``make llama-tools`` keeps beside its binaries) and its tools from ``make llama-tools``; without them that half
+is skipped.
+
+    python benchmarks/quantize.py [--skip-1b]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from convert_gguf import CACHE, build_model, measure_fresh, page_in  # noqa: E402
+
+from edgekit.testing import llama_tools  # noqa: E402
+
+
+def edgekit(*args: str) -> list[str]:
+    return [sys.executable, "-m", "edgekit.cli", *args]
+
+
+def converter_script() -> Path | None:
+    d = os.environ.get("LLAMA_CPP_DIR")
+    if d:
+        p = Path(d) / "convert_hf_to_gguf.py"
+        return p if p.exists() else None
+    p = llama_tools.bin_dir().parent / "convert_hf_to_gguf.py"  # kept by make llama-tools, with its gguf-py
+    return p if p.exists() else None
+
+
+def quantize_1b(d: Path) -> None:
+    model = build_model()
+    page_in(model)
+    out = d / "ek-q4km.gguf"
+    ek = measure_fresh(edgekit("quantize", str(model), "--to", "gguf", "--method", "q4_k_m", "--no-imatrix", "-o",
+                               str(out)), out)
+    row = {"job": "q4_k_m 1B", "edgekit_s": round(ek[0], 2), "edgekit_tree_rss_mb": round(ek[2])}
+    script, quantizer = converter_script(), llama_tools.find("llama-quantize")
+    if script and quantizer:
+        f16, q = d / "lc-f16.gguf", d / "lc-q4km.gguf"
+        # measure_fresh deletes its second argument afterwards: the f16 file stays for llama-quantize
+        a = measure_fresh([sys.executable, str(script), str(model), "--outtype", "f16", "--outfile", str(f16)], d / "x")
+        b = measure_fresh([str(quantizer), str(f16), str(q), "Q4_K_M"], q)
+        f16.unlink(missing_ok=True)
+        lc_s, lc_rss = a[0] + b[0], max(a[2], b[2])
+        row.update(llamacpp_s=round(lc_s, 2), llamacpp_tree_rss_mb=round(lc_rss), time_ratio=round(ek[0] / lc_s, 2),
+                   rss_ratio=round(ek[2] / lc_rss, 2))
+    else:
+        row["llamacpp"] = "skipped: set LLAMA_CPP_DIR and run make llama-tools"
+    print(json.dumps(row), flush=True)
+    out = d / "ek-int4"
+    ek = measure_fresh(edgekit("quantize", str(model), "--to", "onnx", "--method", "rtn", "--type", "int4", "-o",
+                               str(out)), d / "x")
+    subprocess.run(["rm", "-rf", str(out)], check=False)
+    print(json.dumps({"job": "onnx int4 rtn 1B", "edgekit_s": round(ek[0], 2), "edgekit_tree_rss_mb": round(ek[2])}),
+          flush=True)
+
+
+def eval_vs_perplexity(d: Path) -> None:
+    from edgekit.models import tiny_path
+
+    text = ROOT / "edgekit" / "data" / "tiny" / "persuasion.txt"
+    gguf = d / "tiny-q4_0.gguf"
+    subprocess.run(edgekit("quantize", str(tiny_path()), "--to", "gguf", "--method", "rtn", "--type", "q4_0", "-o",
+                           str(gguf), "--json"), check=True, capture_output=True, cwd=ROOT)
+    ek = measure_fresh(edgekit("eval", str(gguf), "--text", str(text), "--ctx", "512", "--chunks", "40", "--json"),
+                       d / "x")
+    row = {"job": "eval tiny q4_0, 40 x 512", "edgekit_s": round(ek[0], 2), "edgekit_tree_rss_mb": round(ek[2])}
+    tool = llama_tools.find("llama-perplexity")
+    if tool:
+        lc = measure_fresh([str(tool), "-m", str(gguf), "-f", str(text), "-c", "512", "--chunks", "40"], d / "x")
+        row.update(llamacpp_s=round(lc[0], 2), llamacpp_tree_rss_mb=round(lc[2]), time_ratio=round(ek[0] / lc[0], 2))
+    print(json.dumps(row), flush=True)
+
+
+def main(argv: list[str]) -> int:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as d:
+        eval_vs_perplexity(Path(d))
+        if "--skip-1b" not in argv:
+            quantize_1b(Path(d))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

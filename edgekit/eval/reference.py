@@ -1,0 +1,74 @@
+"""The reference's logits, computed once per (reference, tokens, ctx) and cached on disk: for every scored
+position the top-k logits and their ids, the log-sum-exp over the whole vocabulary, and the log-probability
+of the next token (for the reference's own perplexity)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TOP_K = 256
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit")).expanduser() / "eval"
+
+
+def identity(path: Path) -> str:
+    """What the reference is: its path and the size and mtime of its weights (re-computed when they change)."""
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".gguf",
+                                                                                            ".onnx", ".bin", ".data"))
+    parts = [str(path.resolve())] + [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+    return "|".join(parts)
+
+
+def key(ref: Path, windows: np.ndarray, ctx: int) -> str:
+    h = hashlib.sha256()
+    h.update(identity(ref).encode())
+    h.update(np.ascontiguousarray(windows, dtype=np.int64).tobytes())
+    h.update(f"ctx={ctx};k={TOP_K}".encode())
+    return h.hexdigest()[:32]
+
+
+def summarize(logits: np.ndarray, targets: np.ndarray, k: int = TOP_K) -> dict[str, np.ndarray]:
+    """Top-k (ids, logits), log-sum-exp and log p(target) of float32 ``logits`` [n, vocab]."""
+    x = logits.astype(np.float64)
+    m = x.max(axis=1, keepdims=True)
+    lse = (m[:, 0] + np.log(np.exp(x - m).sum(axis=1)))
+    k = min(k, x.shape[1])
+    ids = np.argpartition(-x, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(x, ids, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    ids, vals = np.take_along_axis(ids, order, axis=1), np.take_along_axis(vals, order, axis=1)
+    logp_next = x[np.arange(len(x)), targets] - lse
+    return {"ids": ids.astype(np.int32), "logits": vals.astype(np.float32), "lse": lse, "logp_next": logp_next}
+
+
+def load_or_compute(ref: Path, windows: np.ndarray, ctx: int, source_factory: Any, progress: Any = None
+                    ) -> dict[str, np.ndarray]:
+    """Cached summaries of the reference over the scored half of every window."""
+    path = cache_dir() / f"{key(ref, windows, ctx)}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    source = source_factory()
+    parts: list[dict[str, np.ndarray]] = []
+    try:
+        first = ctx // 2
+        for w in windows:
+            logits = source.window([int(t) for t in w])
+            parts.append(summarize(logits[first:ctx - 1], np.asarray(w[first + 1:ctx])))
+            if progress is not None:
+                progress(1)
+    finally:
+        source.close()
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **out)
+    os.replace(tmp, path)
+    return out
