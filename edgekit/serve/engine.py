@@ -168,8 +168,9 @@ class Runner:
             pooling = self._gguf_pooling()
             if pooling is None:
                 kwargs["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_MEAN
-            self._embedder = llama_cpp.Llama(str(self.engine.path), embedding=True, n_ctx=self.context_length,
-                                             n_batch=self.context_length, n_ubatch=self.context_length,
+            # pooling needs a whole input in one micro-batch; 2048 tokens bounds the compute buffer
+            n = min(self.context_length, 2048)
+            self._embedder = llama_cpp.Llama(str(self.engine.path), embedding=True, n_ctx=n, n_batch=n, n_ubatch=n,
                                              n_threads=getattr(self.engine, "threads", None), verbose=False, **kwargs)
         return self._embedder
 
