@@ -44,8 +44,8 @@ def run_cmd(artifact: str, prompt: str | None, chat: bool, system: str | None, d
     from runtimes.sampling import SamplingParams
 
     params = SamplingParams(**sampling)
-    artifact = resolve_artifact(artifact)  # a store model NAME[:TAG] runs like its artifact
-    engine = runtimes.load(artifact, device=device, threads=threads, fallback=fallback, context=context)
+    artifact, lora = resolve_artifact(artifact)  # a store model NAME[:TAG] runs like its artifact (+ adapter)
+    engine = runtimes.load(artifact, device=device, threads=threads, fallback=fallback, context=context, lora=lora)
     stream = None if as_json else (lambda text: click.echo(text, nl=False))
 
     def report(result: Any) -> None:

@@ -72,10 +72,10 @@ class Runner:
 
         self.artifact = Path(artifact)
         self.adapters = list(adapters)
-        if self.adapters:
-            raise Unsupported("GGUF LoRA adapters are not applied by this runtime yet",
-                              "FROM the checkpoint with ADAPTER, so the LoRA is merged at conversion")
-        self.engine = runtimes.load(self.artifact, context=context)
+        if len(self.adapters) > 1:
+            raise Unsupported("more than one LoRA adapter on a model", "merge them into one adapter")
+        self.lora = self.adapters[0] if self.adapters else None
+        self.engine = runtimes.load(self.artifact, context=context, lora=self.lora)
         self.kind = self.engine.kind
         self.context_length = self.engine.context_length
         self.lock = _FairLock()
@@ -171,7 +171,8 @@ class Runner:
             # pooling needs a whole input in one micro-batch; 2048 tokens bounds the compute buffer
             n = min(self.context_length, 2048)
             self._embedder = llama_cpp.Llama(str(self.engine.path), embedding=True, n_ctx=n, n_batch=n, n_ubatch=n,
-                                             n_threads=getattr(self.engine, "threads", None), verbose=False, **kwargs)
+                                             n_threads=getattr(self.engine, "threads", None), verbose=False,
+                                             lora_path=str(self.lora) if self.lora else None, **kwargs)
         return self._embedder
 
     def _gguf_pooling(self) -> int | None:

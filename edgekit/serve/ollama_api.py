@@ -387,9 +387,6 @@ async def create(body: CreateRequest, request: Request) -> Response:
     if body.quantize:
         raise Unsupported("quantize is applied at conversion", "create from a checkpoint with QUANTIZE in a Modelfile "
                                                                "(edgekit create)")
-    if body.adapters:
-        raise Unsupported("GGUF LoRA adapters are not applied by the runtime yet",
-                          "merge the LoRA at conversion: edgekit create with FROM <checkpoint> and ADAPTER <dir>")
     if body.modelfile:
         mf = mf_module.parse(body.modelfile)
     else:
@@ -409,8 +406,12 @@ async def create(body: CreateRequest, request: Request) -> Response:
     if body.messages is not None:
         mf.messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
     loop = asyncio.get_running_loop()
+    if body.adapters and not body.files:
+        raise Unsupported("adapters need the base model's files in the same request",
+                          "upload the GGUF and the adapter, then send both files and adapters")
     if body.files:
-        manifest = await loop.run_in_executor(models.executor, _create_from_files, store, target, body.files, mf)
+        manifest = await loop.run_in_executor(models.executor, _create_from_files, store, target, body.files, mf,
+                                              body.adapters or {})
     else:
         if not mf.source:
             raise EdgekitError("from or files is required", "name a stored model in from, or upload files")
@@ -421,10 +422,7 @@ async def create(body: CreateRequest, request: Request) -> Response:
                                          {"status": "success"}])
 
 
-def _create_from_files(store: Any, target: Any, files: dict[str, str], mf: Any) -> dict[str, Any]:
-    import runtimes
-    from edgekit.serve.build import artifact_facts
-
+def _uploaded(store: Any, files: dict[str, str]) -> list[Layer]:
     layers = []
     for path, digest in files.items():
         check_layer_path(path)
@@ -433,6 +431,23 @@ def _create_from_files(store: Any, target: Any, files: dict[str, str], mf: Any) 
             raise EdgekitError(f"blob {digest} for {path} is not on the server",
                                "upload it first: POST /api/blobs/DIGEST")
         layers.append(Layer(path, digest, store.blob_path(digest).stat().st_size))
+    return layers
+
+
+def _create_from_files(store: Any, target: Any, files: dict[str, str], mf: Any,
+                       adapters: dict[str, str]) -> dict[str, Any]:
+    import runtimes
+    from edgekit.serve.build import artifact_facts
+
+    layers = _uploaded(store, files)
+    extra = _uploaded(store, adapters)
+    if len(extra) > 1:
+        raise Unsupported("more than one LoRA adapter", "merge them into one adapter")
+    for a in extra:
+        with store.blob_path(a.digest).open("rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise EdgekitError(f"adapter {a.path} is not a GGUF adapter", "convert it with edgekit convert "
+                                   "--adapter DIR --adapter-only --to gguf")
     if len(layers) == 1 and layers[0].path.endswith(".gguf"):
         fmt = runtimes.artifact_kind(store.blob_path(layers[0].digest))
         artifact = store.blob_path(layers[0].digest)
@@ -444,7 +459,10 @@ def _create_from_files(store: Any, target: Any, files: dict[str, str], mf: Any) 
         fmt = runtimes.artifact_kind(artifact)
     config = {**{k: v for k, v in mf.config().items() if v not in (None, [], {})}, **artifact_facts(artifact, fmt),
               "from": "upload"}
-    return store.create(target, fmt, layers, config)
+    if extra and fmt != "gguf":
+        raise Unsupported(f"a LoRA adapter file cannot apply to a {fmt} model", "merge it at conversion")
+    return store.create(target, fmt, layers, config, [Layer(f"adapter-{i}.gguf", a.digest, a.size)
+                                                      for i, a in enumerate(extra)])
 
 
 @router.post("/api/pull")
