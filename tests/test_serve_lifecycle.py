@@ -27,6 +27,13 @@ def home(tmp_path_factory):
     return home
 
 
+@pytest.fixture(scope="module")
+def server(home):
+    with serving(home) as srv:
+        yield srv
+    assert "Traceback" not in srv.log(), srv.log()[-3000:]
+
+
 def ps(server) -> dict:
     return {m["name"]: m for m in httpx.get(server.url + "/api/ps", timeout=30).json()["models"]}
 
@@ -88,74 +95,71 @@ def _stream_then_leave(url: str, body: dict, chunks: int) -> float:
     return time.monotonic()
 
 
-def test_disconnect_frees_the_model_at_once(home):
-    with serving(home) as server:
-        # counting: a continuation that does not end by itself within the 1500 tokens asked for
-        prompt = {"model": "smol", "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "raw": True}
-        # how fast this model decodes here, to know how long an abandoned 1500-token request would run
-        r = httpx.post(server.url + "/api/generate", json={**prompt, "stream": False, "options": {"num_predict": 32}},
-                       timeout=120).json()
-        rate = r["eval_count"] / (r["eval_duration"] / 1e9)
-        left = _stream_then_leave(server.url, {**prompt, "options": {"num_predict": 1500}}, chunks=5)
-        r = httpx.post(server.url + "/api/generate", json={**prompt, "stream": False, "options": {"num_predict": 4}},
-                       timeout=120)
-        waited = time.monotonic() - left
-        assert r.status_code == 200 and r.json()["done"]
-        abandoned = 1500 / rate
-        print(f"next request served {waited:.2f} s after the client left; the abandoned request would have run "
-              f"{abandoned:.0f} s ({rate:.1f} tokens/s)")
-        assert waited < abandoned / 5
-        time.sleep(0.3)
-        lines = [x for x in server.log().splitlines() if "POST /api/generate" in x and "client left" in x]
-        assert lines, server.log()[-2000:]
-        generated = int(lines[-1].split("tokens=")[1].split()[0].split("+")[1])
-        assert generated < 100  # stopped between tokens, not at num_predict
+def test_disconnect_frees_the_model_at_once(server):
+    # counting: a continuation that does not end by itself within the 1500 tokens asked for
+    prompt = {"model": "smol", "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "raw": True}
+    # how fast this model decodes here, to know how long an abandoned 1500-token request would run
+    r = httpx.post(server.url + "/api/generate", json={**prompt, "stream": False, "options": {"num_predict": 32}},
+                   timeout=120).json()
+    rate = r["eval_count"] / (r["eval_duration"] / 1e9)
+    left = _stream_then_leave(server.url, {**prompt, "options": {"num_predict": 1500}}, chunks=5)
+    r = httpx.post(server.url + "/api/generate", json={**prompt, "stream": False, "options": {"num_predict": 4}},
+                   timeout=120)
+    waited = time.monotonic() - left
+    assert r.status_code == 200 and r.json()["done"]
+    abandoned = 1500 / rate
+    print(f"next request served {waited:.2f} s after the client left; the abandoned request would have run "
+          f"{abandoned:.0f} s ({rate:.1f} tokens/s)")
+    assert waited < abandoned / 5
+    time.sleep(0.3)
+    lines = [x for x in server.log().splitlines() if "POST /api/generate" in x and "client left" in x]
+    assert lines, server.log()[-2000:]
+    generated = int(lines[-1].split("tokens=")[1].split()[0].split("+")[1])
+    assert generated < 100  # stopped between tokens, not at num_predict
 
 
-def test_long_generation_blocks_neither_listing_nor_other_models(home):
-    with serving(home) as server:
-        done = threading.Event()
-        state: dict = {}
+def test_long_generation_blocks_neither_listing_nor_other_models(server):
+    done = threading.Event()
+    state: dict = {}
 
-        def long_request() -> None:
-            r = httpx.post(server.url + "/api/generate", json={
-                "model": "smol", "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "raw": True, "stream": False,
-                "options": {"num_predict": 200}}, timeout=300)
-            state["status"] = r.status_code
-            done.set()
+    def long_request() -> None:
+        r = httpx.post(server.url + "/api/generate", json={
+            "model": "smol", "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "raw": True, "stream": False,
+            "options": {"num_predict": 200}}, timeout=300)
+        state["status"] = r.status_code
+        done.set()
 
-        httpx.post(server.url + "/api/generate", json={"model": "smol", "prompt": "Hi", "stream": False,
-                                                       "options": {"num_predict": 1}}, timeout=120)  # loaded
-        thread = threading.Thread(target=long_request)
-        thread.start()
-        time.sleep(0.5)
-        for path in ("/api/tags", "/api/ps", "/v1/models"):
-            t = time.monotonic()
-            assert httpx.get(server.url + path, timeout=30).status_code == 200
-            assert time.monotonic() - t < 2
-        r = httpx.post(server.url + "/api/chat", json={"model": "tiny", "stream": False, "options": {"num_predict": 8},
-                                                       "messages": [{"role": "user", "content": "x"}]}, timeout=60)
-        assert r.status_code == 200
-        assert not done.is_set()  # the other model answered while the long generation was still running
-        thread.join(300)
-        assert state["status"] == 200
+    httpx.post(server.url + "/api/generate", json={"model": "smol", "prompt": "Hi", "stream": False,
+                                                   "options": {"num_predict": 1}}, timeout=120)  # loaded
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    time.sleep(0.5)
+    for path in ("/api/tags", "/api/ps", "/v1/models"):
+        t = time.monotonic()
+        assert httpx.get(server.url + path, timeout=30).status_code == 200
+        assert time.monotonic() - t < 2
+    r = httpx.post(server.url + "/api/chat", json={"model": "tiny", "stream": False, "options": {"num_predict": 8},
+                                                   "messages": [{"role": "user", "content": "x"}]}, timeout=60)
+    assert r.status_code == 200
+    assert not done.is_set()  # the other model answered while the long generation was still running
+    thread.join(300)
+    assert state["status"] == 200
 
 
-def test_one_request_at_a_time_per_model(home):
+def test_one_request_at_a_time_per_model(server):
     """Concurrent requests to one model queue; each answer is what it would be alone (no shared KV state)."""
-    with serving(home) as server:
-        bodies = [{"model": "tiny", "stream": False, "options": {"temperature": 0, "num_predict": 16},
-                   "messages": [{"role": "user", "content": text}]} for text in ("Who is Emma?", "Describe Bath.")]
-        alone = [httpx.post(server.url + "/api/chat", json=b, timeout=60).json()["message"]["content"]
-                 for b in bodies]
-        results: list = [None] * 6
+    bodies = [{"model": "tiny", "stream": False, "options": {"temperature": 0, "num_predict": 16},
+               "messages": [{"role": "user", "content": text}]} for text in ("Who is Emma?", "Describe Bath.")]
+    alone = [httpx.post(server.url + "/api/chat", json=b, timeout=60).json()["message"]["content"]
+             for b in bodies]
+    results: list = [None] * 6
 
-        def go(i: int) -> None:
-            results[i] = httpx.post(server.url + "/api/chat", json=bodies[i % 2], timeout=120).json()
+    def go(i: int) -> None:
+        results[i] = httpx.post(server.url + "/api/chat", json=bodies[i % 2], timeout=120).json()
 
-        threads = [threading.Thread(target=go, args=(i,)) for i in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        assert [r["message"]["content"] for r in results] == [alone[i % 2] for i in range(6)]
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [r["message"]["content"] for r in results] == [alone[i % 2] for i in range(6)]

@@ -154,6 +154,14 @@ def test_cli_errors_are_one_line(arts, tmp_path):
     assert_one_line_error(cli("rm", "nope", home=home), "not found")
     assert_one_line_error(cli("cp", "nope", "x", home=home), "not found")
     assert_one_line_error(cli("pull", "someorg/some-model", home=home), "HF_HUB_OFFLINE")
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        assert_one_line_error(cli("serve", "--port", port, home=home), "cannot listen")
+    assert_one_line_error(cli("serve", "--keep-alive", "soon", home=home), "keep-alive")
     assert not (home / "manifests").exists() or not any((home / "manifests").rglob("*latest"))
 
 
