@@ -111,6 +111,12 @@ def test_cli_create_list_show_cp_rm_and_shared_blobs(arts, tmp_path):
     assert show["model_info"]["llama.context_length"] == 1024
     modelfile = cli("show", "austen", "--modelfile", home=home).stdout
     assert "PARAMETER temperature 0" in modelfile and "SYSTEM Be brief." in modelfile
+    write_modelfile(tmp_path / "Derived", modelfile)  # show --modelfile re-creates the model's settings
+    assert cli("create", "austen:derived", "-f", str(tmp_path / "Derived"), home=home).returncode == 0
+    derived = json.loads(cli("show", "austen:derived", "--json", home=home).stdout)
+    assert (derived["system"], derived["parameters"], derived["edgekit"]["layers"]) == \
+        (show["system"], show["parameters"], show["edgekit"]["layers"])
+    assert cli("rm", "austen:derived", home=home).returncode == 0
     onnx_show = json.loads(cli("show", "austen-onnx:fp32", "--json", home=home).stdout)
     assert onnx_show["edgekit"]["artifact_manifest"]["format"] == "onnx"
     assert len(onnx_show["edgekit"]["layers"]) == len([p for p in arts["onnx"].iterdir() if p.is_file()])

@@ -10,7 +10,6 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -324,7 +323,11 @@ def show_body(store: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     config = manifest.get("config", {})
     template = config.get("template") or config.get("artifact_template") or ""
     capabilities = ["completion"] + (["embedding"] if manifest.get("format") == "gguf" else [])
-    return {"modelfile": mf_module.render(config.get("from") or manifest["name"], config),
+    origin = config.get("from")
+    modelfile = (f"# Modelfile of {manifest['name']}" + (f", created from {origin}" if origin else "") + "\n"
+                 "# FROM names the stored model: edgekit create NEW -f <this file> derives from it\n"
+                 + mf_module.render(manifest["name"], config))
+    return {"modelfile": modelfile,
             "parameters": parameters_text(config.get("parameters") or {}), "template": template,
             "system": config.get("system") or "", "license": "\n".join(config.get("license") or []),
             "details": details(manifest), "model_info": config.get("model_info") or {},
@@ -538,5 +541,3 @@ async def root() -> Response:
 async def root_head() -> Response:
     return PlainTextResponse("")
 
-
-__all__ = ["router", "Path"]

@@ -4,6 +4,7 @@ streaming (``data: {...}`` events ending in ``data: [DONE]``) and ``stream_optio
 from __future__ import annotations
 
 import base64
+import calendar
 import json
 import secrets
 import struct
@@ -157,8 +158,8 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 
 
 def _model(manifest: dict[str, Any]) -> dict[str, Any]:
-    created = int(time.mktime(time.strptime(manifest["modified_at"][:19], "%Y-%m-%dT%H:%M:%S"))) \
-        if manifest.get("modified_at") else 0
+    created = calendar.timegm(time.strptime(manifest["modified_at"][:19], "%Y-%m-%dT%H:%M:%S")) \
+        if manifest.get("modified_at") else 0  # modified_at is UTC
     return {"id": manifest["name"], "object": "model", "created": created, "owned_by": "edgekit"}
 
 
