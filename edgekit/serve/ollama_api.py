@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -33,6 +34,7 @@ from edgekit.serve.schemas import (
 )
 from edgekit.serve.store import Layer, ModelNotFound, check_layer_path, normalize_digest
 
+log = logging.getLogger("edgekit.serve")
 router = APIRouter()
 NDJSON = "application/x-ndjson"
 
@@ -118,6 +120,9 @@ async def _respond(request: Request, job: Job, stream: bool, piece: Any, final: 
                     yield (json.dumps(piece(item)) + "\n").encode()
         except EdgekitError as err:
             yield (json.dumps({"error": str(err)}) + "\n").encode()
+        except Exception as err:  # a bug: the client gets an error line, the log gets the traceback
+            log.exception("generation failed on %s", request.url.path)
+            yield (json.dumps({"error": f"internal error: {type(err).__name__}: {str(err)[:200]}"}) + "\n").encode()
 
     return StreamingResponse(lines(), media_type=NDJSON)
 
