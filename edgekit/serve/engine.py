@@ -94,8 +94,12 @@ class Runner:
                       add_generation_prompt=True)
         return self.engine.tokenize(text, add_special=False)
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.engine.tokenize(text)
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self.engine.tokenize(text, add_special=add_special)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.vocab_size
 
     @property
     def has_template(self) -> bool:

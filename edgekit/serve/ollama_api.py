@@ -74,7 +74,7 @@ def chat_history(config: dict[str, Any], messages: list[dict[str, Any]]) -> list
 
 
 def _check_ids(ids: list[int], runner: Runner) -> None:
-    vocab = runner.engine.vocab_size
+    vocab = runner.vocab_size
     if any(not 0 <= t < vocab for t in ids):
         raise EdgekitError(f"context holds token ids outside the vocabulary (0..{vocab - 1})",
                            "send back the context a previous response returned")
@@ -146,13 +146,13 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
         system = body.system if body.system is not None else config.get("system")
         template = body.template or config.get("template")
         if body.raw:
-            tokens = runner.engine.tokenize(prompt, add_special=not body.context) if prompt else []
+            tokens = runner.tokenize(prompt, add_special=not body.context) if prompt else []
         elif template or runner.has_template:
             messages = ([{"role": "system", "content": system}] if system else []) + \
                 [*(config.get("messages") or []), {"role": "user", "content": prompt}]
             tokens = runner.chat_prompt(messages, template)
         else:
-            tokens = runner.engine.tokenize((system + "\n\n" if system else "") + prompt, add_special=not body.context)
+            tokens = runner.tokenize((system + "\n\n" if system else "") + prompt, add_special=not body.context)
         if body.context:
             _check_ids(body.context, runner)
             tokens = list(body.context) + tokens
