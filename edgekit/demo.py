@@ -2,9 +2,10 @@
 
 Prepares SmolLM2-135M-Instruct as a Hugging Face checkpoint, inspects it and edgekit-tiny, converts
 SmolLM2 to every format (GGUF f16 and q8_0, ONNX fp32 and static, Core ML fp16), then asks it the same
-question through the GGUF and the ONNX artifact; quantizes SmolLM2 to q4_k_m with edgekit's importance matrix,
-measures what that cost against the fp32 original (``edgekit eval``) and asks the question again. Artifacts go
-to ``$EDGEKIT_CACHE/demo``.
+question through the GGUF and the ONNX artifact, and once more through ``edgekit serve`` (the GGUF put
+in a model store, the server on a free loopback port, Ollama's /api/chat over HTTP); quantizes SmolLM2 to
+q4_k_m with edgekit's importance matrix, measures what that cost against the fp32 original (``edgekit eval``)
+and asks the question again. Artifacts go to ``$EDGEKIT_CACHE/demo``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,51 @@ def _ask(artifact: Path) -> str:
             f"{result.eval_count} generated at {result.eval_tps:.1f} tok/s]")
 
 
+def _serve(artifact: Path, out: Path) -> str:
+    """Store ``artifact`` as ``smollm2``, start ``edgekit serve`` on a free 127.0.0.1 port, chat once, stop."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    from edgekit.serve import build
+    from edgekit.serve.modelfile import parse
+    from edgekit.serve.store import Store
+
+    home = out / "store"
+    build.create(Store(home), "smollm2", parse(f"FROM {artifact}\nPARAMETER temperature 0\n"), progress=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", "--port", str(port)],
+                            env={**os.environ, "EDGEKIT_HOME": str(home)}, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.head(url + "/", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        r = httpx.post(url + "/api/chat", json={"model": "smollm2", "stream": False, "options": {"num_predict": 48},
+                                                "messages": [{"role": "user", "content": QUESTION}]}, timeout=300)
+        r.raise_for_status()
+        body = r.json()
+    finally:
+        proc.terminate()
+        try:
+            log = proc.communicate(timeout=15)[1]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            log = ""
+    request_lines = [line.split("edgekit serve: ")[-1] for line in log.splitlines() if "POST /api/chat" in line]
+    return (f"{body['message']['content'].strip()}\n   [{url}/api/chat, {body['eval_count']} tokens at "
+            f"{body['eval_count'] / max(body['eval_duration'], 1) * 1e9:.1f} tok/s; server log: "
+            f"{request_lines[-1] if request_lines else '-'}]")
+
+
 def main() -> None:
     out = Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit")) / "demo"
     out.mkdir(parents=True, exist_ok=True)
@@ -80,6 +126,7 @@ def main() -> None:
     print(f"\nQ: {QUESTION}")
     _step("A (GGUF f16 through llama.cpp)", lambda: _ask(gguf_f16))
     _step("A (ONNX fp32 through onnxruntime)", lambda: _ask(onnx_dir))
+    _step("A (edgekit serve, Ollama API over HTTP)", lambda: _serve(gguf_f16, out))
     q4 = out / "smollm2-q4_k_m.gguf"
     _step("SmolLM2 -> GGUF q4_k_m with edgekit's importance matrix (16 x 256 calibration tokens)",
           lambda: _quantize(smol, q4))

@@ -54,7 +54,7 @@ def artifact_kind(artifact: str | Path) -> str:
 
 
 def load(artifact: str | Path, device: str = "auto", threads: int | None = None, fallback: str | None = None,
-         context: int | None = None, verify: bool = False) -> Engine:
+         context: int | None = None, verify: bool = False, lora: str | Path | None = None) -> Engine:
     """An Engine for ``artifact`` (.gguf file, ONNX or Core ML directory) on ``device``
     ("auto" | "cpu" | "apple-silicon" | "android-nnapi" | "jetson"). ``fallback="cpu"`` runs on the CPU
     when the device's accelerator is missing instead of failing; ``context`` caps the KV cache; ``threads``
@@ -86,4 +86,10 @@ def load(artifact: str | Path, device: str = "auto", threads: int | None = None,
     static = module.is_static(path) if hasattr(module, "is_static") else None
     selection = devices.select(device, kind, facts, fallback=fallback, static_onnx=static)
     # the engines' own runtime settings (OpenMP wait policy, spinning) are left as the user's environment has them
-    return getattr(module, cls_name)(path, selection, threads=threads or selection.threads, context=context)
+    threads = threads or selection.threads
+    if lora is not None:  # a GGUF LoRA adapter applied at load (llama.cpp); other backends merge at conversion
+        if kind != "gguf":
+            raise EdgekitError(f"a LoRA adapter file applies to GGUF models, not {kind}",
+                               "merge the adapter at conversion: edgekit convert --adapter DIR")
+        return getattr(module, cls_name)(path, selection, threads=threads, context=context, lora=Path(lora))
+    return getattr(module, cls_name)(path, selection, threads=threads, context=context)

@@ -129,7 +129,7 @@ class LlamaCppEngine(Engine):
     kind = "gguf"
 
     def __init__(self, path: Path, selection: Selection, threads: int | None = None,
-                 context: int | None = None) -> None:
+                 context: int | None = None, lora: Path | None = None) -> None:
         super().__init__()
         try:
             import llama_cpp
@@ -149,8 +149,13 @@ class LlamaCppEngine(Engine):
         try:
             self.llm = llama_cpp.Llama(
                 str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                n_gpu_layers=selection.gpu_layers, logits_all=False, verbose=False)
+                n_gpu_layers=selection.gpu_layers, logits_all=False, verbose=False,
+                lora_path=str(lora) if lora is not None else None)
         except (ValueError, RuntimeError, OSError) as err:
+            if lora is not None and "LoRA" in str(err):
+                raise EdgekitError(f"llama.cpp cannot apply the LoRA adapter {lora} to {path}",
+                                   "convert the adapter against this base: edgekit convert BASE --adapter DIR "
+                                   "--adapter-only --to gguf") from None
             raise EdgekitError(f"cannot load {path}: {_diagnose(path)}",
                                "re-create the file with edgekit convert --to gguf") from err
         self.threads = n_threads

@@ -3,6 +3,7 @@ over edgekit-tiny as GGUF (f32) and ONNX (fp32); greedy answers are checked agai
 
 import base64
 import struct
+import time
 
 import httpx
 import jsonschema
@@ -236,3 +237,32 @@ def test_ndjson_and_sse_on_the_wire(server):
                                                               "max_tokens": 3})
     assert r.headers["content-type"].startswith("text/event-stream")
     assert r.text.rstrip().endswith("data: [DONE]")
+
+
+def test_options_reach_the_sampler(client, reference, server):
+    """stop, seed, num_ctx and a Modelfile-free TEMPLATE, checked by their effect."""
+    want, _, _ = reference(MESSAGES)
+    cut = want.index(" ", 8)
+    stop = want[cut:cut + 4]
+    r = client.chat(model="tiny", messages=MESSAGES, options={**GREEDY, "stop": [stop]})
+    assert r.message.content == want[:want.index(stop)] and r.done_reason == "stop"
+    sampled = {"temperature": 1.0, "top_k": 50, "top_p": 0.95, "min_p": 0.02, "num_predict": 24,
+               "presence_penalty": 0.5, "frequency_penalty": 0.5, "repeat_penalty": 1.2}
+    a = client.chat(model="tiny", messages=MESSAGES, options={**sampled, "seed": 7}).message.content
+    b = client.chat(model="tiny", messages=MESSAGES, options={**sampled, "seed": 7}).message.content
+    c = [client.chat(model="tiny", messages=MESSAGES, options={**sampled, "seed": s}).message.content
+         for s in (8, 9, 10)]
+    assert a == b and any(x != a for x in c)  # the seed makes sampling reproducible, and it does sample
+    client.chat(model="tiny", messages=MESSAGES, options={**GREEDY, "num_ctx": 256, "num_predict": 2})
+    assert {m.model: m.context_length for m in client.ps().models}["tiny:latest"] == 256
+    client.chat(model="tiny", messages=MESSAGES, options={**GREEDY, "num_ctx": 1024, "num_predict": 2})
+    # TEMPLATE (Jinja, transformers' convention) replaces the artifact's own
+    client.create(model="plain-template", from_="tiny",
+                  template="{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
+    r = client.chat(model="plain-template", messages=MESSAGES, options=GREEDY)
+    assert r.prompt_eval_count == len(reference.tokenizer(MESSAGES[0]["content"] + "\n",
+                                                          add_special_tokens=False)["input_ids"])
+    client.delete("plain-template")
+    time.sleep(0.2)
+    line = [x for x in server.log().splitlines() if "POST /api/chat model=plain-template:latest" in x][-1]
+    assert "status=200" in line and f"tokens={r.prompt_eval_count}+{r.eval_count}" in line and line.endswith("s")

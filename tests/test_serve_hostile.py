@@ -258,6 +258,7 @@ def test_api_key(tmp_path, tmp_path_factory):
         assert "access-control-allow-origin" not in r.headers
 
 
+@pytest.mark.slow
 def test_schemathesis_fuzz(tmp_path, tmp_path_factory):
     """Schema-driven fuzzing of every route in /openapi.json: bounded to 8 examples per operation and 60 s,
     loopback only. No 5xx, every error has an "error" key, and the server still serves afterwards."""

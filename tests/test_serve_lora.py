@@ -31,7 +31,11 @@ def tuned(tiny_dir, tmp_path_factory):
     home = work / "home"
     proc = cli("create", "austen-tuned", "-f", str(work / "Modelfile"), "--json", home=home)
     assert proc.returncode == 0, proc.stderr
-    return home, merged, tok, base_model_answer(tiny_dir, tok)
+    # the same LoRA as a GGUF adapter file, applied by llama.cpp at load on a GGUF base
+    proc = cli("convert", str(tiny_dir), "--to", "gguf", "--adapter", str(work / "adapter"), "--adapter-only",
+               "--outtype", "f32", "-o", str(work / "adapter.gguf"), home=home)
+    assert proc.returncode == 0, proc.stderr
+    return home, merged, tok, base_model_answer(tiny_dir, tok), work / "adapter.gguf"
 
 
 def base_model_answer(tiny_dir, tok):
@@ -51,7 +55,7 @@ def _greedy(model, tok, n):
 def test_lora_model_answers_with_its_own_template(tuned):
     import ollama
 
-    home, merged, tok, base_answer = tuned
+    home, merged, tok, base_answer, _ = tuned
     want = _greedy(merged, tok, 24)
     assert want != base_answer  # the adapter changes the answer, so matching it proves the merge
     with serving(home) as server:
@@ -67,3 +71,29 @@ def test_lora_model_answers_with_its_own_template(tuned):
         streamed = "".join(p.message.content for p in client.chat(model="austen-tuned", messages=MESSAGES,
                                                                      options={"num_predict": 24}, stream=True))
         assert streamed == want
+
+
+def test_gguf_adapter_on_gguf_base(tuned, tmp_path_factory):
+    """ADAPTER <adapter.gguf> on a GGUF FROM (Modelfile), and the same through /api/create with uploaded
+    files and adapters: llama.cpp applies the LoRA at load; the answer is transformers' with it merged."""
+    import ollama
+    from serve_support import shared_artifacts
+
+    home, merged, tok, _, adapter = tuned
+    base = shared_artifacts(tmp_path_factory)["gguf"]
+    work = adapter.parent
+    write_modelfile(work / "Modelfile.gguf", f"FROM {base}\nADAPTER {adapter}\n")
+    proc = cli("create", "austen-gguf-lora", "-f", str(work / "Modelfile.gguf"), home=home)
+    assert proc.returncode == 0, proc.stderr
+    want = _greedy(merged, tok, 24)
+    with serving(home) as server:
+        client = ollama.Client(host=server.url)
+        greedy = {"num_predict": 24, "temperature": 0, "repeat_penalty": 1.0}
+        r = client.chat(model="austen-gguf-lora", messages=MESSAGES, options=greedy)
+        assert r.message.content == want
+        files = {"model.gguf": client.create_blob(base)}
+        client.create(model="uploaded-lora", files=files, adapters={"adapter.gguf": client.create_blob(adapter)})
+        assert client.chat(model="uploaded-lora", messages=MESSAGES, options=greedy).message.content == want
+    run = cli("run", "austen-gguf-lora", "--chat", "-p", MESSAGES[0]["content"], "-n", "24", "--json", home=home)
+    assert run.returncode == 0, run.stderr
+    assert __import__("json").loads(run.stdout)["text"] == want  # edgekit run NAME applies the adapter too

@@ -70,9 +70,9 @@ def run_cmd(artifact: str, prompt: str | None, chat: bool, raw: bool, system: st
     prompt = valid_text(prompt)[0] if prompt is not None else None
     system = valid_text(system)[0] if system is not None else None
     params = SamplingParams(**sampling)
-    artifact = resolve_artifact(artifact)  # a store model NAME[:TAG] runs like its artifact
+    artifact, lora = resolve_artifact(artifact)  # a store model NAME[:TAG] runs like its artifact (+ adapter)
     engine = runtimes.load(artifact, device=device, threads=threads, fallback=fallback, context=context,
-                           verify=verify)
+                           verify=verify, lora=lora)
     draft = drafter(engine, draft=draft_model, lookup=lookup, tokens=draft_tokens, device=device, threads=threads)
     stream = None if as_json else (lambda text: click.echo(text, nl=False))
 

@@ -39,6 +39,7 @@ def serve_cmd(host: str, port: int, api_key: str | None, keep_alive: str, max_lo
         keep = parse_keep_alive(keep_alive, 300.0)
     except EdgekitError as err:
         raise EdgekitError(f"--keep-alive: {err.what}", err.fix) from None
+    _check_port(host, port)
     store = Store()
     app = create_app(store, Settings(api_key=api_key, origins=origins, keep_alive=keep, max_loaded=max_loaded,
                                      body_limit=max_body))
@@ -56,8 +57,26 @@ def serve_cmd(host: str, port: int, api_key: str | None, keep_alive: str, max_lo
     logger.setLevel(logging.INFO)
     logger.propagate = False
     logger.info("store %s; listening on http://%s:%d", store.root, host if ":" not in host else f"[{host}]", port)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                timeout_graceful_shutdown=3)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail with one line before starting when the address cannot be bound (uvicorn would log and exit 1)."""
+    import socket
+
+    from edgekit.errors import EdgekitError
+
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                    timeout_graceful_shutdown=3)
-    except OSError as err:
-        raise EdgekitError(f"cannot listen on {host}:{port} ({err.strerror})", "choose another --port") from None
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise EdgekitError(f"cannot resolve --host {host} ({err.strerror})", "pass an address such as 127.0.0.1") \
+            from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as err:
+            raise EdgekitError(f"cannot listen on {host}:{port} ({err.strerror})",
+                               "choose another --port, or stop what is using it") from None

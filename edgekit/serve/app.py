@@ -19,7 +19,6 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgekit.errors import EdgekitError
-from edgekit.serve.engine import Unsupported
 from edgekit.serve.middleware import ApiKey, BodyLimit, RequestLog, error_body
 from edgekit.serve.models import Models
 from edgekit.serve.store import ModelDamaged, ModelNotFound, Store
@@ -112,5 +111,3 @@ def create_app(store: Store | None = None, settings: Settings | None = None) -> 
     wrapped.fastapi = app  # tests and tools reach the FastAPI app (openapi()) through the wrapper
     return wrapped
 
-
-__all__ = ["create_app", "Settings", "status_of", "Unsupported"]

@@ -171,6 +171,8 @@ def create(store: Store, name: str, mf: Modelfile, base_dir: Path | None = None,
                         raise EdgekitError(f"ADAPTER {a} is not a GGUF adapter file",
                                            "convert it with edgekit convert --adapter DIR --adapter-only --to gguf")
                 gguf_adapters.append(a)
+            if len(gguf_adapters) > 1:
+                raise EdgekitError("more than one ADAPTER on a GGUF", "merge them into one adapter")
             artifact, move = path, False
             adapter_files = gguf_adapters
             summary: dict[str, Any] = {}

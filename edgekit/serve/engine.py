@@ -72,10 +72,10 @@ class Runner:
 
         self.artifact = Path(artifact)
         self.adapters = list(adapters)
-        if self.adapters:
-            raise Unsupported("GGUF LoRA adapters are not applied by this runtime yet",
-                              "FROM the checkpoint with ADAPTER, so the LoRA is merged at conversion")
-        self.engine = runtimes.load(self.artifact, context=context)
+        if len(self.adapters) > 1:
+            raise Unsupported("more than one LoRA adapter on a model", "merge them into one adapter")
+        self.lora = self.adapters[0] if self.adapters else None
+        self.engine = runtimes.load(self.artifact, context=context, lora=self.lora)
         self.kind = self.engine.kind
         self.context_length = self.engine.context_length
         self.lock = _FairLock()
@@ -94,8 +94,12 @@ class Runner:
                       add_generation_prompt=True)
         return self.engine.tokenize(text, add_special=False)
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.engine.tokenize(text)
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self.engine.tokenize(text, add_special=add_special)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.vocab_size
 
     @property
     def has_template(self) -> bool:
@@ -168,9 +172,11 @@ class Runner:
             pooling = self._gguf_pooling()
             if pooling is None:
                 kwargs["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_MEAN
-            self._embedder = llama_cpp.Llama(str(self.engine.path), embedding=True, n_ctx=self.context_length,
-                                             n_batch=self.context_length, n_ubatch=self.context_length,
-                                             n_threads=getattr(self.engine, "threads", None), verbose=False, **kwargs)
+            # pooling needs a whole input in one micro-batch; 2048 tokens bounds the compute buffer
+            n = min(self.context_length, 2048)
+            self._embedder = llama_cpp.Llama(str(self.engine.path), embedding=True, n_ctx=n, n_batch=n, n_ubatch=n,
+                                             n_threads=getattr(self.engine, "threads", None), verbose=False,
+                                             lora_path=str(self.lora) if self.lora else None, **kwargs)
         return self._embedder
 
     def _gguf_pooling(self) -> int | None:

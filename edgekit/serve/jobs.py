@@ -76,6 +76,7 @@ class Job:
                 self.state["tokens"] = (g.prompt_tokens, g.eval_count)
 
         future.add_done_callback(done)
+        self.state["pending"] = future
         return future
 
     def _outcome(self, generation: Any) -> Outcome:

@@ -50,6 +50,10 @@ class RequestLog:
         def write() -> None:
             if status["logged"]:
                 return
+            pending = state.get("pending")  # a generation still stopping (client left): log when it has
+            if pending is not None and not pending.done():
+                pending.add_done_callback(lambda _: write())
+                return
             status["logged"] = True
             tokens = state.get("tokens")
             log.info("%s %s model=%s status=%s tokens=%s %.3fs%s", scope["method"], scope["path"],

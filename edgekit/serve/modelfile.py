@@ -98,7 +98,13 @@ def parse(text: str) -> Modelfile:
         start = pos + (len(text[pos:end]) - len(text[pos:end].lstrip()))
         word = line.split(None, 1)[0]
         instruction = word.upper()
-        value, pos = _arguments(text, start + len(word), line_no)
+        role = None
+        after = start + len(word)
+        if instruction == "MESSAGE":  # MESSAGE role <argument>: the argument may be triple-quoted
+            rest = text[after:end]
+            role = rest.split(None, 1)[0].lower() if rest.strip() else ""
+            after += (len(rest) - len(rest.lstrip())) + len(role)
+        value, pos = _arguments(text, after, line_no)
         if pos < n and text[pos] != "\n":  # text after a closing """ on the same line
             rest_end = text.find("\n", pos)
             rest = text[pos:n if rest_end < 0 else rest_end].strip()
@@ -106,7 +112,7 @@ def parse(text: str) -> Modelfile:
                 raise EdgekitError(f"Modelfile line {line_no}: unexpected {rest[:40]!r} after the closing quotes",
                                    "put one instruction per line")
         pos += 1
-        if not value and instruction not in ("SYSTEM", "TEMPLATE"):
+        if not value and instruction not in ("SYSTEM", "TEMPLATE", "MESSAGE"):
             raise EdgekitError(f"Modelfile line {line_no}: {instruction} needs an argument",
                                "see edgekit create --help")
         if instruction == "FROM":
@@ -128,17 +134,10 @@ def parse(text: str) -> Modelfile:
         elif instruction == "SYSTEM":
             mf.system = value
         elif instruction == "MESSAGE":
-            role, _, content = value.partition(" ")
-            role = role.strip().lower()
             if role not in ROLES:
                 raise EdgekitError(f"Modelfile line {line_no}: unknown MESSAGE role {role!r}",
                                    f"use one of: {', '.join(ROLES)}")
-            content = content.strip()
-            if content.startswith('"""') and content.endswith('"""') and len(content) >= 6:
-                content = content[3:-3]
-            elif len(content) >= 2 and content[0] == content[-1] == '"':
-                content = content[1:-1]
-            mf.messages.append({"role": role, "content": content})
+            mf.messages.append({"role": role, "content": value})
         elif instruction == "ADAPTER":
             mf.adapters.append(value)
         elif instruction == "LICENSE":

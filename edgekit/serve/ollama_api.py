@@ -7,10 +7,10 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -34,6 +34,7 @@ from edgekit.serve.schemas import (
 )
 from edgekit.serve.store import Layer, ModelNotFound, check_layer_path, normalize_digest
 
+log = logging.getLogger("edgekit.serve")
 router = APIRouter()
 NDJSON = "application/x-ndjson"
 
@@ -73,7 +74,7 @@ def chat_history(config: dict[str, Any], messages: list[dict[str, Any]]) -> list
 
 
 def _check_ids(ids: list[int], runner: Runner) -> None:
-    vocab = runner.engine.vocab_size
+    vocab = runner.vocab_size
     if any(not 0 <= t < vocab for t in ids):
         raise EdgekitError(f"context holds token ids outside the vocabulary (0..{vocab - 1})",
                            "send back the context a previous response returned")
@@ -119,6 +120,9 @@ async def _respond(request: Request, job: Job, stream: bool, piece: Any, final: 
                     yield (json.dumps(piece(item)) + "\n").encode()
         except EdgekitError as err:
             yield (json.dumps({"error": str(err)}) + "\n").encode()
+        except Exception as err:  # a bug: the client gets an error line, the log gets the traceback
+            log.exception("generation failed on %s", request.url.path)
+            yield (json.dumps({"error": f"internal error: {type(err).__name__}: {str(err)[:200]}"}) + "\n").encode()
 
     return StreamingResponse(lines(), media_type=NDJSON)
 
@@ -142,13 +146,13 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
         system = body.system if body.system is not None else config.get("system")
         template = body.template or config.get("template")
         if body.raw:
-            tokens = runner.engine.tokenize(prompt, add_special=not body.context) if prompt else []
+            tokens = runner.tokenize(prompt, add_special=not body.context) if prompt else []
         elif template or runner.has_template:
             messages = ([{"role": "system", "content": system}] if system else []) + \
                 [*(config.get("messages") or []), {"role": "user", "content": prompt}]
             tokens = runner.chat_prompt(messages, template)
         else:
-            tokens = runner.engine.tokenize((system + "\n\n" if system else "") + prompt, add_special=not body.context)
+            tokens = runner.tokenize((system + "\n\n" if system else "") + prompt, add_special=not body.context)
         if body.context:
             _check_ids(body.context, runner)
             tokens = list(body.context) + tokens
@@ -324,7 +328,11 @@ def show_body(store: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     config = manifest.get("config", {})
     template = config.get("template") or config.get("artifact_template") or ""
     capabilities = ["completion"] + (["embedding"] if manifest.get("format") == "gguf" else [])
-    return {"modelfile": mf_module.render(config.get("from") or manifest["name"], config),
+    origin = config.get("from")
+    modelfile = (f"# Modelfile of {manifest['name']}" + (f", created from {origin}" if origin else "") + "\n"
+                 "# FROM names the stored model: edgekit create NEW -f <this file> derives from it\n"
+                 + mf_module.render(manifest["name"], config))
+    return {"modelfile": modelfile,
             "parameters": parameters_text(config.get("parameters") or {}), "template": template,
             "system": config.get("system") or "", "license": "\n".join(config.get("license") or []),
             "details": details(manifest), "model_info": config.get("model_info") or {},
@@ -387,9 +395,6 @@ async def create(body: CreateRequest, request: Request) -> Response:
     if body.quantize:
         raise Unsupported("quantize is applied at conversion", "create from a checkpoint with QUANTIZE in a Modelfile "
                                                                "(edgekit create)")
-    if body.adapters:
-        raise Unsupported("GGUF LoRA adapters are not applied by the runtime yet",
-                          "merge the LoRA at conversion: edgekit create with FROM <checkpoint> and ADAPTER <dir>")
     if body.modelfile:
         mf = mf_module.parse(body.modelfile)
     else:
@@ -409,8 +414,12 @@ async def create(body: CreateRequest, request: Request) -> Response:
     if body.messages is not None:
         mf.messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
     loop = asyncio.get_running_loop()
+    if body.adapters and not body.files:
+        raise Unsupported("adapters need the base model's files in the same request",
+                          "upload the GGUF and the adapter, then send both files and adapters")
     if body.files:
-        manifest = await loop.run_in_executor(models.executor, _create_from_files, store, target, body.files, mf)
+        manifest = await loop.run_in_executor(models.executor, _create_from_files, store, target, body.files, mf,
+                                              body.adapters or {})
     else:
         if not mf.source:
             raise EdgekitError("from or files is required", "name a stored model in from, or upload files")
@@ -421,10 +430,7 @@ async def create(body: CreateRequest, request: Request) -> Response:
                                          {"status": "success"}])
 
 
-def _create_from_files(store: Any, target: Any, files: dict[str, str], mf: Any) -> dict[str, Any]:
-    import runtimes
-    from edgekit.serve.build import artifact_facts
-
+def _uploaded(store: Any, files: dict[str, str]) -> list[Layer]:
     layers = []
     for path, digest in files.items():
         check_layer_path(path)
@@ -433,6 +439,23 @@ def _create_from_files(store: Any, target: Any, files: dict[str, str], mf: Any) 
             raise EdgekitError(f"blob {digest} for {path} is not on the server",
                                "upload it first: POST /api/blobs/DIGEST")
         layers.append(Layer(path, digest, store.blob_path(digest).stat().st_size))
+    return layers
+
+
+def _create_from_files(store: Any, target: Any, files: dict[str, str], mf: Any,
+                       adapters: dict[str, str]) -> dict[str, Any]:
+    import runtimes
+    from edgekit.serve.build import artifact_facts
+
+    layers = _uploaded(store, files)
+    extra = _uploaded(store, adapters)
+    if len(extra) > 1:
+        raise Unsupported("more than one LoRA adapter", "merge them into one adapter")
+    for a in extra:
+        with store.blob_path(a.digest).open("rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise EdgekitError(f"adapter {a.path} is not a GGUF adapter", "convert it with edgekit convert "
+                                   "--adapter DIR --adapter-only --to gguf")
     if len(layers) == 1 and layers[0].path.endswith(".gguf"):
         fmt = runtimes.artifact_kind(store.blob_path(layers[0].digest))
         artifact = store.blob_path(layers[0].digest)
@@ -444,7 +467,10 @@ def _create_from_files(store: Any, target: Any, files: dict[str, str], mf: Any) 
         fmt = runtimes.artifact_kind(artifact)
     config = {**{k: v for k, v in mf.config().items() if v not in (None, [], {})}, **artifact_facts(artifact, fmt),
               "from": "upload"}
-    return store.create(target, fmt, layers, config)
+    if extra and fmt != "gguf":
+        raise Unsupported(f"a LoRA adapter file cannot apply to a {fmt} model", "merge it at conversion")
+    return store.create(target, fmt, layers, config, [Layer(f"adapter-{i}.gguf", a.digest, a.size)
+                                                      for i, a in enumerate(extra)])
 
 
 @router.post("/api/pull")
@@ -520,5 +546,3 @@ async def root() -> Response:
 async def root_head() -> Response:
     return PlainTextResponse("")
 
-
-__all__ = ["router", "Path"]

@@ -4,7 +4,9 @@ streaming (``data: {...}`` events ending in ``data: [DONE]``) and ``stream_optio
 from __future__ import annotations
 
 import base64
+import calendar
 import json
+import logging
 import secrets
 import struct
 import time
@@ -22,6 +24,7 @@ from edgekit.serve.ollama_api import chat_history, embed_texts
 from edgekit.serve.options import OPENAI_DEFAULTS, resolve
 from edgekit.serve.schemas import ChatCompletionRequest, CompletionRequest, OAIEmbeddingRequest, _OAISampling
 
+log = logging.getLogger("edgekit.serve")
 router = APIRouter()
 
 
@@ -99,6 +102,10 @@ async def _run(request: Request, body: _OAISampling, build: Any, max_tokens: int
                     yield _sse(chunk({"content": item} if kind == "chat" else item, None))
         except EdgekitError as err:
             yield _sse({"error": {"message": str(err), "type": "invalid_request_error", "param": None, "code": None}})
+        except Exception as err:  # a bug: the client gets an error event, the log gets the traceback
+            log.exception("generation failed on %s", request.url.path)
+            yield _sse({"error": {"message": f"internal error: {type(err).__name__}: {str(err)[:200]}",
+                                  "type": "server_error", "param": None, "code": None}})
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")
@@ -157,8 +164,8 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 
 
 def _model(manifest: dict[str, Any]) -> dict[str, Any]:
-    created = int(time.mktime(time.strptime(manifest["modified_at"][:19], "%Y-%m-%dT%H:%M:%S"))) \
-        if manifest.get("modified_at") else 0
+    created = calendar.timegm(time.strptime(manifest["modified_at"][:19], "%Y-%m-%dT%H:%M:%S")) \
+        if manifest.get("modified_at") else 0  # modified_at is UTC
     return {"id": manifest["name"], "object": "model", "created": created, "owned_by": "edgekit"}
 
 

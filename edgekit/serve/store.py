@@ -425,20 +425,21 @@ class Store:
         return [self.blob_path(a["digest"]) for a in manifest.get("adapters", [])]
 
 
-def resolve_artifact(ref: str) -> str:
-    """``ref`` itself when it is a path that exists, else the artifact of the store model of that name
-    (``edgekit run NAME``); anything else is returned unchanged for the runtime to report."""
+def resolve_artifact(ref: str) -> tuple[str, str | None]:
+    """(artifact, GGUF LoRA adapter or None): ``ref`` itself when it is a path that exists, else the store
+    model of that name (``edgekit run NAME``); anything else is returned for the runtime to report."""
     from edgekit.serve.names import is_valid
 
     if Path(ref).expanduser().exists() or not is_valid(ref):
-        return ref
+        return ref, None
     store = Store()
     try:
         manifest = store.read(ref)
     except ModelNotFound:
         raise ModelNotFound(f"{ref} is neither a file nor a model in the store ({store.root})",
                             "pass a .gguf file or an artifact directory, or a name from edgekit list") from None
-    return str(store.artifact(manifest))
+    adapters = store.adapter_paths(manifest)
+    return str(store.artifact(manifest)), (str(adapters[0]) if adapters else None)
 
 
 def cache_key(layers: list[dict[str, Any]]) -> str:
