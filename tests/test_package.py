@@ -236,7 +236,11 @@ def test_package_input_errors(tiny_static, tiny_dir, tmp_path):
     assert_one_line_error(inproc("package", str(tiny_static), "--platform", "android", "-o", str(tmp_path / "taken")),
                           "already exists", "--force")
     assert_one_line_error(inproc("package", "verify", str(tmp_path / "taken")), "no bundle.json")
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    # a failure after the temporary directory exists (the converter refuses the context) leaves nothing behind
+    assert_one_line_error(inproc("package", str(tiny_dir), "--platform", "android", "--context", "5000",
+                                 "-o", str(tmp_path / "z")), "--context")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+    assert not list(tmp_path.glob(".*tmp*"))
 
 
 def test_dynamic_onnx_refused(tiny_dir, tmp_path):
