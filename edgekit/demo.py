@@ -5,7 +5,8 @@ SmolLM2 to every format (GGUF f16 and q8_0, ONNX fp32 and static, Core ML fp16),
 question through the GGUF and the ONNX artifact, and once more through ``edgekit serve`` (the GGUF put
 in a model store, the server on a free loopback port, Ollama's /api/chat over HTTP); quantizes SmolLM2 to
 q4_k_m with edgekit's importance matrix, measures what that cost against the fp32 original (``edgekit eval``)
-and asks the question again. Artifacts go to ``$EDGEKIT_CACHE/demo``.
+and asks the question again; packages it for Android (``edgekit package`` and ``verify``). Artifacts go to
+``$EDGEKIT_CACHE/demo``.
 """
 
 from __future__ import annotations
@@ -109,6 +110,17 @@ def _serve(artifact: Path, out: Path) -> str:
             f"{request_lines[-1] if request_lines else '-'}]")
 
 
+def _bundle(model: Path, out: Path) -> str:
+    from edgekit.package import package, verify
+
+    made = package(str(model), "android", str(out), dtype="fp16", context=512, force=True, progress=False)
+    checked = verify(out)
+    nnapi = ", ".join(f"{g} {v['NNAPI']}" for g, v in made["mobile_usability"].items())
+    return (f"{made['output']}: {made['bytes'] / 1e6:.1f} MB in {made['seconds']:.1f} s; NNAPI usability {nnapi}\n"
+            f"   verify: schema, {checked['files']} file hashes, graph I/O ok; the reference loop reproduced "
+            f"{checked['numeric']['greedy_tokens']} greedy tokens: {checked['numeric']['text']!r}")
+
+
 def main() -> None:
     out = Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit")) / "demo"
     out.mkdir(parents=True, exist_ok=True)
@@ -132,6 +144,8 @@ def main() -> None:
           lambda: _quantize(smol, q4))
     _step("edgekit eval: q4_k_m against the fp32 original", lambda: _eval(q4, smol))
     _step("A (GGUF q4_k_m through llama.cpp)", lambda: _ask(q4))
+    _step("SmolLM2 -> Android bundle (fp16, context 512), then edgekit package verify",
+          lambda: _bundle(smol, out / "smollm2-android"))
 
 
 if __name__ == "__main__":

@@ -121,6 +121,16 @@ def test_android_verify_passes_and_reference_equals_edgekit_run(tiny_android, ti
         assert ref["text"] == run["text"]
 
 
+def test_reference_loop_imports_nothing_of_edgekit(tiny_android):
+    """The reference loop reads only the bundle: -X importtime lists every module the child imported."""
+    proc = subprocess.run([sys.executable, "-I", "-X", "importtime", str(REFERENCE), str(tiny_android), "-p", PROMPT,
+                           "-n", "4", "--json"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    modules = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
+    assert {"onnxruntime", "tokenizers", "numpy"} <= modules
+    assert not modules & {"edgekit", "runtimes", "converters", "quant", "transformers", "torch"}, modules
+
+
 def test_android_from_checkpoint_single_graph_zip(tiny_dir, tmp_path):
     out = tmp_path / "b"
     result = ok(cli("package", str(tiny_dir), "--platform", "android", "-o", str(out), "--prefill-chunk", "1",
@@ -226,7 +236,11 @@ def test_package_input_errors(tiny_static, tiny_dir, tmp_path):
     assert_one_line_error(inproc("package", str(tiny_static), "--platform", "android", "-o", str(tmp_path / "taken")),
                           "already exists", "--force")
     assert_one_line_error(inproc("package", "verify", str(tmp_path / "taken")), "no bundle.json")
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    # a failure after the temporary directory exists (the converter refuses the context) leaves nothing behind
+    assert_one_line_error(inproc("package", str(tiny_dir), "--platform", "android", "--context", "5000",
+                                 "-o", str(tmp_path / "z")), "--context")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+    assert not list(tmp_path.glob(".*tmp*"))
 
 
 def test_dynamic_onnx_refused(tiny_dir, tmp_path):

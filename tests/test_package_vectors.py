@@ -61,14 +61,22 @@ def test_vectors_match_hf_tokenizer(path):
     assert special["bos"] == hf.bos_token_id and hf.eos_token_id in special["eos"]
 
 
-def test_tiny_vectors_are_current_and_greedy_equals_edgekit_run(tmp_path):
-    """Regenerate from a fresh bundle (same defaults as the committed one) and compare; the greedy runs equal
+# the arguments each committed vectors file was generated with (same static export settings as its bundle)
+GENERATED = {"edgekit-tiny": [], "smollm2-135m-instruct": ["--context", "512"]}
+
+
+@pytest.mark.parametrize("name", [
+    "edgekit-tiny",
+    pytest.param("smollm2-135m-instruct", marks=pytest.mark.slow),
+])
+def test_vectors_are_current_and_greedy_equals_edgekit_run(tmp_path, name):
+    """Regenerate from a fresh bundle (same settings as the committed one) and compare; the greedy runs equal
     `edgekit run` on the static ONNX export the bundle came from."""
     from edgekit.package.vectors import generate
 
-    committed = json.loads((VECTORS / "edgekit-tiny.json").read_text(encoding="utf-8"))
+    committed = json.loads((VECTORS / f"{name}.json").read_text(encoding="utf-8"))
     static, bundle = tmp_path / "static", tmp_path / "bundle"
-    _cli("convert", str(ROOT / "edgekit" / "data" / "tiny"), "--to", "onnx", "--static", "-o", str(static), "--json")
+    _cli("convert", str(_model_dir(name)), "--to", "onnx", "--static", *GENERATED[name], "-o", str(static), "--json")
     _cli("package", str(static), "--platform", "android", "-o", str(bundle), "--json")
     fresh = generate(bundle)
     assert fresh == committed, "stale vectors: python -m edgekit.package.vectors BUNDLE -o mobile_demo/vectors"

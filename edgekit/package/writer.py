@@ -238,6 +238,7 @@ def _base(platform: str, artifact: Path, out: Path) -> tuple[dict[str, Any], dic
 
 # -------------------------------------------------------------------------------------------------- android
 
+_ONNX_TYPES = {1: "tensor(float)", 10: "tensor(float16)", 6: "tensor(int32)", 7: "tensor(int64)"}
 _NP_NAMES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
              "tensor(int32)": "int32"}
 
@@ -287,22 +288,31 @@ def _io(value: Any, name: str) -> dict[str, Any]:
                                                                      for d in value.shape]}
 
 
-def _android(artifact: Path, out: Path, work: Path, progress: bool) -> dict[str, Any]:
-    import onnxruntime as ort
+def _graph_io(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """({name: arg}, {name: arg}) of an ONNX graph, read without its weights (the ORT copy has the same I/O)."""
+    from types import SimpleNamespace
 
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def arg(v: Any) -> Any:
+        t = v.type.tensor_type
+        return SimpleNamespace(name=v.name, type=_ONNX_TYPES[t.elem_type],
+                               shape=[d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim])
+
+    return {v.name: arg(v) for v in model.graph.input}, {v.name: arg(v) for v in model.graph.output}
+
+
+def _android(artifact: Path, out: Path, work: Path, progress: bool) -> dict[str, Any]:
     bundle, manifest = _base("android", artifact, out)
     graphs = to_ort(artifact, out, work)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
-    sessions = {g: ort.InferenceSession(str(out / g), so, providers=["CPUExecutionProvider"]) for g in graphs}
-    first = sessions["model.ort"]
-    inputs = {i.name: i for i in first.get_inputs()}
-    outputs = {o.name: o for o in first.get_outputs()}
+    io = {g: _graph_io(artifact / g.replace(".ort", ".onnx")) for g in graphs}
+    inputs, outputs = io["model.ort"]
     past = inputs["past_key_values.0.key"]
     layers = sum(1 for n in inputs if n.startswith("past_key_values.") and n.endswith(".key"))
     kv_heads, slots, head_dim = int(past.shape[1]), int(past.shape[2]), int(past.shape[3])
-    tokens = {g: int(s.get_inputs()[0].shape[1]) for g, s in sessions.items()}
+    tokens = {g: int(i[0]["input_ids"].shape[1]) for g, i in io.items()}
     dtype = (manifest.get("onnx") or {}).get("dtype") or ("fp16" if "16" in past.type else "fp32")
     vocab = int(outputs["logits"].shape[-1])
     usability = manifest.get("mobile_usability") or {}
@@ -352,7 +362,6 @@ def _android(artifact: Path, out: Path, work: Path, progress: bool) -> dict[str,
         "required_operators": "required_operators.config",
         "mobile_usability": usability,
     }
-    del sessions, first
     bundle["selftest"] = _selftest(artifact, bundle, "onnxruntime CPU on the static ONNX export")
     return bundle
 

@@ -89,9 +89,12 @@ public final class StreamDecoder {
         ids.append(token)
         let before = tok.decode(Array(ids[prefix..<read]))
         let after = tok.decode(Array(ids[prefix...]))
-        if after.count > before.count && !after.hasSuffix("\u{FFFD}") {
+        // counted in Unicode scalars, as Python counts code points: a Character count would merge a modifier
+        // (skin tone, combining mark) into the character before it and drop it from the stream
+        let b = before.unicodeScalars.count, a = after.unicodeScalars.count
+        if a > b && !after.hasSuffix("\u{FFFD}") {
             prefix = read; read = ids.count
-            return String(after.dropFirst(before.count))
+            return String(String.UnicodeScalarView(after.unicodeScalars.dropFirst(b)))
         }
         return ""
     }
@@ -100,6 +103,7 @@ public final class StreamDecoder {
         let before = tok.decode(Array(ids[prefix..<read]))
         let after = tok.decode(Array(ids[prefix...]))
         prefix = ids.count; read = ids.count
-        return after.count > before.count ? String(after.dropFirst(before.count)) : ""
+        let b = before.unicodeScalars.count
+        return after.unicodeScalars.count > b ? String(String.UnicodeScalarView(after.unicodeScalars.dropFirst(b))) : ""
     }
 }

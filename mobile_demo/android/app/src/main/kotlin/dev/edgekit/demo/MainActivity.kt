@@ -33,7 +33,7 @@ class MainActivity : AppCompatActivity() {
         val nnapi = findViewById<Switch>(R.id.nnapi)
         val dir = intent.getStringExtra("bundle")?.let { File(it) } ?: File(getExternalFilesDir(null), "bundle")
 
-        fun open(useNnapi: Boolean) {
+        fun load(useNnapi: Boolean) {
             send.isEnabled = false
             status.text = "loading ${dir.path}"
             lifecycleScope.launch {
@@ -54,8 +54,8 @@ class MainActivity : AppCompatActivity() {
         }
 
         nnapi.isChecked = true
-        nnapi.setOnCheckedChangeListener { _, checked -> open(checked) }
-        open(nnapi.isChecked)
+        nnapi.setOnCheckedChangeListener { _, checked -> load(checked) }
+        load(nnapi.isChecked)
 
         send.setOnClickListener {
             val e = engine ?: return@setOnClickListener
