@@ -3,8 +3,8 @@
 A test-only transform rounds one chosen tensor to a coarse grid; the rounded values show up exactly
 in the GGUF file (gguf's reader), the ONNX initializers and the Core ML program's weights, and every
 other tensor is byte-identical to a plain conversion. QuantizedTensor codes: Q8_0 blocks from gguf's
-own quantizer are stored as they are; MatMulNBits int4 codes built here run in onnxruntime and match
-transformers with the dequantized weight put into its model.
+own quantizer are stored as they are; MatMulNBits int4 and MatMulBnb4 NF4 codes built here run in
+onnxruntime and match transformers with the dequantized weight put into its model.
 """
 
 from __future__ import annotations
@@ -168,7 +168,29 @@ def _int4_codes(w: np.ndarray, block: int) -> tuple[QuantizedTensor, np.ndarray]
     return q, deq
 
 
-def test_matmulnbits_int4_codes_run_in_onnxruntime(random_model, tmp_path):
+# bitsandbytes' NF4 code book (QLoRA, Dettmers et al. 2023), as onnxruntime's MatMulBnb4 decodes it
+NF4 = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+                -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+                0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+                0.7229568362236023, 1.0], np.float32)
+
+
+def _nf4_codes(w: np.ndarray, block: int) -> tuple[QuantizedTensor, np.ndarray]:
+    """MatMulBnb4's layout, built here by hand: the (N, K) weight flattened, one absmax per block of the flat
+    array, the nearest NF4 entry per element, two codes per byte (first in the high nibble)."""
+    n, k = w.shape
+    blocks = w.reshape(-1, block)
+    absmax = np.abs(blocks).max(axis=1).astype(np.float32)
+    codes = np.abs(blocks[..., None] / absmax[:, None, None] - NF4).argmin(-1).astype(np.uint8).reshape(-1)
+    packed = ((codes[0::2] << 4) | codes[1::2]).astype(np.uint8)
+    deq = (NF4[codes].reshape(-1, block) * absmax[:, None]).reshape(n, k)
+    return QuantizedTensor("onnx:nf4", (n, k), {"B": packed, "absmax": absmax}, {"block_size": block}), deq
+
+
+@pytest.mark.parametrize("grid", ["onnx:int4", "onnx:nf4"])
+def test_codes_run_in_onnxruntime(grid, random_model, tmp_path):
+    """int4 codes as com.microsoft MatMulNBits, NF4 codes as MatMulBnb4: onnxruntime's logits equal
+    transformers' with the dequantized weight put into the model."""
     import onnx
     import onnxruntime as ort
     import torch
@@ -181,16 +203,18 @@ def test_matmulnbits_int4_codes_run_in_onnxruntime(random_model, tmp_path):
         if info.hf_name != TARGET:
             return None
 
-        def to_int4(a: np.ndarray) -> QuantizedTensor:
-            q, deq["w"] = _int4_codes(a, 32)
+        def to_codes(a: np.ndarray) -> QuantizedTensor:
+            q, deq["w"] = (_int4_codes if grid == "onnx:int4" else _nf4_codes)(a, 32)
             return q
 
-        return to_int4
+        return to_codes
 
-    out = tmp_path / "int4"
+    out = tmp_path / "codes"
     _convert("onnx", src, out, seam=Seam(transform=transform))
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
-    assert [n.domain for n in graph.node if n.op_type == "MatMulNBits"] == ["com.microsoft"]
+    op = "MatMulNBits" if grid == "onnx:int4" else "MatMulBnb4"
+    assert [n.domain for n in graph.node if n.op_type in ("MatMulNBits", "MatMulBnb4")] == ["com.microsoft"]
+    assert [n.op_type for n in graph.node if n.domain == "com.microsoft"] == [op]
     assert "layers.1.mlp.down.weight" not in {t.name for t in graph.initializer}
 
     ids = np.random.RandomState(0).randint(3, 500, size=12)
