@@ -209,6 +209,14 @@ def test_schema_violation_fails(tiny_android, tmp_path):
     assert_one_line_error(inproc("package", "verify", str(b)), "schema", "special_ids/eos")
 
 
+def test_chat_format_disagreeing_with_template_fails(tiny_android, tmp_path):
+    b = _copy(tiny_android, tmp_path)
+    meta = json.loads((b / "bundle.json").read_text())
+    meta["chat"]["format"]["roles"]["user"]["after"] = "<|im_end|>"  # the template writes a newline after it
+    (b / "bundle.json").write_text(json.dumps(meta))
+    assert_one_line_error(inproc("package", "verify", str(b)), "chat format", "template")
+
+
 def test_wrong_io_name_fails(tiny_android, tmp_path):
     b = _copy(tiny_android, tmp_path)
     meta = json.loads((b / "bundle.json").read_text())

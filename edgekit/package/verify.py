@@ -82,6 +82,7 @@ def _check_structure(root: Path, meta: dict[str, Any]) -> dict[str, Any]:
                                           if x is not None)]
     if any(not 0 <= i < max(vocab, meta["model"]["vocab_size"]) for i in ids):
         raise EdgekitError("bundle.json names a special id outside the vocabulary", _REDO)
+    _check_chat_format(meta["chat"])
     if meta["platform"] == "android":
         if rt["engine"] != "onnxruntime":
             raise EdgekitError("an android bundle must run on onnxruntime", _REDO)
@@ -89,6 +90,23 @@ def _check_structure(root: Path, meta: dict[str, Any]) -> dict[str, Any]:
     if rt["engine"] != "coreml":
         raise EdgekitError("an ios bundle must run on Core ML", _REDO)
     return _structure_coreml(root, meta)
+
+
+def _check_chat_format(chat: dict[str, Any]) -> None:
+    """The apps apply the reduced chat format, the reference loop the Jinja template: both must give one prompt."""
+    from edgekit.package.chatformat import PROBES, apply
+    from runtimes.chat import render
+
+    if chat["format"] is None or chat["template"] is None:
+        return
+    for probe in PROBES:
+        try:
+            want = render(chat["template"], probe, bos_token=chat["bos_token"], eos_token=chat["eos_token"])
+        except EdgekitError:
+            continue  # the template refuses this conversation shape
+        if apply(chat["format"], probe) != want:
+            raise EdgekitError(f"bundle.json's chat format renders a {len(probe)}-message conversation differently "
+                               "from its chat template", _REDO)
 
 
 def _structure_ort(root: Path, meta: dict[str, Any]) -> dict[str, Any]:
