@@ -232,6 +232,10 @@ class Store:
             if not self.has_blob(layer["digest"]):
                 raise ModelDamaged(f"blob {layer['digest']} is not in the store", "upload or re-create it")
         data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+        clash = path if path.is_dir() else next((p for p in path.parents if p.is_file()), None)
+        if clash is not None:  # "a:b" (model a, tag b) and "a/b" (namespace a, model b) share a path
+            raise EdgekitError(f"model name {name} collides with another model's name in the store",
+                               "choose another name or tag")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / self._tmp_name()
         try:
