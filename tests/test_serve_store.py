@@ -221,3 +221,23 @@ def test_sigkill_during_create_leaves_a_consistent_store(arts, tiny_dir, tmp_pat
     assert "onnx" in seen  # some kills landed before the commit (the old model stayed)
     assert cli("rm", "m", home=home).returncode == 0
     assert _blobs(home) == []
+
+
+def test_tag_and_namespace_names_cannot_collide(tmp_path):
+    """"a:b" (model a, tag b) lives at manifests/a/b; "a/b" (namespace a) would need that path as a folder."""
+    from edgekit.errors import EdgekitError
+    from edgekit.serve.store import Layer, Store
+
+    store = Store(tmp_path)
+    blob = store.add_blob_stream([b"GGUF not really"])
+    layer = Layer("m.gguf", blob.digest, blob.size)
+    store.create("a:b", "gguf", [layer], {})
+    store.create("x/y", "gguf", [layer], {})
+    for name in ("a/b", "a/b:c", "x:y"):
+        with pytest.raises(EdgekitError, match="collides"):
+            store.create(name, "gguf", [layer], {})
+    assert [str(n) for n in store.names()] == ["a:b", "x/y:latest"]
+    store.remove("a:b")
+    assert store.has_blob(blob.digest)  # x/y still uses it
+    store.remove("x/y")
+    assert not store.has_blob(blob.digest) and not any(store.manifests.iterdir())

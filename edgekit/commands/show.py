@@ -13,8 +13,8 @@ from edgekit.commands import emit
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def show_cmd(name: str, modelfile: bool, as_json: bool) -> None:
     """Show the store model NAME."""
-    from edgekit.serve.ollama_api import show_body
     from edgekit.serve.store import Store
+    from edgekit.serve.store_api import show_body
 
     store = Store()
     body = show_body(store, store.read(name))

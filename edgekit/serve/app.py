@@ -2,7 +2,8 @@
 
 Error bodies are ``{"error": "..."}`` on the Ollama routes and OpenAI's ``{"error": {"message": ...}}``
 under ``/v1``; malformed JSON and wrong types are 400 (not FastAPI's 422), an unknown model 404, a body
-over the limit 413, a missing or wrong key 401. The routes live in ollama_api.py and openai_api.py.
+over the limit 413, a missing or wrong key 401. The routes live in ollama_api.py,
+store_api.py and openai_api.py.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _validation_message(err: RequestValidationError) -> str:
 def create_app(store: Store | None = None, settings: Settings | None = None) -> Any:
     """The ASGI app wrapped in its middleware (log -> CORS -> API key -> body limit -> routes)."""
     from edgekit import __version__
-    from edgekit.serve import ollama_api, openai_api
+    from edgekit.serve import ollama_api, openai_api, store_api
 
     store = store or Store()
     settings = settings or Settings()
@@ -98,6 +99,7 @@ def create_app(store: Store | None = None, settings: Settings | None = None) -> 
         return error_response(request, 500, f"internal error: {type(err).__name__}: {str(err)[:200]}")
 
     app.include_router(ollama_api.router)
+    app.include_router(store_api.router)
     app.include_router(openai_api.router)
 
     wrapped: Any = BodyLimit(app, settings.body_limit)

@@ -192,7 +192,8 @@ def create(store: Store, name: str, mf: Modelfile, base_dir: Path | None = None,
         if summary:
             config["conversion"] = {k: summary.get(k) for k in ("format", "outtype", "dtype", "precision", "adapter",
                                                                 "source_sha256", "seconds") if summary.get(k)}
-        return store.create_from_artifact(target, artifact, fmt, config, adapters=adapter_files, move=move)
+        return store.create_from_artifact(target, artifact, fmt, config, adapters=adapter_files, move=move,
+                                          progress=progress)
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)

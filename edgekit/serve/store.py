@@ -29,7 +29,7 @@ import os
 import secrets
 import shutil
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -176,8 +176,9 @@ class Store:
             raise
         return Layer("", digest, size)
 
-    def add_blob_file(self, path: Path, move: bool = False) -> Layer:
-        """Store the file at ``path`` (copied; with ``move``, renamed when on the same filesystem)."""
+    def add_blob_file(self, path: Path, move: bool = False, on_bytes: Callable[[int], Any] | None = None) -> Layer:
+        """Store the file at ``path`` (copied; with ``move``, renamed when on the same filesystem);
+        ``on_bytes(n)`` is told of every block read (progress)."""
         path = Path(path)
         if move:
             h, size = hashlib.sha256(), 0
@@ -185,6 +186,8 @@ class Store:
                 while block := fh.read(_CHUNK):
                     h.update(block)
                     size += len(block)
+                    if on_bytes is not None:
+                        on_bytes(len(block))
             digest = f"sha256:{h.hexdigest()}"
             try:
                 tmp = self.blobs / self._tmp_name()
@@ -197,23 +200,26 @@ class Store:
         def read() -> Iterator[bytes]:
             with path.open("rb") as fh:
                 while block := fh.read(_CHUNK):
+                    if on_bytes is not None:
+                        on_bytes(len(block))
                     yield block
 
         return self.add_blob_stream(read())
 
-    def add_artifact(self, artifact: Path, move: bool = False) -> list[Layer]:
+    def add_artifact(self, artifact: Path, move: bool = False,
+                     on_bytes: Callable[[int], Any] | None = None) -> list[Layer]:
         """Store every file of an artifact (a file, or a directory walked recursively) as layers."""
         artifact = Path(artifact)
         if artifact.is_file():
             name = artifact.name if artifact.suffix == ".gguf" else "model.gguf"
-            layer = self.add_blob_file(artifact, move=move)
+            layer = self.add_blob_file(artifact, move=move, on_bytes=on_bytes)
             return [Layer(name, layer.digest, layer.size)]
         layers = []
         for f in sorted(p for p in artifact.rglob("*") if p.is_file()):
             rel = f.relative_to(artifact).as_posix()
             if rel.startswith(".") or "/." in rel:
                 continue  # editor and OS droppings are not part of the model
-            layer = self.add_blob_file(f, move=move)
+            layer = self.add_blob_file(f, move=move, on_bytes=on_bytes)
             layers.append(Layer(check_layer_path(rel), layer.digest, layer.size))
         if not layers:
             raise EdgekitError(f"{artifact} holds no files", "pass an artifact written by edgekit convert")
@@ -232,6 +238,10 @@ class Store:
             if not self.has_blob(layer["digest"]):
                 raise ModelDamaged(f"blob {layer['digest']} is not in the store", "upload or re-create it")
         data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+        clash = path if path.is_dir() else next((p for p in path.parents if p.is_file()), None)
+        if clash is not None:  # "a:b" (model a, tag b) and "a/b" (namespace a, model b) share a path
+            raise EdgekitError(f"model name {name} collides with another model's name in the store",
+                               "choose another name or tag")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / self._tmp_name()
         try:
@@ -312,14 +322,28 @@ class Store:
         return self.read(n)
 
     def create_from_artifact(self, name: ModelName | str, artifact: Path, fmt: str, config: dict[str, Any],
-                             adapters: list[Path] = (), move: bool = False) -> dict[str, Any]:
+                             adapters: list[Path] = (), move: bool = False, progress: bool = False) -> dict[str, Any]:
         """Store ``artifact`` (and GGUF ``adapters``) as blobs and write the manifest, under the lock so a
-        concurrent collector cannot take the new blobs before the manifest names them."""
-        with self.lock():
-            layers = self.add_artifact(artifact, move=move)
-            extra = [Layer(f"adapter-{i}.gguf", x.digest, x.size)
-                     for i, x in enumerate(self.add_blob_file(Path(a)) for a in adapters)]
-            return self.create(name, fmt, layers, config, extra)
+        concurrent collector cannot take the new blobs before the manifest names them. ``progress``
+        shows a bar of the bytes hashed and copied (a GGUF of several GB takes a while)."""
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            root = Path(artifact)
+            files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+            total = sum(p.stat().st_size for p in [*files, *map(Path, adapters)])
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc="storing", leave=False)
+        on_bytes = bar.update if bar is not None else None
+        try:
+            with self.lock():
+                layers = self.add_artifact(artifact, move=move, on_bytes=on_bytes)
+                extra = [Layer(f"adapter-{i}.gguf", x.digest, x.size)
+                         for i, x in enumerate(self.add_blob_file(Path(a), on_bytes=on_bytes) for a in adapters)]
+                return self.create(name, fmt, layers, config, extra)
+        finally:
+            if bar is not None:
+                bar.close()
 
     def copy(self, source: ModelName | str, dest: ModelName | str) -> dict[str, Any]:
         src = self.read(source)
