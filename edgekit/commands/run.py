@@ -38,7 +38,10 @@ import click
 def run_cmd(artifact: str, prompt: str | None, chat: bool, raw: bool, system: str | None, device: str,
             fallback: str | None, max_tokens: int, stop: tuple[str, ...], threads: int | None, context: int | None,
             as_json: bool, **sampling: Any) -> None:
-    """Generate with ARTIFACT (a .gguf file, or an ONNX / Core ML directory from edgekit convert)."""
+    """Generate with ARTIFACT (a .gguf file, or an ONNX / Core ML directory from edgekit convert).
+
+    With -p, one answer: a chat model (one whose artifact carries a chat template) gets the prompt as a
+    user message through its template, --raw completes the text as is. Without -p, an interactive chat."""
     import runtimes
     from edgekit.chat_repl import Chat, reader_for_stdin, valid_text, warn_replaced
     from edgekit.errors import EdgekitError
