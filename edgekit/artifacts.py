@@ -165,6 +165,8 @@ def check_line(check: dict[str, Any] | None) -> str:
         return "not recorded (converted by an older edgekit)"
     if check.get("ok"):
         return f"ok: {check.get('tokens')} probe tokens identical to transformers"
+    if check.get("ok") is None:
+        return str(check.get("detail", "not checked"))
     return f"MISMATCH: {check.get('detail')}"
 
 

@@ -128,8 +128,9 @@ def stop_token_ids(directory: Path) -> list[int]:
     the token the chat template ends an assistant turn with."""
     token_id, specials = _token_ids(directory)
     ids: set[int] = set()
-    generation = read_json(directory / "generation_config.json") or read_json(directory / "config.json")
-    eos = generation.get("eos_token_id")
+    eos = read_json(directory / "generation_config.json").get("eos_token_id")
+    if eos is None:
+        eos = read_json(directory / "config.json").get("eos_token_id")
     for value in eos if isinstance(eos, list) else [eos]:
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             ids.add(value)

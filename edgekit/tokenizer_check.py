@@ -29,6 +29,11 @@ def reference(hf: Any, template: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {"text": PROBE_TEXT, "text_ids": list(hf.encode(PROBE_TEXT, add_special_tokens=True))}
     if template:
         try:
+            from runtimes.chat import render
+
+            # transformers renders without limits: a hostile template would hang the conversion here, so
+            # edgekit's limited renderer goes first (its EdgekitError lands in chat_error below)
+            render(template, PROBE_CONVERSATION, bos_token=hf.bos_token, eos_token=hf.eos_token)
             rendered = hf.apply_chat_template(PROBE_CONVERSATION, chat_template=template, tokenize=False,
                                               add_generation_prompt=True)
             ids = hf.apply_chat_template(PROBE_CONVERSATION, chat_template=template, tokenize=True,

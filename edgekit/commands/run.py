@@ -50,7 +50,10 @@ def run_cmd(artifact: str, prompt: str | None, chat: bool, raw: bool, system: st
             verify: bool, as_json: bool, lookup: bool, draft_model: str | None, draft_tokens: int | None,
             **sampling: Any) -> None:
     """Generate with ARTIFACT (a .gguf file, an ONNX / Core ML directory from edgekit convert, or a store
-    model NAME[:TAG] from edgekit create / pull)."""
+    model NAME[:TAG] from edgekit create / pull).
+
+    With -p, one answer: a chat model (one whose artifact carries a chat template) gets the prompt as a
+    user message through its template, --raw completes the text as is. Without -p, an interactive chat."""
     import runtimes
     from edgekit.chat_repl import Chat, reader_for_stdin, valid_text, warn_replaced
     from edgekit.errors import EdgekitError
