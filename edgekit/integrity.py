@@ -276,8 +276,8 @@ def check(artifact: str | Path, full: bool = False) -> dict[str, Any]:
                   "tensors": layout.tensors, "sha256_recorded": recorded is not None}
         if full:
             if recorded is None:
-                raise EdgekitError(f"{path} records no {DATA_SHA256_KEY} (not written by edgekit); its header and "
-                                   "size are intact but its data cannot be verified",
+                raise EdgekitError(f"{path} records no {DATA_SHA256_KEY} (written by another tool or an older "
+                                   "edgekit); its header and size are intact but its data cannot be verified",
                                    "re-create it with edgekit convert to get a verifiable artifact")
             actual = sha256_from(path, layout.kv_end)
             if actual != recorded:
