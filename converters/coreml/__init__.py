@@ -79,6 +79,7 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
 def _write(ckpt: Any, spec: Any, out: Path, *, context: int, precision: str, progress: bool) -> dict[str, Any]:
     from converters.coreml import mlprogram, wrapper
     from edgekit import manifest as mf
+    from edgekit.atomic import temporary_files_in
     from edgekit.tokenizer import chat_template, describe
 
     steps = ["read weights", "trace + convert", "save"]
@@ -87,8 +88,6 @@ def _write(ckpt: Any, spec: Any, out: Path, *, context: int, precision: str, pro
         from tqdm import tqdm
 
         bar = tqdm(total=len(steps), desc="coreml export", unit="step", leave=False, disable=None)
-    from edgekit.atomic import temporary_files_in
-
     try:
         # coremltools' intermediate packages (else /tmp/tmp*) live in, and go with, the artifact's temporary dir
         with temporary_files_in(out):
