@@ -52,7 +52,7 @@ class _Reader:
         self.data, self.size, self.path, self.pos = data, size, path, 0
 
     def bad(self, why: str) -> EdgekitError:
-        return EdgekitError(f"{self.path} is a damaged GGUF file ({why})", RECREATE)
+        return EdgekitError(f"{self.path} is a corrupt GGUF file ({why})", RECREATE)
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > self.size:
@@ -276,8 +276,8 @@ def check(artifact: str | Path, full: bool = False) -> dict[str, Any]:
                   "tensors": layout.tensors, "sha256_recorded": recorded is not None}
         if full:
             if recorded is None:
-                raise EdgekitError(f"{path} records no {DATA_SHA256_KEY} (not written by edgekit); its header and "
-                                   "size are intact but its data cannot be verified",
+                raise EdgekitError(f"{path} records no {DATA_SHA256_KEY} (written by another tool or an older "
+                                   "edgekit); its header and size are intact but its data cannot be verified",
                                    "re-create it with edgekit convert to get a verifiable artifact")
             actual = sha256_from(path, layout.kv_end)
             if actual != recorded:
@@ -292,6 +292,8 @@ def check(artifact: str | Path, full: bool = False) -> dict[str, Any]:
         return {"artifact": str(path), "format": None, "checked": "none", "files": 0}
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if "files" not in manifest and not full:  # hand-made or pre-manifest directories: nothing to compare
+            return {"artifact": str(path), "format": manifest.get("format"), "checked": "none", "files": 0}
         files = manifest["files"]
         entries = [(str(name), int(info["bytes"]), str(info["sha256"])) for name, info in files.items()]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, RecursionError):

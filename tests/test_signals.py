@@ -44,8 +44,9 @@ def _interrupt(proc: subprocess.Popen, sig: int) -> str:
     return err
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_signal_mid_gguf_write_leaves_nothing(sig, smollm2_dir, tmp_path):
+def test_sighup_mid_gguf_write_leaves_nothing(smollm2_dir, tmp_path):
+    """SIGHUP here, SIGTERM in the ONNX and Core ML tests below: the same handler serves both."""
+    sig = signal.SIGHUP
     dest, tmpdir = tmp_path / "out" / "s.gguf", tmp_path / "tmp"
     tmpdir.mkdir()
     proc = _start(["convert", str(smollm2_dir), "--to", "gguf", "-o", str(dest), "--outtype", "f32"], tmpdir)

@@ -78,6 +78,7 @@ def _write(ckpt: Any, spec: Any, out: Path, *, context: int, precision: str, pro
     from converters.coreml import mlprogram, wrapper
     from edgekit import manifest as mf
     from edgekit import tokenizer_check
+    from edgekit.atomic import temporary_files_in
     from edgekit.tokenizer import chat_template, copy_files, describe, stop_token_ids
 
     steps = ["read weights", "trace + convert", "save"]
@@ -86,8 +87,6 @@ def _write(ckpt: Any, spec: Any, out: Path, *, context: int, precision: str, pro
         from tqdm import tqdm
 
         bar = tqdm(total=len(steps), desc="coreml export", unit="step", leave=False, disable=None)
-    from edgekit.atomic import temporary_files_in
-
     try:
         # coremltools' intermediate packages (else /tmp/tmp*) live in, and go with, the artifact's temporary dir
         with temporary_files_in(out):
