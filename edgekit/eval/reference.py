@@ -34,12 +34,12 @@ def key(ref: Path, windows: np.ndarray, ctx: int) -> str:
     return h.hexdigest()[:32]
 
 
-def summarize(logits: np.ndarray, targets: np.ndarray, k: int = TOP_K) -> dict[str, np.ndarray]:
+def summarize(logits: np.ndarray, targets: np.ndarray, k: int | None = None) -> dict[str, np.ndarray]:
     """Top-k (ids, logits), log-sum-exp and log p(target) of float32 ``logits`` [n, vocab]."""
     x = logits.astype(np.float64)
     m = x.max(axis=1, keepdims=True)
     lse = (m[:, 0] + np.log(np.exp(x - m).sum(axis=1)))
-    k = min(k, x.shape[1])
+    k = min(k or TOP_K, x.shape[1])
     ids = np.argpartition(-x, k - 1, axis=1)[:, :k]
     vals = np.take_along_axis(x, ids, axis=1)
     order = np.argsort(-vals, axis=1, kind="stable")
