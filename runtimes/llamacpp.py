@@ -158,6 +158,7 @@ class LlamaCppEngine(Engine):
                                    "--adapter-only --to gguf") from None
             raise EdgekitError(f"cannot load {path}: {_diagnose(path)}",
                                "re-create the file with edgekit convert --to gguf") from err
+        self._engine_default_attention()
         self.threads = n_threads
         train_ctx = self.llm._model.n_ctx_train()
         # llama.cpp rounds n_ctx up (to 256): the window asked for (or the model's, if smaller) is enforced
@@ -180,6 +181,21 @@ class LlamaCppEngine(Engine):
         self._vocab = vocab
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
+
+    def _engine_default_attention(self) -> None:
+        """llama.cpp's own default is flash attention "auto" (on where the backend supports it, as llama-cli and
+        llama-bench run); llama-cpp-python's ``Llama`` can only say on or off and says off. The context is made
+        again with llama.cpp's default before anything ran in it."""
+        lib, llm = self._lib, self.llm
+        auto = getattr(lib, "LLAMA_FLASH_ATTN_TYPE_AUTO", None)
+        if auto is None or llm.context_params.flash_attn_type == auto:
+            return
+        from llama_cpp._internals import LlamaContext
+
+        llm.context_params.flash_attn_type = auto
+        old = llm._ctx
+        llm._ctx = LlamaContext(model=llm._model, params=llm.context_params, verbose=False)
+        old.close()
 
     # -- tokenizer --------------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
