@@ -152,7 +152,8 @@ def inspect_directory(path: Path) -> dict[str, Any]:
     }
 
 
-def _size(n: int) -> str:
+def human_size(n: float) -> str:
+    """Bytes as people read them (decimal units, as `ls -h --si` and the README do)."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -176,7 +177,7 @@ def format_text(info: dict[str, Any]) -> str:
     if info["format"] == "gguf":
         types = ", ".join(f"{k} {v}" for k, v in info["tensor_types"].items())
         lines = [
-            f"artifact      {info['path']} (GGUF v{info['gguf_version']}, {_size(info['bytes'])})",
+            f"artifact      {info['path']} (GGUF v{info['gguf_version']}, {human_size(info['bytes'])})",
             f"architecture  {info['architecture']}" + (f" ({info['name']})" if info["name"] else ""),
             f"tensors       {info['tensors']} ({info['parameters']:,} parameters): {types}",
             f"quantization  {info['quantization']}",
@@ -189,7 +190,7 @@ def format_text(info: dict[str, Any]) -> str:
         quant = info["quantization"] or {}
         q = ", ".join(f"{k} {v}" for k, v in quant.items()) if isinstance(quant, dict) else str(quant)
         lines = [
-            f"artifact      {info['path']} ({info['format']}, {info['files']} files, {_size(info['bytes'])})",
+            f"artifact      {info['path']} ({info['format']}, {info['files']} files, {human_size(info['bytes'])})",
             f"architecture  {info['architecture']}",
             f"source        {info['source']}",
             f"quantization  {q}",

@@ -8,6 +8,7 @@ from typing import Any
 
 from edgekit import spec as specmod
 from edgekit import tokenizer
+from edgekit.artifacts import human_size
 from edgekit.checkpoint import open_checkpoint
 
 
@@ -50,14 +51,6 @@ def inspect(model: str | os.PathLike, adapter: str | os.PathLike | None = None,
     return result
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
-
-
 def format_text(info: dict[str, Any]) -> str:
     """The human-readable form of :func:`inspect`'s result."""
     s = info["spec"]
@@ -70,7 +63,7 @@ def format_text(info: dict[str, Any]) -> str:
         f"architecture  {info['architecture']} ({info['hf_class']})",
         f"parameters    {info['parameters']:,} ({info['stored_parameters']:,} stored in {info['tensors']} tensors)",
         f"dtypes        {', '.join(f'{k} {v:,}' for k, v in info['dtypes'].items())}",
-        f"on disk       {_size(info['size_on_disk'])} ({info['weights']})",
+        f"on disk       {human_size(info['size_on_disk'])} ({info['weights']})",
         f"layers        {s['num_layers']} x hidden {s['hidden_size']}, ffn {s['intermediate_size']}, "
         f"{s['activation']}",
         f"attention     {s['num_heads']} heads, {s['num_kv_heads']} kv heads, head_dim {s['head_dim']}"

@@ -196,6 +196,13 @@ class LlamaCppEngine(Engine):
         old = llm._ctx
         llm._ctx = LlamaContext(model=llm._model, params=llm.context_params, verbose=False)
         old.close()
+        if llm._lora_adapter is not None:  # a LoRA is set on the context, so the new one needs it again
+            adapters = (lib.llama_adapter_lora_p_ctypes * 1)(llm._lora_adapter)
+            scales = (ctypes.c_float * 1)(llm.lora_scale)
+            if lib.llama_set_adapters_lora(llm._ctx.ctx, adapters, 1, scales):
+                raise EdgekitError(f"llama.cpp cannot apply the LoRA adapter {llm.lora_path}",
+                                   "convert the adapter against this base: edgekit convert BASE --adapter DIR "
+                                   "--adapter-only --to gguf")
 
     # -- tokenizer --------------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:

@@ -264,15 +264,6 @@ def test_cli_unsupported_architecture(random_model, tmp_path):
     _nothing_at(dest)
 
 
-def test_cli_output_exists(random_model, tmp_path):
-    dest = tmp_path / "out"
-    dest.mkdir()
-    (dest / "keep.txt").write_text("mine")
-    proc = run_cli("convert", str(random_model("llama")), "--to", "coreml", "-o", str(dest))
-    assert_one_line_error(proc, "did not write", "keep.txt")
-    assert (dest / "keep.txt").read_text() == "mine" and sorted(p.name for p in dest.iterdir()) == ["keep.txt"]
-
-
 @pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="root ignores directory permissions")
 def test_cli_unwritable_destination_nonroot(random_model, tmp_path):
     locked = tmp_path / "locked"

@@ -368,15 +368,6 @@ def test_moe_is_a_clear_error(random_model, tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_existing_output_is_refused(random_model, tmp_path):
-    out = tmp_path / "exists"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    proc = run_cli("convert", str(random_model("llama")), "--to", "onnx", "-o", str(out))
-    assert_one_line_error(proc, "did not write", "keep.txt")
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
-
-
 def test_unwritable_destination(random_model, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")  # a file as the parent directory: not writable even for root

@@ -51,6 +51,17 @@ def test_force_refuses_directory_with_unrelated_files(fmt, tiny_copy, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "tiny"]  # no temporary left behind
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "coreml"])
+def test_existing_directory_with_foreign_files_is_refused(fmt, random_model, tmp_path):
+    """Without --force too: one line naming a file edgekit did not write, which stays as it was."""
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    proc = cli("convert", str(random_model("llama")), "--to", fmt, "-o", str(out))
+    assert_one_line_error(proc, "did not write", "keep.txt")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+
+
 @pytest.mark.parametrize("fmt", ["gguf", "onnx", "coreml"])
 def test_force_refuses_current_directory(fmt, tiny_copy, tmp_path):
     work = _user_dir(tmp_path)

@@ -114,7 +114,7 @@ def test_android_verify_passes_and_reference_equals_edgekit_run(tiny_android, ti
     assert report["numeric"]["greedy_tokens"] == 32
     for chat in (False, True):
         args = ["run", str(tiny_static), "-p", PROMPT, "-n", "32", "--device", "cpu", "--json"]
-        run = ok(cli(*args, "--chat") if chat else cli(*args))
+        run = ok(cli(*args, "--chat") if chat else cli(*args, "--raw"))  # -p alone would use the chat template
         ref = reference(tiny_android, PROMPT, chat)
         assert len(run["tokens"]) == 32
         assert ref["tokens"] == run["tokens"], (chat, ref["text"], run["text"])
@@ -284,6 +284,6 @@ def test_ios_reference_equals_edgekit_run_on_macos(tiny_dir, tmp_path):
     ok(cli("package", str(coreml), "--platform", "ios", "-o", str(out), "--json"))
     for chat in (False, True):
         args = ["run", str(coreml), "-p", PROMPT, "-n", "32", "--json"]
-        run = ok(cli(*args, "--chat") if chat else cli(*args))
+        run = ok(cli(*args, "--chat") if chat else cli(*args, "--raw"))  # -p alone would use the chat template
         ref = reference(out, PROMPT, chat)
         assert ref["tokens"] == run["tokens"], (chat, ref["text"], run["text"])

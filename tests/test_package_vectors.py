@@ -83,5 +83,5 @@ def test_vectors_are_current_and_greedy_equals_edgekit_run(tmp_path, name):
     assert len(committed["greedy"]) >= 2
     for case in committed["greedy"]:
         args = ["run", str(static), "-p", case["prompt"], "-n", str(len(case["tokens"])), "--device", "cpu", "--json"]
-        run = _cli(*args, "--chat") if case["chat"] else _cli(*args)
+        run = _cli(*args, "--chat") if case["chat"] else _cli(*args, "--raw")  # -p alone: the chat template
         assert run["tokens"] == case["tokens"] and run["text"] == case["text"]

@@ -68,14 +68,21 @@ class Sha256Later:
         if self.error is not None:
             raise self.error
         assert self.value is not None
-        with path.open("r+b") as fh:
-            head = fh.read(search_bytes)
-            at = head.find(self.placeholder.encode())
-            if at < 0:
-                raise RuntimeError("sha256 placeholder not found in the GGUF metadata")
-            fh.seek(at)
-            fh.write(self.value.encode())
+        patch_placeholder(path, search_bytes, self.placeholder, self.value, "sha256")
         return self.value
+
+
+def patch_placeholder(path: Path, search_bytes: int, placeholder: str, value: str, what: str) -> None:
+    """Overwrite ``placeholder`` (a unique string of the same length as ``value``) in the first
+    ``search_bytes`` of the written file: GGUF metadata values known only after the tensors are written."""
+    if len(value) != len(placeholder):
+        raise ValueError(f"{what}: the value must be as long as its placeholder")
+    with path.open("r+b") as fh:
+        at = fh.read(search_bytes).find(placeholder.encode())
+        if at < 0:
+            raise RuntimeError(f"{what} placeholder not found in the GGUF metadata")
+        fh.seek(at)
+        fh.write(value.encode())
 
 
 class TokenizerCheckLater:
@@ -97,13 +104,7 @@ class TokenizerCheckLater:
         if len(text) > self.WIDTH:  # keep the verdict, shorten the detail
             short = {**self.record, "detail": str(self.record.get("detail", ""))[:self.WIDTH // 2]}
             text = tokenizer_check.as_metadata(short)[:self.WIDTH]
-        with path.open("r+b") as fh:
-            head = fh.read(search_bytes)
-            at = head.find(self.placeholder.encode())
-            if at < 0:
-                raise RuntimeError("tokenizer check placeholder not found in the GGUF metadata")
-            fh.seek(at)
-            fh.write(text.ljust(self.WIDTH).encode())
+        patch_placeholder(path, search_bytes, self.placeholder, text.ljust(self.WIDTH), "tokenizer check")
         return self.record
 
 
