@@ -22,3 +22,26 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert "Traceback" not in proc.stderr
     for needle in needles:
         assert needle.lower() in lines[0].lower(), (needle, lines[0])
+
+
+def converted(src: Path, out: Path, *args: str) -> Path:
+    """``edgekit convert SRC ARGS -o OUT`` through the CLI, which must succeed; returns OUT."""
+    proc = run_cli("convert", str(src), *args, "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def random_lora(model, directory: Path, std: float):
+    """Give ``model`` a seeded LoRA (r 4, alpha 8 on q/v/down) with lora_B ~ N(0, std), save the adapter in
+    ``directory``, and return the model with it merged (peft's own merge: the reference)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * std)
+    peft_model.save_pretrained(directory)
+    return peft_model.merge_and_unload().eval()

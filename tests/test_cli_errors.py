@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, converted, run_cli
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -169,10 +169,7 @@ def test_bad_adapter_config(changes, needles, base, tmp_path, ek):
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory, base):
-    out = tmp_path_factory.mktemp("g") / "r.gguf"
-    proc = run_cli("convert", str(base), "--to", "gguf", "-o", str(out))
-    assert proc.returncode == 0, proc.stderr
-    return out
+    return converted(base, tmp_path_factory.mktemp("g") / "r.gguf", "--to", "gguf")
 
 
 @pytest.mark.parametrize("args, needles", [

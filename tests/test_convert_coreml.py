@@ -21,7 +21,7 @@ import transformers
 from converters.coreml import mlprogram, wrapper
 from edgekit.checkpoint import open_checkpoint
 from edgekit.spec import from_config
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, random_lora, run_cli
 
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 TOL = 1e-4  # max |diff| relative to max |logit|, fp32
@@ -85,18 +85,9 @@ def test_traced_wrapper_truncate_and_reprefill(random_model):
 
 def test_traced_wrapper_with_adapter(random_model, tmp_path):
     """--adapter goes through open_checkpoint's merge: the wrapper matches peft's merged model."""
-    from peft import LoraConfig, get_peft_model
 
     d = random_model("qwen2")
-    torch.manual_seed(0)
-    peft_model = get_peft_model(_reference(d), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj",
-                                                                                             "down_proj"]))
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn_like(p) * 0.1)
-    peft_model.save_pretrained(tmp_path / "adapter")
-    merged = peft_model.merge_and_unload().eval()
+    merged = random_lora(_reference(d), tmp_path / "adapter", 0.1)
     ids = torch.randint(0, 512, (1, 10), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         want = merged(ids).logits

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, converted, run_cli
 
 
 def _garble(path, at_fraction=0.5, n=200_000):
@@ -23,18 +23,12 @@ def _garble(path, at_fraction=0.5, n=200_000):
 
 @pytest.fixture(scope="module")
 def gguf_file(tmp_path_factory, tiny_dir):
-    out = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
-    proc = run_cli("convert", str(tiny_dir), "--to", "gguf", "-o", str(out))
-    assert proc.returncode == 0, proc.stderr
-    return out
+    return converted(tiny_dir, tmp_path_factory.mktemp("gguf") / "tiny.gguf", "--to", "gguf")
 
 
 @pytest.fixture(scope="module")
 def onnx_dir(tmp_path_factory, tiny_dir):
-    out = tmp_path_factory.mktemp("onnx") / "tiny-onnx"
-    proc = run_cli("convert", str(tiny_dir), "--to", "onnx", "-o", str(out))
-    assert proc.returncode == 0, proc.stderr
-    return out
+    return converted(tiny_dir, tmp_path_factory.mktemp("onnx") / "tiny-onnx", "--to", "onnx")
 
 
 def test_verify_intact_gguf_and_run_verify(gguf_file):

@@ -6,24 +6,18 @@ import pytest
 import torch
 from serve_support import cli, serving, write_modelfile
 
+from helpers import random_lora
+
 MESSAGES = [{"role": "user", "content": "Where does Anne Elliot live?"}]
 
 
 @pytest.fixture(scope="module")
 def tuned(tiny_dir, tmp_path_factory):
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     work = tmp_path_factory.mktemp("lora")
-    torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn_like(p) * 0.05)
-    peft_model.save_pretrained(work / "adapter")
-    merged = peft_model.merge_and_unload().eval()
+    merged = random_lora(base, work / "adapter", 0.05)
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     # FROM the checkpoint, ADAPTER relative to the Modelfile, f32 so greedy output is comparable; no TEMPLATE
     write_modelfile(work / "Modelfile", f"FROM {tiny_dir}\nADAPTER ./adapter\nQUANTIZE f32\n"
