@@ -30,11 +30,11 @@ _FIX = "pass an edgekit convert output (--to onnx --static for android, --to cor
 
 def _artifact(source: str) -> dict[str, Any] | None:
     """The artifact's edgekit.json if ``source`` is an edgekit convert output, else None (a model reference)."""
-    from edgekit.jsonfile import read_json
+    from edgekit.tokenizer import read_json
 
     path = Path(source)
     if path.is_dir() and (path / "edgekit.json").is_file():  # convert outputs carry it; checkpoints do not
-        manifest = read_json(path / "edgekit.json", "edgekit.json", optional=True)
+        manifest = read_json(path / "edgekit.json")
         if not manifest.get("format"):
             raise EdgekitError(f"{path / 'edgekit.json'} is unreadable or names no format", _FIX)
         return manifest
@@ -135,8 +135,8 @@ def _tokenizer(artifact: Path, out: Path) -> tuple[dict[str, Any], dict[str, Any
     """(tokenizer, chat, special_ids, sampling) sections; copies tokenizer.json into ``out``."""
     from tokenizers import Tokenizer
 
-    from edgekit.jsonfile import read_json
     from edgekit.package import chatformat
+    from edgekit.tokenizer import read_json
     from runtimes.hftokenizer import HFTokenizer
 
     if not (artifact / "tokenizer.json").is_file():
@@ -148,7 +148,7 @@ def _tokenizer(artifact: Path, out: Path) -> tuple[dict[str, Any], dict[str, Any
     plain = tok.encode("a", add_special_tokens=False).ids
     full = tok.encode("a", add_special_tokens=True).ids
     at = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), 0)
-    tokenizer_json = read_json(artifact / "tokenizer.json", "tokenizer.json", optional=True)
+    tokenizer_json = read_json(artifact / "tokenizer.json")
     unsupported = unsupported_tokenizer_parts(tokenizer_json)
     tokenizer = {"kind": "other" if unsupported else "byte_level_bpe", "file": "tokenizer.json",
                  "vocab_size": tok.get_vocab_size(with_added_tokens=True),
@@ -160,9 +160,9 @@ def _tokenizer(artifact: Path, out: Path) -> tuple[dict[str, Any], dict[str, Any
             "eos_token": hf.eos_token, "format": fmt}
     if problem:
         chat["format_problem"] = problem
-    config = read_json(artifact / "config.json", "config.json", optional=True)
-    generation = read_json(artifact / "generation_config.json", "generation_config.json", optional=True)
-    tok_config = read_json(artifact / "tokenizer_config.json", "tokenizer_config.json", optional=True)
+    config = read_json(artifact / "config.json")
+    generation = read_json(artifact / "generation_config.json")
+    tok_config = read_json(artifact / "tokenizer_config.json")
     pad = generation.get("pad_token_id", config.get("pad_token_id"))
     if pad is None:
         pad_text = tok_config.get("pad_token")
@@ -226,9 +226,9 @@ def _model_section(artifact: Path, manifest: dict[str, Any], dtype: str, vocab: 
 
 def _base(platform: str, artifact: Path, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from edgekit import __version__
-    from edgekit.jsonfile import read_json
+    from edgekit.tokenizer import read_json
 
-    manifest = read_json(artifact / "edgekit.json", "edgekit.json", optional=True)
+    manifest = read_json(artifact / "edgekit.json")
     tokenizer, chat, special, sampling = _tokenizer(artifact, out)
     bundle = {"schema_version": SCHEMA_VERSION, "edgekit_version": __version__, "platform": platform,
               "model": {}, "files": {}, "tokenizer": tokenizer, "chat": chat, "special_ids": special,
