@@ -63,10 +63,11 @@ def _session(path: Path, selection: Selection, threads: int | None) -> Any:
     so.intra_op_num_threads = threads or physical_cores()
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
-        # the user asked OpenMP threads (llama.cpp) to sleep at barriers: onnxruntime's pool threads get the same
-        # (they spin between ops by default, which halves decode speed when other work shares the cores and
-        # gains a few percent on an idle host). Read, never set: without it onnxruntime keeps its default.
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "ACTIVE":
+        # Pool threads wait without spinning, as onnxruntime-genai's generation loop runs them: with spinning, a
+        # decode step (dozens of small ops) loses 2-3x as soon as anything else wants the cores (measured:
+        # benchmarks/runtime.py, notes in README), for a few percent gained on an idle host. A user who wants
+        # spinning says so the way OpenMP (llama.cpp) is told: OMP_WAIT_POLICY=ACTIVE. Read, never set.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), so, providers=selection.providers)

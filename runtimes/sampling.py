@@ -106,8 +106,10 @@ def distribution(logits: np.ndarray, history: Sequence[int], p: SamplingParams) 
 def check_finite(logits: np.ndarray) -> None:
     """Refuse logits a healthy model never produces (NaN, +inf, or nothing above -inf): they mean damaged
     weights, and sampling them would print token 0 or garbage as if it were the answer."""
-    x = np.asarray(logits)
-    if np.isnan(x).any() or np.isposinf(x).any() or not (x > -np.inf).any():
+    # one reduction instead of three full-vocab passes (this runs every token): max is NaN when any entry is
+    # NaN, +inf when any is +inf, -inf when all are -inf
+    top = np.asarray(logits).max()
+    if not -np.inf < top < np.inf:
         raise EdgekitError("the model produced non-finite logits (NaN or infinity); its weights are damaged",
                            "run edgekit verify on the artifact and re-create it with edgekit convert")
 
