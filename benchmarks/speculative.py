@@ -1,5 +1,5 @@
 """Speculative decoding on an input-echoing task: decode tokens/s of SmolLM2-135M-Instruct rewriting a ~300-token
-code snippet with one change, plain vs prompt lookup (``edgekit run --lookup``), greedy.
+code snippet with one change, plain vs prompt lookup (what ``edgekit run --lookup`` runs), greedy.
 
 Each run is a fresh process with the user's environment, through the public API (``runtimes.load``, the
 model's chat template, ``generate`` with or without ``PromptLookup``); rounds alternate which side goes
@@ -63,13 +63,13 @@ def side(artifact: str, lookup: bool, n: int, threads: int) -> dict:
     import runtimes
     from runtimes.chat import prompt_tokens
     from runtimes.generate import generate
-    from runtimes.speculative import PromptLookup
+    from runtimes.speculative import drafter
 
     engine = runtimes.load(artifact, threads=threads)
     prompt = prompt_tokens(engine, [{"role": "user", "content": TASK}])
     generate(engine, prompt[:16], max_tokens=8)  # warm-up
     engine.reset()
-    out = generate(engine, prompt, max_tokens=n, draft=PromptLookup() if lookup else None)
+    out = generate(engine, prompt, max_tokens=n, draft=drafter(engine, lookup=lookup))
     return {"prompt_tokens": len(prompt), "snippet_tokens": len(engine.tokenize(SNIPPET, add_special=False)),
             "decode_tps": (out.eval_count - 1) / out.eval_seconds, "tokens": out.tokens, "text": out.text,
             "speculative": out.speculative}

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from edgekit.errors import EdgekitError
-from runtimes.engine import Engine
+from runtimes.engine import Engine, common_prefix
 
 
 class Drafter(Protocol):
@@ -33,14 +33,33 @@ class Drafter(Protocol):
 
 class PromptLookup:
     """n-gram lookup in the context (as transformers' ``prompt_lookup_num_tokens`` and llama.cpp's
-    lookup decoding do), written here because neither exposes it apart from its own generation loop."""
+    lookup decoding do), written here because neither exposes it apart from its own generation loop.
+
+    ``adaptive``: the guess length follows how the last guess fared (transformers' "heuristic" schedule for
+    assistant tokens, with a sharper cut): +2 after a guess accepted whole, the accepted length + 1 after a
+    rejection, between 1 and ``tokens``. A rejected guess costs its tokens' share of the verifying forward, so
+    drafts stay short where the output leaves the input and grow where it copies it."""
 
     name = "lookup"
 
-    def __init__(self, tokens: int = 10, max_ngram: int = 3, min_ngram: int = 1) -> None:
+    def __init__(self, tokens: int = 10, max_ngram: int = 3, min_ngram: int = 1, adaptive: bool = False,
+                 start: int = 4) -> None:
         self.tokens, self.max_ngram, self.min_ngram = tokens, max_ngram, min_ngram
+        self.adaptive, self.length = adaptive, min(start, tokens)
+        self._last: tuple[int, list[int]] | None = None  # (len(history) when proposed, the guess)
 
     def propose(self, history: Sequence[int], k: int) -> list[int]:
+        if self.adaptive:
+            if self._last is not None:  # the guess was fed after history[:at]; what was emitted since tells
+                at, guess = self._last
+                accepted = common_prefix(history[at:at + len(guess)], guess)
+                self.length = min(self.tokens, self.length + 2) if accepted == len(guess) else max(1, accepted + 1)
+            k = min(k, self.length)
+        guess = self._lookup(history, k)
+        self._last = (len(history), guess) if guess else None
+        return guess
+
+    def _lookup(self, history: Sequence[int], k: int) -> list[int]:
         seq = np.asarray(history, dtype=np.int64)
         for n in range(min(self.max_ngram, len(seq) - 1), self.min_ngram - 1, -1):
             windows = sliding_window_view(seq[:-1], n)      # every earlier n-gram, not the last one itself
@@ -93,7 +112,7 @@ def drafter(target: Engine, *, draft: str | None = None, lookup: bool = False, t
     if tokens is not None and tokens < 1:
         raise EdgekitError(f"--draft-tokens {tokens} must be at least 1", "pass a positive number of tokens")
     if lookup:
-        return PromptLookup(tokens or 10)
+        return PromptLookup(tokens or 16, adaptive=True)
     if draft:
         import runtimes
 

@@ -43,7 +43,7 @@ from edgekit.commands import FINITE, NON_NEGATIVE
 @click.option("--draft", "draft_model", metavar="ARTIFACT", help="Speculative decoding with this smaller model "
               "(same vocabulary) drafting.")
 @click.option("--draft-tokens", type=click.IntRange(min=1),
-              help="Tokens drafted per step (default: 10 with --lookup, 5 with --draft).")
+              help="Most tokens drafted per step (default: 16 with --lookup, adapting to acceptance; 5 with --draft).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with text, tokens and timings.")
 def run_cmd(artifact: str, prompt: str | None, chat: bool, raw: bool, system: str | None, device: str,
             fallback: str | None, max_tokens: int, stop: tuple[str, ...], threads: int | None, context: int | None,
