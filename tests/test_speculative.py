@@ -30,6 +30,17 @@ def test_prompt_lookup_proposes_what_followed_the_latest_match():
     assert look.propose([5, 5, 5], 4) == [5]                           # what follows runs to the end of history
 
 
+def test_adaptive_lookup_grows_after_a_whole_guess_and_shrinks_after_a_rejection():
+    look = PromptLookup(16, adaptive=True)
+    history = [*range(1, 21), 1, 2, 3]                          # the output starts echoing 1..20
+    assert look.propose(history, 16) == [4, 5, 6, 7]            # first guess: 4 tokens
+    history += [4, 5, 6, 7, 8]                                  # all four accepted, then the target's 8
+    assert look.propose(history, 16) == [9, 10, 11, 12, 13, 14]  # +2
+    history += [9, 10, 3]                                       # two accepted, then the target left the echo
+    assert look.propose(history, 16) == [4, 5, 6]               # accepted + 1
+    assert look.propose(history + [4, 5, 6, 7], 2) == [8, 9]    # the caller's room still caps it
+
+
 @pytest.fixture(scope="module")
 def tiny_artifacts(tiny_dir, tmp_path_factory):
     if not (tiny_dir / "model.safetensors").exists():
