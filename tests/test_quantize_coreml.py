@@ -79,6 +79,11 @@ def test_codes_in_the_program_are_the_quantizers(artifact, tiny_dir, kind):
     assert manifest["format"] == "coreml" and manifest["quant"]["grid"] == grid
     assert manifest["quant"]["block_size"] == params["block_size"]
     stored = compressed.read_back(out / "model.mlpackage")  # loads and type-checks the whole program
+    from converters.coreml.mlprogram import coremltools
+
+    spec = coremltools().models.MLModel(str(out / "model.mlpackage"), skip_model_load=True).get_spec()
+    assert spec.specificationVersion >= 9  # iOS 18 / macOS 15: the constexpr ops and the KV-cache states
+    assert sorted(s.name for s in spec.description.state) == ["key_cache", "value_cache"]
     names = linear_names(4) + list(extra)
     assert sorted(stored) == sorted(names)  # every linear weight (and only those asked for) as codes
     ref = hf_weights(tiny_dir, names)
