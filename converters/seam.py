@@ -21,11 +21,12 @@ Contract (GGUF, ONNX and Core ML alike):
        * a ``QuantizedTensor`` on the format's own grid, whose arrays the writer stores exactly,
          never re-quantizing: GGUF ``gguf:<type>`` raw blocks written under that GGML type (which must
          be the chosen storage type); ONNX ``onnx:int4`` / ``onnx:int8`` as com.microsoft
-         ``MatMulNBits`` and ``onnx:nf4`` as ``MatMulBnb4``, for linear roles.
+         ``MatMulNBits`` and ``onnx:nf4`` as ``MatMulBnb4``, for linear roles; Core ML ``coreml:int4`` /
+         ``coreml:int8`` as ``constexpr_blockwise_shift_scale`` and ``coreml:palette4`` (NF4) as
+         ``constexpr_lut_to_dense``, for any 2-D weight (:mod:`converters.coreml.compressed`).
 
 2. Where a format cannot store a QuantizedTensor for a role it says so with an EdgekitError before
-   anything is written (:func:`refuse`). Core ML takes float replacements; its codes path
-   (``constexpr_blockwise_shift_scale`` / ``constexpr_lut_to_dense``) is not written yet.
+   anything is written (:func:`refuse`).
 
 A quantizer is therefore a ``Seam`` (or two functions); it never needs to know how a format writes
 files, only its grid. :data:`NONE` is the seam of a plain conversion.

@@ -1,8 +1,8 @@
 """``edgekit quantize`` from start to end: checks first (a method the format cannot hold fails before any
 work, naming the closest one that fits), then either llama.cpp's quantizer on edgekit's GGUF (k-quants, fed
 edgekit's importance matrix) or a streaming conversion whose tensor seam hands each weight to rtn / nf4.
-The result records method, grid and calibration in the artifact's manifest (``edgekit.json`` in an ONNX
-directory; for a GGUF file, ``edgekit.quant.*`` metadata keys and ``<file>.edgekit.json`` beside it).
+The result records method, grid and calibration in the artifact's manifest (``edgekit.json`` in an ONNX or
+Core ML directory; for a GGUF file, ``edgekit.quant.*`` metadata keys and ``<file>.edgekit.json`` beside it).
 """
 
 from __future__ import annotations
@@ -32,14 +32,13 @@ def resolve(fmt: str, method: str, qtype: str | None, group_size: int | None, sy
     if method in kquant.METHODS:
         if fmt != "gguf":
             raise EdgekitError(f"{method} is a llama.cpp GGUF type; {fmt} cannot hold it",
-                               f"for --to {fmt} use --method rtn --type int4 (MatMulNBits), or --method nf4")
+                               f"for --to {fmt} use --method rtn --type int4, or --method nf4")
         if qtype or group_size or symmetric is not None:
             raise EdgekitError(f"--type/--group-size/--sym/--asym do not apply to {method}",
                                "llama.cpp's mix fixes its own types and blocks")
         return {"kind": "kquant", "grid": f"gguf:{method}"}
     if fmt == "coreml":
-        raise EdgekitError("quantized Core ML export is not available yet (the Core ML writer stores floats only)",
-                           "use --to onnx or --to gguf, or `edgekit convert --to coreml` for fp16")
+        return _coreml(method, qtype, group_size, symmetric)
     if fmt == "gguf":
         if method == "nf4":
             raise EdgekitError("nf4 is not a GGUF type",
@@ -62,6 +61,22 @@ def resolve(fmt: str, method: str, qtype: str | None, group_size: int | None, sy
             "params": {"block_size": group_size or 32, "symmetric": True if symmetric is None else symmetric}}
 
 
+def _coreml(method: str, qtype: str | None, group_size: int | None, symmetric: bool | None) -> dict[str, Any]:
+    """Core ML (iOS 18): rtn int4/int8 per block (constexpr_blockwise_shift_scale), nf4 as a 16-entry table per
+    block (constexpr_lut_to_dense)."""
+    if method == "nf4":
+        if qtype not in (None, "nf4"):
+            raise EdgekitError(f"--type {qtype} does not apply to nf4", "drop --type")
+        if symmetric is not None:
+            raise EdgekitError("--sym/--asym do not apply to nf4 (a table per block)", "drop --sym/--asym")
+        return {"kind": "seam", "grid": "coreml:palette4", "params": {"block_size": group_size or 64}}
+    t = qtype or "int4"
+    if t not in ONNX_TYPES:
+        raise EdgekitError(f"--type {t} is not a Core ML per-block type", "use --type int4 or --type int8")
+    return {"kind": "seam", "grid": f"coreml:{t}",
+            "params": {"block_size": group_size or 32, "symmetric": True if symmetric is None else symmetric}}
+
+
 def run(model: str, fmt: str, method: str, output: str | None = None, *, qtype: str | None = None,
         group_size: int | None = None, symmetric: bool | None = None, double_quant: bool = False,
         calib: str | None = None, imatrix_file: str | None = None, no_imatrix: bool = False,
@@ -73,7 +88,7 @@ def run(model: str, fmt: str, method: str, output: str | None = None, *, qtype: 
     started = time.perf_counter()
     plan = resolve(fmt, method, qtype, group_size, symmetric)
     if plan["kind"] == "seam" and double_quant:
-        if plan["grid"] != "onnx:nf4":
+        if plan["grid"] not in ("onnx:nf4", "coreml:palette4"):
             raise EdgekitError("--double-quant applies to nf4 only", "drop --double-quant")
         plan["params"]["double_quant"] = True
     if plan["kind"] == "seam" and (calib or imatrix_file):
@@ -89,7 +104,7 @@ def run(model: str, fmt: str, method: str, output: str | None = None, *, qtype: 
     if fmt == "gguf":
         dest = Path(output).expanduser() if output else Path.cwd() / f"{ckpt.path.name}-{label}.gguf"
     else:
-        dest = Path(output).expanduser() if output else Path.cwd() / f"{ckpt.path.name}-{label}-onnx"
+        dest = Path(output).expanduser() if output else Path.cwd() / f"{ckpt.path.name}-{label}-{fmt}"
     check_destination(dest, force)
     quant_info: dict[str, Any] = {"method": method, "grid": plan["grid"], **plan.get("params", {})}
     if plan["kind"] == "kquant":
@@ -205,11 +220,12 @@ def _seam(model: str, fmt: str, dest: Path, method: str, plan: dict[str, Any], *
 
     def wanted(t: Any) -> bool:
         # ONNX stores codes for the decoder's linear layers only (embeddings are a Gather, the head a MatMul
-        # the converter keeps in floats); in GGUF a tied model's token embedding is also its output head
+        # the converter keeps in floats); GGUF and Core ML store codes for any matrix, and there a tied
+        # model's token embedding is also its output head
         if t.role == "head" or (t.role == "embed" and tied):
-            return fmt == "gguf" and not keep_head
+            return fmt in ("gguf", "coreml") and not keep_head
         if t.role == "embed":
-            return fmt == "gguf" and not keep_embed
+            return fmt in ("gguf", "coreml") and not keep_embed
         return t.linear
 
     def storage(t: Any, default: str) -> str:

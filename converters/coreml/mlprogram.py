@@ -84,7 +84,7 @@ def convert(wrapper: StatefulCausalLM, precision: str) -> Any:
     shape = tuple(wrapper.key_cache.shape)
     n = wrapper.context
     with quiet_progress_bars():
-        return ct.convert(
+        model = ct.convert(
             traced,
             inputs=[ct.TensorType(name="input_ids", shape=(1, ct.RangeDim(1, n, default=1)), dtype=np.int32),
                     ct.TensorType(name="position", shape=(1,), dtype=np.int32)],
@@ -96,3 +96,9 @@ def convert(wrapper: StatefulCausalLM, precision: str) -> Any:
             convert_to="mlprogram",
             skip_model_load=True,
         )
+        quantized = getattr(wrapper, "quantized", None)
+        if quantized:
+            from converters.coreml import compressed
+
+            model = compressed.apply(model, quantized, precision)
+    return model

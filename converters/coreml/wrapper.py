@@ -230,7 +230,9 @@ def build(checkpoint: Any, spec: ModelSpec, context: int, last_only: bool = True
     """The wrapper over ``checkpoint``'s tensors (adapter merged), weights in float32, in eval mode.
 
     Core ML's tensor seam (:mod:`converters.seam`) is here, at the torch-module level: each weight may be
-    replaced by a float array, which the program then stores in its precision like any other weight."""
+    replaced by a float array, which the program then stores in its precision like any other weight, or by a
+    ``coreml:*`` QuantizedTensor: the module then holds its dequantized floats and ``module.quantized`` its codes,
+    which :mod:`converters.coreml.compressed` writes into the program as constexpr ops."""
     check_supported(spec)
     required, optional = expected_names(spec)
     names = set(checkpoint.names())
@@ -239,14 +241,17 @@ def build(checkpoint: Any, spec: ModelSpec, context: int, last_only: bool = True
         raise EdgekitError(f"checkpoint {checkpoint.path} lacks tensor {missing[0]}"
                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
                            + f" expected for {spec.architecture}", "re-save the checkpoint with transformers")
-    weights = {n: _through_seam(seam, checkpoint, spec, n) for n in required + optional if n in names}
+    quantized: dict[str, Any] = {}
+    weights = {n: _through_seam(seam, checkpoint, spec, n, quantized) for n in required + optional if n in names}
     if spec.family.norm_offset:  # the checkpoint stores w - 1 and computes x * (1 + w), in fp32 as here
         weights = {n: t + 1 if n.endswith("norm.weight") else t for n, t in weights.items()}
     rope = rope_tables(checkpoint.config, spec, context)
-    return StatefulCausalLM(spec, weights, rope, context, last_only=last_only, config=checkpoint.config).eval()
+    module = StatefulCausalLM(spec, weights, rope, context, last_only=last_only, config=checkpoint.config).eval()
+    module.quantized = quantized  # weight name -> QuantizedTensor (a plain attribute: tracing ignores it)
+    return module
 
 
-def _through_seam(seam: Any, checkpoint: Any, spec: ModelSpec, name: str) -> torch.Tensor:
+def _through_seam(seam: Any, checkpoint: Any, spec: ModelSpec, name: str, quantized: dict[str, Any]) -> torch.Tensor:
     t = checkpoint.get(name).to(torch.float32)
     if seam is None:
         return t
@@ -255,6 +260,11 @@ def _through_seam(seam: Any, checkpoint: Any, spec: ModelSpec, name: str) -> tor
     info = tseam.info("coreml", name, name, tuple(t.shape), checkpoint.tensors[name].dtype, spec.architecture)
     out = tseam.run(info, seam.transform_for(info), t.numpy())
     if not isinstance(out, np.ndarray):
-        # constexpr_blockwise_shift_scale / constexpr_lut_to_dense from a QuantizedTensor: not written yet
-        raise tseam.refuse(info, out, "the Core ML converter stores float replacements only")
+        from converters.coreml.compressed import OPS
+        from quant.grids import dequantize
+
+        if out.grid not in OPS or len(out.shape) != 2:
+            raise tseam.refuse(info, out, "Core ML stores codes for 2-D weights on a coreml:* grid only")
+        quantized[name] = out
+        out = dequantize(out)  # traced as floats; the pass after conversion swaps in the codes
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))

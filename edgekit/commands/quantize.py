@@ -1,4 +1,4 @@
-"""`edgekit quantize`: a checkpoint to a quantized GGUF or ONNX artifact (rtn, nf4, or a llama.cpp k-quant)."""
+"""`edgekit quantize`: a checkpoint to a quantized GGUF, ONNX or Core ML artifact (rtn, nf4, or a llama.cpp k-quant)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from edgekit.commands import emit
 @click.option("--to", "fmt", required=True, type=click.Choice(["gguf", "onnx", "coreml"]), help="Target format.")
 @click.option("--method", required=True, help="rtn | nf4 | a llama.cpp type (q4_k_m, q2_k..q6_k, iq4_nl, iq4_xs, "
               "iq2_*/iq3_*; gguf only).")
-@click.option("--type", "qtype", help="rtn grid: q4_0|q4_1|q5_0|q5_1|q8_0 (gguf), int4|int8 (onnx).")
-@click.option("--group-size", type=int, help="onnx: block size along the input dimension (16..256; nf4: 64).")
-@click.option("--sym/--asym", "symmetric", default=None, help="onnx rtn: symmetric codes or with zero points.")
+@click.option("--type", "qtype", help="rtn grid: q4_0|q4_1|q5_0|q5_1|q8_0 (gguf), int4|int8 (onnx, coreml).")
+@click.option("--group-size", type=int, help="onnx, coreml: block size along the input dimension (32; nf4: 64).")
+@click.option("--sym/--asym", "symmetric", default=None, help="onnx/coreml rtn: symmetric codes or with zero points.")
 @click.option("--double-quant", is_flag=True, help="nf4: QLoRA's double quantization of the block absmax.")
 @click.option("--keep-head/--quantize-head", "keep_head", default=None,
               help="Keep the output head in 16-bit (default, as llama.cpp keeps it more precise).")
@@ -24,11 +24,11 @@ from edgekit.commands import emit
 @click.option("--no-imatrix", is_flag=True, help="k-quants: quantize without an importance matrix.")
 @click.option("--samples", type=int, help="Calibration windows (default 64).")
 @click.option("--seqlen", type=int, help="Tokens per calibration window (default 512).")
-@click.option("-o", "--output", type=click.Path(), help="Output file (gguf) or directory (onnx).")
+@click.option("-o", "--output", type=click.Path(), help="Output file (gguf) or directory (onnx, coreml).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def quantize_cmd(model: str, fmt: str, method: str, output: str | None, force: bool, as_json: bool, **options) -> None:
-    """Quantize MODEL (a Hugging Face directory) into a GGUF or ONNX artifact."""
+    """Quantize MODEL (a Hugging Face directory) into a GGUF, ONNX or Core ML artifact."""
     from quant.pipeline import run
 
     result = run(model, fmt, method.lower(), output, force=force, progress=not as_json, **options)
