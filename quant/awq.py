@@ -241,44 +241,42 @@ def round_trip(grid: Any) -> Callable[[torch.Tensor], torch.Tensor]:
 
 # ---- search ---------------------------------------------------------------------------------------------
 
-def search_scale(x_mean: torch.Tensor, x: torch.Tensor, mats: list[Mat], rt: Callable, alphas=ALPHAS
+def search_scale(x_mean: torch.Tensor, gram: torch.Tensor, mats: list[Mat], rt: Callable, alphas=ALPHAS
                  ) -> tuple[float, torch.Tensor, list[float]]:
     """(best alpha, its scales, error per alpha) for a group with input statistics ``x_mean`` = mean|x| per
-    channel and sampled input rows ``x`` [n, in]."""
+    channel and ``gram`` = XᵀX / n of sampled input rows: the output error ``||X Wᵀ - (X/s) Q(W·s)ᵀ||² / n``
+    is ``Σ (ΔW G) ⊙ ΔW`` with ``ΔW = W - Q(W·s)/s``, which costs out·in² instead of n·out·in."""
     ws = [m.weight() for m in mats]
-    ref = torch.cat([x @ w.t() for w in ws], dim=1)
     errors, best = [], (float("inf"), 0.0, torch.ones_like(x_mean))
     for a in alphas:
         s = x_mean.clamp(min=1e-4).pow(a)  # AutoAWQ's floor keeps dead channels from blowing up
         s = s / (s.max() * s.min()).sqrt()
-        xs = x / s
-        out = torch.cat([xs @ rt(w * s).t() for w in ws], dim=1)
-        err = float((out - ref).pow(2).mean())
+        err = 0.0
+        for w in ws:
+            d = w - rt(w * s) / s
+            err += float(((d @ gram) * d).sum())
         errors.append(err)
         if err < best[0]:
             best = (err, a, s)
     return best[1], best[2], errors
 
 
-def search_clip(w: torch.Tensor, x: torch.Tensor, grid: Any, rt: Callable, tokens: int = 512) -> torch.Tensor:
+def search_clip(w: torch.Tensor, gram: torch.Tensor, grid: Any, rt: Callable) -> torch.Tensor:
     """w [out, in] clamped per block to the ±max (of CLIP_STEPS shrinks) whose round trip errs least on the
-    block's share of the output over sampled input rows ``x`` [n, in]."""
+    block's share of the output, ``dᵀ G_b d`` with ``G_b`` the block's diagonal block of ``gram`` = XᵀX / n."""
     block = grid.block_size
-    if x.shape[0] > tokens:
-        x = x[torch.linspace(0, x.shape[0] - 1, tokens).long()]
     n_out, n_in = w.shape
     nb = n_in // block
-    xb = x.reshape(-1, nb, block)  # [t, nb, bs]
     wb = w.reshape(n_out, nb, block)
-    ref = torch.einsum("tgb,ogb->otg", xb, wb)
+    gb = torch.stack([gram[i * block:(i + 1) * block, i * block:(i + 1) * block] for i in range(nb)])
     top = wb.abs().amax(dim=-1, keepdim=True)  # [out, nb, 1]
     best_err = torch.full((n_out, nb), float("inf"))
     best_max = top.clone()
     for i in range(int(CLIP_MAX_SHRINK * CLIP_STEPS)):
         m = top * (1 - i / CLIP_STEPS)
         cw = torch.max(torch.min(wb, m), -m)
-        q = rt(cw.reshape(n_out, n_in)).reshape(n_out, nb, block)
-        err = (torch.einsum("tgb,ogb->otg", xb, q) - ref).pow(2).mean(dim=1)
+        d = rt(cw.reshape(n_out, n_in)).reshape(n_out, nb, block) - wb
+        err = torch.einsum("ogb,gbc,ogc->og", d, gb, d)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_max = torch.where(better[..., None], m, best_max)
@@ -300,36 +298,36 @@ class LayerResult:
 
 
 def awq_layer(lp: LayerPlan, stats: dict[str, torch.Tensor], rows: dict[str, torch.Tensor], grid: Any,
-              clip: bool = True) -> LayerResult:
+              clip: bool = True, alphas: tuple[float, ...] = ALPHAS) -> LayerResult:
     """Search, fold and (optionally) clip one layer in place; ``stats`` = mean|x| and ``rows`` = sampled input
     rows per capture key (before any fold of this layer)."""
     rt = round_trip(grid)
-    alphas, errors, scale_of = {}, {}, {}
+    chosen, errors, scale_of = {}, {}, {}
+    grams = {k: x.t() @ x / x.shape[0] for k, x in rows.items() if x.shape[0]}
     for g in lp.groups:
-        x = rows.get(g.key)
-        if x is None or x.shape[0] == 0 or g.key not in stats:  # an expert no calibration token reached
+        if g.key not in grams or g.key not in stats:  # an expert no calibration token reached
             continue
-        a, s, errs = search_scale(stats[g.key], x, g.quantized, rt)
+        a, s, errs = search_scale(stats[g.key], grams[g.key], g.quantized, rt, alphas)
         if isinstance(g.prev, Norm):
             g.prev.scale_outputs(s)
         else:
             g.prev[0].scale_outputs(s, g.prev[1])
         for m in g.mats:
             m.scale_inputs(s)
-        alphas[g.key], errors[g.key] = a, errs
+        chosen[g.key], errors[g.key] = a, errs
         for m in g.quantized:
             scale_of[id(m)] = (g.key, s)
     clipped = []
     if clip:
         for g in lp.groups:
             for m in g.quantized:
-                if m.role in ("q", "k", "qkv") or g.key not in rows or rows[g.key].shape[0] == 0:
+                if m.role in ("q", "k", "qkv") or g.key not in grams:
                     continue  # q/k errors pass through q·kᵀ (AutoAWQ skips them too); fused qkv holds q and k
-                key, s = scale_of.get(id(m), (g.key, None))
-                x = rows[key] if s is None else rows[key] / s
-                m.assign(search_clip(m.weight(), x, grid, rt))
+                s = scale_of.get(id(m), (g.key, None))[1]
+                gram = grams[g.key] if s is None else grams[g.key] / s[:, None] / s[None, :]  # of X / s
+                m.assign(search_clip(m.weight(), gram, grid, rt))
                 clipped.append(m.name)
-    return LayerResult(alphas, errors, clipped)
+    return LayerResult(chosen, errors, clipped)
 
 
 # ---- layer by layer over a Hugging Face model ------------------------------------------------------------
@@ -428,7 +426,7 @@ class Result:
 
 
 def run(model: torch.nn.Module, family: Any, spec: Any, tokens: np.ndarray, grid: Any, *, clip: bool = True,
-        search_rows: int = 4096, progress: bool = True) -> Result:
+        search_rows: int = 4096, alphas: tuple[float, ...] = ALPHAS, progress: bool = True) -> Result:
     """AWQ on ``model`` (a float32 HF causal LM) in place, one decoder layer at a time: capture, search, fold,
     clip, then the next layer's inputs from this layer with its weights on the grid."""
     import time
@@ -438,14 +436,14 @@ def run(model: torch.nn.Module, family: Any, spec: Any, tokens: np.ndarray, grid
     started = time.perf_counter()
     layers = decoder_layers(model)
     plans = [plan(layer, family, spec, i) for i, layer in enumerate(layers)]  # a missing mapping fails first
-    alphas, clipped = [], 0
+    per_layer, clipped = [], 0
     rt = round_trip(grid)
     with torch.inference_mode():
         inputs, calls = _layer_inputs(model, layers, tokens)
         for i, layer in enumerate(tqdm(layers, desc="awq", unit="layer", disable=not progress)):
             stats, rows = _capture(layer, plans[i], inputs, calls[i], search_rows)
-            res = awq_layer(plans[i], stats, rows, grid, clip=clip)
-            alphas.append(res.alphas)
+            res = awq_layer(plans[i], stats, rows, grid, clip=clip, alphas=alphas)
+            per_layer.append(res.alphas)
             clipped += len(res.clipped)
             if i + 1 < len(layers):  # the next layer sees this one quantized
                 saved = [m.weight().clone() for m in plans[i].quantized]
@@ -454,4 +452,4 @@ def run(model: torch.nn.Module, family: Any, spec: Any, tokens: np.ndarray, grid
                 inputs = [_run_layer(layer, x, calls[i]) for x in inputs]
                 for m, w in zip(plans[i].quantized, saved, strict=True):
                     m.assign(w)
-    return Result(alphas, clipped, int(tokens.size), round(time.perf_counter() - started, 3))
+    return Result(per_layer, clipped, int(tokens.size), round(time.perf_counter() - started, 3))

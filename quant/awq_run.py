@@ -37,10 +37,9 @@ def target(fmt: str, then: str, qtype: str | None, group_size: int | None, symme
     return p, p["grid"], dict(p["params"])
 
 
-def scaled_checkpoint(model_dir: Path, dest: Path, model: Any) -> Path:
-    """Save the scaled float32 model beside ``dest`` (hidden, removed by the caller) with the source's other
-    files (config, tokenizer, chat template) copied unchanged."""
-    tmp = dest.parent / f".{dest.name}.awq-{secrets.token_hex(4)}"
+def scaled_checkpoint(model_dir: Path, tmp: Path, model: Any) -> Path:
+    """Save the scaled float32 model in ``tmp`` with the source's other files (config, tokenizer, chat
+    template) copied unchanged."""
     model.save_pretrained(str(tmp))
     weights = {p.name for p in tmp.iterdir()}
     for f in model_dir.iterdir():
@@ -53,8 +52,10 @@ def scaled_checkpoint(model_dir: Path, dest: Path, model: Any) -> Path:
 def run(model: str, fmt: str, output: str | None, *, then: str | None = None, qtype: str | None = None,
         group_size: int | None = None, symmetric: bool | None = None, double_quant: bool = False,
         calib: str | None = None, imatrix_file: str | None = None, no_imatrix: bool = False,
-        samples: int | None = None, seqlen: int | None = None, clip: bool = True, keep_head: bool | None = None,
-        keep_embed: bool = False, force: bool = False, progress: bool = True) -> dict[str, Any]:
+        samples: int | None = None, seqlen: int | None = None, clip: bool = True, save_scaled: str | None = None,
+        keep_head: bool | None = None, keep_embed: bool = False, force: bool = False, progress: bool = True
+        ) -> dict[str, Any]:
+    """AWQ, then quantize; ``save_scaled``: also keep the scaled float32 checkpoint (AWQ's fp output) there."""
     import torch
 
     from edgekit.archs import get as family_of
@@ -82,6 +83,9 @@ def run(model: str, fmt: str, output: str | None, *, then: str | None = None, qt
     suffix = ".gguf" if fmt == "gguf" else "-onnx"
     dest = Path(output).expanduser() if output else Path.cwd() / f"{ckpt.path.name}-{label}{suffix}"
     check_destination(dest, force, sources=(ckpt.path,))
+    keep = Path(save_scaled).expanduser() if save_scaled else None
+    if keep is not None and keep.exists():
+        raise EdgekitError(f"--save-scaled {keep} already exists", "name a new directory for the scaled checkpoint")
     encode, bos = imatrix.tokenizer_for(ckpt.path)
     tokens = calibration.samples(encode, text, samples or DEFAULT_SAMPLES, seqlen or DEFAULT_SEQLEN, bos=bos,
                                  source=f"calibration file {calib}" if calib else "the default calibration text")
@@ -89,7 +93,8 @@ def run(model: str, fmt: str, output: str | None, *, then: str | None = None, qt
     awq.plan(awq.decoder_layers(hf)[0], family, spec, 0)  # an architecture without a mapping fails before work
     torch.set_num_threads(max(1, torch.get_num_threads()))
     result = awq.run(hf, family, spec, tokens, grid, clip=clip, progress=progress)
-    tmp = scaled_checkpoint(ckpt.path, dest, hf)
+    tmp = scaled_checkpoint(ckpt.path, (keep or dest).parent / f".{(keep or dest).name}.awq-{secrets.token_hex(4)}",
+                            hf)
     del hf
     try:
         summary = pipeline.run(str(tmp), fmt, then, str(dest), qtype=qtype, group_size=group_size,
@@ -97,6 +102,8 @@ def run(model: str, fmt: str, output: str | None, *, then: str | None = None, qt
                                calib=calib if plan["kind"] == "kquant" else None, no_imatrix=no_imatrix,
                                samples=samples, seqlen=seqlen, keep_head=keep_head, keep_embed=keep_embed,
                                force=force, progress=progress)
+        if keep is not None:
+            tmp.rename(keep)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     quant_info = {**summary["quant"], "method": "awq", "then": then, "search_grid": search_grid,
@@ -104,7 +111,8 @@ def run(model: str, fmt: str, output: str | None, *, then: str | None = None, qt
                   "calibration": {"source": source, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
                                   "samples": int(tokens.shape[0]), "seqlen": int(tokens.shape[1]),
                                   "tokens": result.tokens},
-                  "alpha": result.alphas, "awq_seconds": result.seconds}
+                  "alpha": result.alphas, "awq_seconds": result.seconds,
+                  "scaled_checkpoint": str(keep) if keep is not None else None}
     if plan["kind"] == "kquant":
         quant_info["grid"] = plan["grid"]
     pipeline.write_manifest(dest, fmt, {"quant": quant_info, "source": str(ckpt.path),

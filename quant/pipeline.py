@@ -67,7 +67,7 @@ def run(model: str, fmt: str, method: str, output: str | None = None, *, qtype: 
         calib: str | None = None, imatrix_file: str | None = None, no_imatrix: bool = False,
         samples: int | None = None, seqlen: int | None = None, keep_head: bool | None = None,
         keep_embed: bool = False, force: bool = False, progress: bool = True, then: str | None = None,
-        clip: bool = True) -> dict[str, Any]:
+        clip: bool = True, save_scaled: str | None = None) -> dict[str, Any]:
     from edgekit.checkpoint import open_checkpoint
     from quant import calibration
 
@@ -76,10 +76,11 @@ def run(model: str, fmt: str, method: str, output: str | None = None, *, qtype: 
 
         return awq_run.run(model, fmt, output, then=then, qtype=qtype, group_size=group_size, symmetric=symmetric,
                            double_quant=double_quant, calib=calib, imatrix_file=imatrix_file, no_imatrix=no_imatrix,
-                           samples=samples, seqlen=seqlen, clip=clip, keep_head=keep_head, keep_embed=keep_embed,
-                           force=force, progress=progress)
-    if then is not None or not clip:
-        raise EdgekitError("--then/--no-clip apply to --method awq only", "drop them, or use --method awq")
+                           samples=samples, seqlen=seqlen, clip=clip, save_scaled=save_scaled, keep_head=keep_head,
+                           keep_embed=keep_embed, force=force, progress=progress)
+    if then is not None or not clip or save_scaled:
+        raise EdgekitError("--then/--no-clip/--save-scaled apply to --method awq only",
+                           "drop them, or use --method awq")
     started = time.perf_counter()
     plan = resolve(fmt, method, qtype, group_size, symmetric)
     if plan["kind"] == "seam" and double_quant:
