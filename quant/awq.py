@@ -20,8 +20,12 @@ codes; it can also precede llama.cpp's k-quants or NF4. Written by hand: no main
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -94,8 +98,7 @@ class Group:
 @dataclass
 class LayerPlan:
     groups: list[Group]
-    captures: dict[str, torch.nn.Module]  # capture key -> module whose input it is (pre-hook)
-    derived: dict[str, Callable[[dict[str, torch.Tensor]], torch.Tensor]] = field(default_factory=dict)
+    observers: dict[str, list[Mat]]  # group key -> the linears whose inputs are the group's input
     quantized: list[Mat] = field(default_factory=list)  # every linear the grid quantizes, in order
 
 
@@ -115,8 +118,7 @@ def _lin(layer: torch.nn.Module, path: str, role: str) -> Mat:
 def plan(layer: torch.nn.Module, family: Any, spec: Any, layer_index: int) -> LayerPlan:
     """The fold groups of one HF decoder layer, by family; EdgekitError for a layout with no mapping."""
     groups: list[Group] = []
-    captures: dict[str, torch.nn.Module] = {}
-    derived: dict[str, Callable] = {}
+    observers: dict[str, list[Mat]] = {}
     quantized: list[Mat] = []
     mha = spec.num_kv_heads == spec.num_heads
     kv_rows = spec.num_kv_heads * spec.head_dim
@@ -133,14 +135,14 @@ def plan(layer: torch.nn.Module, family: Any, spec: Any, layer_index: int) -> La
             raise missing()
         qkv = Mat("attn.c_attn", "qkv", c_attn.weight, conv1d=True, bias=c_attn.bias)
         o = Mat("attn.c_proj", "o", c_proj.weight, conv1d=True, bias=c_proj.bias)
-        captures.update({"attn_in": c_attn, "o_in": c_proj})
+        observers.update({"attn_in": [qkv], "o_in": [o]})
         groups.append(Group("attn_in", Norm("ln_1", layer.ln_1), [qkv], [qkv]))
         h = spec.hidden_size
         groups.append(Group("o_in", (qkv, slice(2 * h, 3 * h)), [o], [o]))
         quantized += [qkv, o]
     elif _get(layer, "self_attn.qkv_proj") is not None:  # phi3: fused, v rows last
         qkv, o = _lin(layer, "self_attn.qkv_proj", "qkv"), _lin(layer, "self_attn.o_proj", "o")
-        captures.update({"attn_in": _get(layer, "self_attn.qkv_proj"), "o_in": _get(layer, "self_attn.o_proj")})
+        observers.update({"attn_in": [qkv], "o_in": [o]})
         groups.append(Group("attn_in", Norm("input_layernorm", layer.input_layernorm, family.norm_offset),
                             [qkv], [qkv]))
         if mha:
@@ -150,7 +152,7 @@ def plan(layer: torch.nn.Module, family: Any, spec: Any, layer_index: int) -> La
     elif _get(layer, "self_attn.q_proj") is not None:
         q, k, v = (_lin(layer, f"self_attn.{r}_proj", r) for r in "qkv")
         o = _lin(layer, "self_attn.o_proj", "o")
-        captures.update({"attn_in": _get(layer, "self_attn.q_proj"), "o_in": _get(layer, "self_attn.o_proj")})
+        observers.update({"attn_in": [q], "o_in": [o]})
         groups.append(Group("attn_in", Norm("input_layernorm", layer.input_layernorm, family.norm_offset),
                             [q, k, v], [q, k, v]))
         if mha:
@@ -167,16 +169,16 @@ def plan(layer: torch.nn.Module, family: Any, spec: Any, layer_index: int) -> La
     if family.conv1d:  # gelu between c_fc and c_proj: no fold there
         fc = Mat("mlp.c_fc", "up", mlp.c_fc.weight, conv1d=True, bias=mlp.c_fc.bias)
         proj = Mat("mlp.c_proj", "down", mlp.c_proj.weight, conv1d=True, bias=mlp.c_proj.bias)
-        captures.update({"ffn_in": mlp.c_fc})
+        observers["ffn_in"] = [fc]
         groups.append(Group("ffn_in", ffn_norm, [fc], [fc]))
         quantized += [fc, proj]
-    elif getattr(mlp, "experts", None) is not None:
-        experts = mlp.experts
-        n_exp, inter = experts.gate_up_proj.shape[0], experts.gate_up_proj.shape[1] // 2
-        gu = [Mat(f"mlp.experts.gate_up_proj[{e}]", "expert_gate_up", experts.gate_up_proj, e) for e in range(n_exp)]
-        dn = [Mat(f"mlp.experts.down_proj[{e}]", "expert_down", experts.down_proj, e) for e in range(n_exp)]
+    elif getattr(mlp, "experts", None) is not None:  # the driver's split experts: one nn.Linear each
+        experts = list(mlp.experts.experts)
+        gates = [Mat(f"mlp.experts.{e}.gate", "expert_gate", x.gate.weight) for e, x in enumerate(experts)]
+        ups = [Mat(f"mlp.experts.{e}.up", "expert_up", x.up.weight) for e, x in enumerate(experts)]
+        downs = [Mat(f"mlp.experts.{e}.down", "expert_down", x.down.weight) for e, x in enumerate(experts)]
         router = Mat("mlp.gate", "router", mlp.gate.weight)
-        ffn_mats, ffn_q = [router, *gu], list(gu)
+        ffn_mats, ffn_q = [router, *gates, *ups], [*gates, *ups]
         shared = getattr(mlp, "shared_expert", None)
         if shared is not None:
             sg, su = _lin(layer, "mlp.shared_expert.gate_proj", "shared_gate"), _lin(layer, "mlp.shared_expert.up_proj",
@@ -184,25 +186,27 @@ def plan(layer: torch.nn.Module, family: Any, spec: Any, layer_index: int) -> La
             sd = _lin(layer, "mlp.shared_expert.down_proj", "shared_down")
             ffn_mats += [sg, su, _lin(layer, "mlp.shared_expert_gate", "shared_router")]
             ffn_q += [sg, su]
-            captures["shared_down_in"] = shared.down_proj
-        captures["ffn_in"] = mlp
+        # every token reaches top-k experts, so the experts' gate inputs together are the norm's output k times
+        # over (the same mean|x| and XᵀX/n); the shared expert alone sees each token once
+        observers["ffn_in"] = [sg] if shared is not None else gates
         groups.append(Group("ffn_in", ffn_norm, ffn_mats, ffn_q))
         if shared is not None:
             groups.append(Group("shared_down_in", (su, slice(None)), [sd], [sd]))
-        for e in range(n_exp):
-            derived[f"expert{e}_down_in"] = _expert_input(mlp, e, inter)
-            groups.append(Group(f"expert{e}_down_in", (gu[e], slice(inter, 2 * inter)), [dn[e]], [dn[e]]))
-        quantized += [*gu, *dn] + ([sg, su, sd] if shared is not None else [])
+            observers["shared_down_in"] = [sd]
+        for e in range(len(experts)):
+            groups.append(Group(f"expert{e}_down_in", (ups[e], slice(None)), [downs[e]], [downs[e]]))
+            observers[f"expert{e}_down_in"] = [downs[e]]
+        quantized += [*gates, *ups, *downs] + ([sg, su, sd] if shared is not None else [])
     elif _get(mlp, "gate_up_proj") is not None:  # phi3: gate rows first, up rows second
         gu, down = _lin(layer, "mlp.gate_up_proj", "gate_up"), _lin(layer, "mlp.down_proj", "down")
-        captures.update({"ffn_in": mlp.gate_up_proj, "down_in": mlp.down_proj})
+        observers.update({"ffn_in": [gu], "down_in": [down]})
         n = gu.view().shape[0]
         groups.append(Group("ffn_in", ffn_norm, [gu], [gu]))
         groups.append(Group("down_in", (gu, slice(n // 2, n)), [down], [down]))
         quantized += [gu, down]
     elif _get(mlp, "gate_proj") is not None:
         gate, up, down = (_lin(layer, f"mlp.{r}_proj", r) for r in ("gate", "up", "down"))
-        captures.update({"ffn_in": mlp.gate_proj, "down_in": mlp.down_proj})
+        observers.update({"ffn_in": [gate], "down_in": [down]})
         groups.append(Group("ffn_in", ffn_norm, [gate, up], [gate, up]))
         groups.append(Group("down_in", (up, slice(None)), [down], [down]))
         quantized += [gate, up, down]
@@ -210,21 +214,7 @@ def plan(layer: torch.nn.Module, family: Any, spec: Any, layer_index: int) -> La
         raise missing()
     if ffn_norm.module is None:
         raise missing()
-    return LayerPlan(groups, captures, derived, quantized)
-
-
-def _expert_input(moe: torch.nn.Module, e: int, inter: int) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
-    """The down projection's input of expert ``e``, for the calibration tokens the router sends to it."""
-
-    def compute(caps: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = caps["ffn_in"]
-        _, _, idx = moe.gate(x)
-        rows = (idx == e).any(dim=-1)
-        xe = x[rows]
-        gate, up = torch.nn.functional.linear(xe, moe.experts.gate_up_proj[e].float()).chunk(2, dim=-1)
-        return moe.experts.act_fn(gate) * up
-
-    return compute
+    return LayerPlan(groups, observers, quantized)
 
 
 # ---- the grid's round trip ------------------------------------------------------------------------------
@@ -290,166 +280,183 @@ def sample_rows(x: torch.Tensor, n: int) -> torch.Tensor:
     return x[torch.linspace(0, x.shape[0] - 1, n).long()]
 
 
-@dataclass
-class LayerResult:
-    alphas: dict[str, float]
-    errors: dict[str, list[float]]
-    clipped: list[str]
+def fold_group(g: Group, x_mean: torch.Tensor, gram: torch.Tensor, rt: Callable, alphas=ALPHAS
+               ) -> tuple[float, torch.Tensor, list[float]]:
+    """Search the group's alpha and fold its scales: the producer's outputs / s, the consumers' inputs * s."""
+    a, s, errs = search_scale(x_mean, gram, g.quantized, rt, alphas)
+    if isinstance(g.prev, Norm):
+        g.prev.scale_outputs(s)
+    else:
+        g.prev[0].scale_outputs(s, g.prev[1])
+    for m in g.mats:
+        m.scale_inputs(s)
+    return a, s, errs
 
 
-def awq_layer(lp: LayerPlan, stats: dict[str, torch.Tensor], rows: dict[str, torch.Tensor], grid: Any,
-              clip: bool = True, alphas: tuple[float, ...] = ALPHAS) -> LayerResult:
-    """Search, fold and (optionally) clip one layer in place; ``stats`` = mean|x| and ``rows`` = sampled input
-    rows per capture key (before any fold of this layer)."""
-    rt = round_trip(grid)
-    chosen, errors, scale_of = {}, {}, {}
-    grams = {k: x.t() @ x / x.shape[0] for k, x in rows.items() if x.shape[0]}
-    for g in lp.groups:
-        if g.key not in grams or g.key not in stats:  # an expert no calibration token reached
+def clip_group(g: Group, gram: torch.Tensor, s: torch.Tensor, grid: Any, rt: Callable) -> list[str]:
+    """Clip search for the group's quantized linears but q and k (their errors pass through q·kᵀ; AutoAWQ skips
+    them too; a fused qkv holds them); ``gram`` is of the unscaled input, the linears now read X / s."""
+    done = []
+    for m in g.quantized:
+        if m.role in ("q", "k", "qkv"):
             continue
-        a, s, errs = search_scale(stats[g.key], grams[g.key], g.quantized, rt, alphas)
-        if isinstance(g.prev, Norm):
-            g.prev.scale_outputs(s)
-        else:
-            g.prev[0].scale_outputs(s, g.prev[1])
-        for m in g.mats:
-            m.scale_inputs(s)
-        chosen[g.key], errors[g.key] = a, errs
-        for m in g.quantized:
-            scale_of[id(m)] = (g.key, s)
-    clipped = []
-    if clip:
-        for g in lp.groups:
-            for m in g.quantized:
-                if m.role in ("q", "k", "qkv") or g.key not in grams:
-                    continue  # q/k errors pass through q·kᵀ (AutoAWQ skips them too); fused qkv holds q and k
-                s = scale_of.get(id(m), (g.key, None))[1]
-                gram = grams[g.key] if s is None else grams[g.key] / s[:, None] / s[None, :]  # of X / s
-                m.assign(search_clip(m.weight(), gram, grid, rt))
-                clipped.append(m.name)
-    return LayerResult(chosen, errors, clipped)
+        m.assign(search_clip(m.weight(), gram / s[:, None] / s[None, :], grid, rt))
+        done.append(m.name)
+    return done
 
 
-# ---- layer by layer over a Hugging Face model ------------------------------------------------------------
+# ---- layer by layer, on quant.layerwise's driver ---------------------------------------------------------
 
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    inner = getattr(model, "model", None) or getattr(model, "transformer", None)
-    layers = getattr(inner, "layers", None) or getattr(inner, "h", None)
-    if layers is None:
-        raise EdgekitError(f"AWQ cannot find the decoder layers of {type(model).__name__}",
-                           "use --method rtn for this architecture")
-    return layers
+class _Observed:
+    """mean|x| over every calibration token and up to ``cap`` evenly spaced rows per batch, for one group."""
 
+    def __init__(self, cap: int) -> None:
+        self.cap, self.sum, self.count, self.rows = cap, None, 0, []
 
-class _Stop(Exception):
-    pass
+    def add(self, x: torch.Tensor) -> None:
+        if x.shape[0] == 0:
+            return
+        a = x.abs().sum(dim=0)
+        self.sum = a if self.sum is None else self.sum + a
+        self.count += x.shape[0]
+        self.rows.append(sample_rows(x, self.cap))
 
-
-def _layer_inputs(model: torch.nn.Module, layers: torch.nn.ModuleList, tokens: np.ndarray
-                  ) -> tuple[list[torch.Tensor], list[tuple[tuple, dict]]]:
-    """Layer 0's input hidden states per sample, and every layer's other arguments (masks, rope) for one
-    sample (the same for all: same length, no padding)."""
-    inputs: list[torch.Tensor] = []
-    calls: list[tuple[tuple, dict] | None] = [None] * len(layers)
-
-    def keep(i):
-        def hook(_m, args, kwargs):
-            if i == 0:
-                inputs.append((args[0] if args else kwargs["hidden_states"]).detach())
-            if calls[i] is None:
-                calls[i] = (tuple(args[1:]), {k: v for k, v in kwargs.items() if k != "hidden_states"})
-            if i == len(layers) - 1 or (i == 0 and calls[-1] is not None):
-                raise _Stop
-        return hook
-
-    handles = [layer.register_forward_pre_hook(keep(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    try:
-        for row in tokens:
-            try:
-                model(input_ids=torch.from_numpy(np.asarray(row[None, :], dtype=np.int64)), use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
-    for c in calls:
-        c[1].pop("past_key_values", None), c[1].pop("past_key_value", None), c[1].pop("cache", None)
-    return inputs, calls  # type: ignore[return-value]
+    def stats(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not self.count:
+            return None  # an expert no calibration token reached: left unscaled
+        x = torch.cat(self.rows)
+        return self.sum / self.count, x.t() @ x / x.shape[0]
 
 
-def _run_layer(layer: torch.nn.Module, x: torch.Tensor, call: tuple[tuple, dict]) -> torch.Tensor:
-    out = layer(x, *call[0], **call[1])
-    return out[0] if isinstance(out, tuple) else out
+class AWQ:
+    """The :class:`quant.layerwise.Callback` of AWQ: per stage, search and fold the groups whose linears the
+    stage holds (the layer then computes the same function, so later stages observe unchanged activations);
+    at the layer's end clip, hand the scaled float weights to ``keep`` (the scaled checkpoint), and put the
+    grid's round trip in place so the next layer's inputs come from this layer quantized."""
+
+    def __init__(self, family: Any, spec: Any, grid: Any, *, clip: bool = True, alphas=ALPHAS,
+                 search_rows: int = 4096, keep: Callable[[Any], None] | None = None) -> None:
+        self.family, self.spec, self.grid, self.clip, self.alphas = family, spec, grid, clip, alphas
+        self.search_rows, self.keep = search_rows, keep
+        self.rt = round_trip(grid)
+        self.alpha: list[dict[str, float]] = []
+        self.clipped = 0
+
+    def begin_layer(self, ctx: Any) -> None:
+        self.plan = plan(ctx.module, self.family, self.spec, ctx.index)
+        cap = max(1, self.search_rows // max(1, ctx.batches))
+        self.seen = {k: _Observed(cap) for k in self.plan.observers}
+        self.key_of = {id(m.param): k for k, ms in self.plan.observers.items() for m in ms}
+        self.done: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # key -> (gram, s)
+        self.alpha.append({})
+
+    def observe(self, lin: Any, x: torch.Tensor) -> None:
+        key = self.key_of.get(id(lin.module.weight))
+        if key is not None:
+            self.seen[key].add(x)
+
+    def quantize(self, ctx: Any, stage: Any) -> None:
+        in_stage = {id(lin.module.weight) for lin in stage.linears}
+        for g in self.plan.groups:
+            if g.key in self.done or not all(id(m.param) in in_stage for m in g.quantized):
+                continue
+            st = self.seen[g.key].stats()
+            if st is None:
+                continue
+            a, s, _ = fold_group(g, st[0], st[1], self.rt, self.alphas)
+            self.done[g.key] = (st[1], s)
+            self.alpha[-1][g.key] = a
+
+    def end_layer(self, ctx: Any) -> None:
+        if self.clip:
+            for g in self.plan.groups:
+                if g.key in self.done:
+                    self.clipped += len(clip_group(g, *self.done[g.key], self.grid, self.rt))
+        if self.keep is not None:
+            self.keep(ctx)
+        for m in self.plan.quantized:
+            m.assign(self.rt(m.weight()))
+        self.seen = {}
 
 
-def _capture(layer: torch.nn.Module, lp: LayerPlan, inputs: list[torch.Tensor], call: tuple[tuple, dict],
-             search_rows: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """mean|x| per channel over every calibration token and up to ``search_rows`` evenly spaced rows, at each
-    capture point of the layer (its weights as they are now)."""
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    kept: dict[str, list[torch.Tensor]] = {}
-    per_sample = max(1, search_rows // max(1, len(inputs)))
+class ScaledCheckpoint:
+    """The scaled float32 checkpoint, written one safetensors shard per decoder layer as the driver finishes
+    it, plus one shard of everything outside the layers copied from the source; names as the source spells
+    them (its index then maps every source tensor, checked)."""
 
-    def hook(key):
-        def fn(_m, args, kwargs):
-            x = (args[0] if args else next(iter(kwargs.values()))).detach().float()
-            x = x.reshape(-1, x.shape[-1])
-            sums[key] = sums.get(key, 0) + x.abs().sum(dim=0)
-            counts[key] = counts.get(key, 0) + x.shape[0]
-            kept.setdefault(key, []).append(sample_rows(x, per_sample))
-        return fn
+    def __init__(self, ckpt: Any, out: Path) -> None:
+        self.ckpt, self.out = ckpt, out
+        out.mkdir(parents=True)
+        self.weight_map: dict[str, str] = {}
 
-    handles = [m.register_forward_pre_hook(hook(k), with_kwargs=True) for k, m in lp.captures.items()]
-    try:
-        for x in inputs:
-            _run_layer(layer, x, call)
-    finally:
-        for h in handles:
-            h.remove()
-    stats = {k: sums[k] / counts[k] for k in sums}
-    rows = {k: torch.cat(v) for k, v in kept.items()}
-    for key, fn in lp.derived.items():  # expert inputs: from the sampled rows the router sends each expert
-        r = fn(rows)
-        rows[key] = r
-        if r.shape[0]:
-            stats[key] = r.abs().mean(dim=0)
-    return stats, rows
+    def layer(self, ctx: Any) -> None:
+        from safetensors.torch import save_file
+
+        from quant.layerwise import _spellings
+
+        names = self.ckpt.tensors
+        tensors: dict[str, torch.Tensor] = {}
+        done: set[int] = set()
+        for lin in ctx.linears:
+            for part in ("weight", "bias"):
+                p = getattr(lin.module, part, None)
+                if p is not None:
+                    tensors[f"{lin.name}.{part}"] = p
+                    done.add(id(p))
+        prefix = re.match(r"^(.*?)\.\d+\.", ctx.linears[0].name).group(1)
+        for k, p in ctx.module.state_dict(keep_vars=True).items():
+            if id(p) in done or ".experts.experts." in k:
+                continue
+            name = next((f"{prefix}.{ctx.index}.{sp}" for sp in _spellings(k) if f"{prefix}.{ctx.index}.{sp}" in names),
+                        None)
+            if name is not None:  # buffers such as rotary frequencies are not checkpoint tensors
+                tensors[name] = p
+        file = f"model-layer-{ctx.index:05d}.safetensors"
+        save_file({n: t.detach().float().contiguous() for n, t in tensors.items()}, str(self.out / file))
+        self.weight_map.update(dict.fromkeys(tensors, file))
+
+    def finish(self) -> None:
+        from safetensors.torch import save_file
+
+        rest = {n: self.ckpt.get(n).contiguous() for n in self.ckpt.names() if n not in self.weight_map}
+        save_file(rest, str(self.out / "model-rest.safetensors"))
+        self.weight_map.update(dict.fromkeys(rest, "model-rest.safetensors"))
+        extra = set(self.weight_map) - set(self.ckpt.names())
+        if extra:
+            raise RuntimeError(f"AWQ wrote tensors the source does not have: {sorted(extra)[:5]}")
+        (self.out / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"format": "pt"}, "weight_map": dict(sorted(self.weight_map.items()))}, indent=1))
+        for f in self.ckpt.path.iterdir():  # config, tokenizer, chat template: unchanged
+            if f.is_file() and not (f.suffix in (".safetensors", ".bin", ".pt", ".pth")
+                                    or f.name.endswith(".index.json")):
+                shutil.copy2(f, self.out / f.name)
 
 
 @dataclass
 class Result:
-    alphas: list[dict[str, float]]  # per layer: capture key -> alpha
+    alphas: list[dict[str, float]]  # per layer: group key -> alpha
     clipped: int
     tokens: int
     seconds: float
 
 
-def run(model: torch.nn.Module, family: Any, spec: Any, tokens: np.ndarray, grid: Any, *, clip: bool = True,
-        search_rows: int = 4096, alphas: tuple[float, ...] = ALPHAS, progress: bool = True) -> Result:
-    """AWQ on ``model`` (a float32 HF causal LM) in place, one decoder layer at a time: capture, search, fold,
-    clip, then the next layer's inputs from this layer with its weights on the grid."""
+def run(model_dir: str | Path, tokens: np.ndarray, grid: Any, out: Path | None = None, *, clip: bool = True,
+        alphas=ALPHAS, search_rows: int = 4096, batch_size: int = 4, progress: bool = True) -> Result:
+    """AWQ over ``model_dir`` one decoder layer at a time (:func:`quant.layerwise.run`); the scaled float32
+    checkpoint goes to ``out`` when given."""
     import time
 
-    from tqdm import tqdm
+    from edgekit.archs import get as family_of
+    from edgekit.checkpoint import open_checkpoint
+    from edgekit.spec import from_config
+    from quant import layerwise
 
     started = time.perf_counter()
-    layers = decoder_layers(model)
-    plans = [plan(layer, family, spec, i) for i, layer in enumerate(layers)]  # a missing mapping fails first
-    per_layer, clipped = [], 0
-    rt = round_trip(grid)
-    with torch.inference_mode():
-        inputs, calls = _layer_inputs(model, layers, tokens)
-        for i, layer in enumerate(tqdm(layers, desc="awq", unit="layer", disable=not progress)):
-            stats, rows = _capture(layer, plans[i], inputs, calls[i], search_rows)
-            res = awq_layer(plans[i], stats, rows, grid, clip=clip, alphas=alphas)
-            per_layer.append(res.alphas)
-            clipped += len(res.clipped)
-            if i + 1 < len(layers):  # the next layer sees this one quantized
-                saved = [m.weight().clone() for m in plans[i].quantized]
-                for m in plans[i].quantized:
-                    m.assign(rt(m.weight()))
-                inputs = [_run_layer(layer, x, calls[i]) for x in inputs]
-                for m, w in zip(plans[i].quantized, saved, strict=True):
-                    m.assign(w)
-    return Result(per_layer, clipped, int(tokens.size), round(time.perf_counter() - started, 3))
+    ckpt = open_checkpoint(str(model_dir))
+    writer = ScaledCheckpoint(ckpt, out) if out is not None else None
+    cb = AWQ(family_of(ckpt.config.get("model_type")), from_config(ckpt.config), grid, clip=clip, alphas=alphas,
+             search_rows=search_rows, keep=writer.layer if writer else None)
+    layerwise.run(str(model_dir), tokens, cb, batch_size=batch_size, progress=progress)
+    if writer is not None:
+        writer.finish()
+    return Result(cb.alpha, cb.clipped, int(tokens.size), round(time.perf_counter() - started, 3))

@@ -37,18 +37,6 @@ def target(fmt: str, then: str, qtype: str | None, group_size: int | None, symme
     return p, p["grid"], dict(p["params"])
 
 
-def scaled_checkpoint(model_dir: Path, tmp: Path, model: Any) -> Path:
-    """Save the scaled float32 model in ``tmp`` with the source's other files (config, tokenizer, chat
-    template) copied unchanged."""
-    model.save_pretrained(str(tmp))
-    weights = {p.name for p in tmp.iterdir()}
-    for f in model_dir.iterdir():
-        if f.is_file() and not (f.suffix in (".safetensors", ".bin", ".pt", ".pth") or f.name.endswith(".index.json")
-                                or (f.name in weights and f.name != "config.json")):
-            shutil.copy2(f, tmp / f.name)  # config.json too: the source's keys, as the converters read them
-    return tmp
-
-
 def run(model: str, fmt: str, output: str | None, *, then: str | None = None, qtype: str | None = None,
         group_size: int | None = None, symmetric: bool | None = None, double_quant: bool = False,
         calib: str | None = None, imatrix_file: str | None = None, no_imatrix: bool = False,
@@ -56,11 +44,8 @@ def run(model: str, fmt: str, output: str | None, *, then: str | None = None, qt
         keep_head: bool | None = None, keep_embed: bool = False, force: bool = False, progress: bool = True
         ) -> dict[str, Any]:
     """AWQ, then quantize; ``save_scaled``: also keep the scaled float32 checkpoint (AWQ's fp output) there."""
-    import torch
-
     from edgekit.archs import get as family_of
     from edgekit.checkpoint import open_checkpoint
-    from edgekit.spec import from_config
     from quant import awq, imatrix, pipeline
     from quant.grids import get as grid_of
 
@@ -74,8 +59,7 @@ def run(model: str, fmt: str, output: str | None, *, then: str | None = None, qt
         raise EdgekitError("--no-imatrix applies to --then k-quants only", "drop --no-imatrix")
     text, source = calibration.load_text(calib)
     ckpt = open_checkpoint(model)
-    family = family_of(ckpt.config.get("model_type"))
-    spec = from_config(ckpt.config)
+    family_of(ckpt.config.get("model_type"))  # an unsupported architecture fails before any work
     if plan["kind"] == "seam":
         pipeline._check_blocks(ckpt, plan)
     grid = grid_of(search_grid, **params)
@@ -89,13 +73,12 @@ def run(model: str, fmt: str, output: str | None, *, then: str | None = None, qt
     encode, bos = imatrix.tokenizer_for(ckpt.path)
     tokens = calibration.samples(encode, text, samples or DEFAULT_SAMPLES, seqlen or DEFAULT_SEQLEN, bos=bos,
                                  source=f"calibration file {calib}" if calib else "the default calibration text")
-    hf = imatrix.load_hf(ckpt.path)
-    awq.plan(awq.decoder_layers(hf)[0], family, spec, 0)  # an architecture without a mapping fails before work
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    result = awq.run(hf, family, spec, tokens, grid, clip=clip, progress=progress)
-    tmp = scaled_checkpoint(ckpt.path, (keep or dest).parent / f".{(keep or dest).name}.awq-{secrets.token_hex(4)}",
-                            hf)
-    del hf
+    tmp = (keep or dest).parent / f".{(keep or dest).name}.awq-{secrets.token_hex(4)}"
+    try:
+        result = awq.run(ckpt.path, tokens, grid, tmp, clip=clip, progress=progress)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         summary = pipeline.run(str(tmp), fmt, then, str(dest), qtype=qtype, group_size=group_size,
                                symmetric=symmetric, double_quant=double_quant,
