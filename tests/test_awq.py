@@ -10,7 +10,6 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 from test_quantize import EVAL, _initializers, cli, ok
 
 import quant
@@ -48,8 +47,9 @@ def test_fold_is_exact_before_quantization(random_model, arch, tmp_path):
 
 
 def _scaled(directory: Path, name: str) -> np.ndarray:
-    with safe_open(str(directory / "model.safetensors"), "np") as f:
-        return f.get_tensor(name).astype(np.float32)
+    from edgekit.checkpoint import open_checkpoint
+
+    return np.asarray(open_checkpoint(str(directory)).array(name), dtype=np.float32)
 
 
 @pytest.fixture(scope="module")
