@@ -14,7 +14,7 @@ is skipped.
 - ``edgekit quantize --method awq`` on SmolLM2 with 128 x 512 calibration tokens (the default calibration text
   repeated to reach them: this row measures time and memory, not quality; goal <= 10 min and <= 2 GB).
 
-    python benchmarks/quantize.py [--skip-1b] [--awq-only]
+    python benchmarks/quantize.py [--skip-1b] [--awq-only] [--awq-samples=128]
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def eval_vs_perplexity(d: Path) -> None:
     print(json.dumps(row), flush=True)
 
 
-def awq_smollm2(d: Path) -> None:
+def awq_smollm2(d: Path, samples: int = 128) -> None:
     from edgekit.models import smollm2
     from quant import calibration
 
@@ -103,16 +103,17 @@ def awq_smollm2(d: Path) -> None:
     calib.write_text("\n\n".join([text] * 4), encoding="utf-8")  # ~85k SmolLM2 tokens: 128 windows of 512
     out = d / "smollm2-awq-q4_0.gguf"
     ek = measure_fresh(edgekit("quantize", str(smollm2.ensure()), "--to", "gguf", "--method", "awq", "--type", "q4_0",
-                               "--calib", str(calib), "--samples", "128", "--seqlen", "512", "-o", str(out), "--json"),
-                       out)
-    print(json.dumps({"job": "awq q4_0 SmolLM2, 128 x 512 calibration tokens", "edgekit_s": round(ek[0], 2),
+                               "--calib", str(calib), "--samples", str(samples), "--seqlen", "512", "-o", str(out),
+                               "--json"), out)
+    print(json.dumps({"job": f"awq q4_0 SmolLM2, {samples} x 512 calibration tokens", "edgekit_s": round(ek[0], 2),
                       "edgekit_tree_rss_mb": round(ek[2]), "goal": "<= 600 s, <= 2048 MB"}), flush=True)
 
 
 def main(argv: list[str]) -> int:
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as d:
-        awq_smollm2(Path(d))
+        n = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("--awq-samples=")), 128)
+        awq_smollm2(Path(d), n)
         if "--awq-only" in argv:
             return 0
         eval_vs_perplexity(Path(d))
