@@ -80,7 +80,7 @@ def test_gguf_codes_are_awqs_own(awq_q4_0, tiny_dir):
     assert r["quant"]["alpha"] == m["alpha"]
 
 
-@pytest.mark.parametrize("block", [32, 128])
+@pytest.mark.parametrize("block", [32, pytest.param(128, marks=pytest.mark.slow)])
 def test_onnx_int4_codes_are_awqs_own(tiny_dir, tmp_path, block):
     out, scaled = tmp_path / "o", tmp_path / "scaled"
     ok("quantize", str(tiny_dir), "--to", "onnx", "--method", "awq", "--type", "int4", "--group-size", str(block),
@@ -126,6 +126,7 @@ def test_architecture_without_mapping(random_model):
         awq.plan(layer, family("llama"), from_config(cfg), 0)
 
 
+@pytest.mark.slow  # two evals; the README's quality table has the full figures
 def test_awq_loses_less_than_rtn_on_the_same_grid(awq_q4_0, tiny_dir, tmp_path):
     rtn = tmp_path / "rtn.gguf"
     ok("quantize", str(tiny_dir), "--to", "gguf", "--method", "rtn", "--type", "q4_0", "-o", str(rtn))
