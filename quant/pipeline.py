@@ -67,7 +67,7 @@ def run(model: str, fmt: str, method: str, output: str | None = None, *, qtype: 
         calib: str | None = None, imatrix_file: str | None = None, no_imatrix: bool = False,
         samples: int | None = None, seqlen: int | None = None, keep_head: bool | None = None,
         keep_embed: bool = False, force: bool = False, progress: bool = True, then: str | None = None,
-        clip: bool = True, save_scaled: str | None = None) -> dict[str, Any]:
+        clip: bool | None = None, save_scaled: str | None = None) -> dict[str, Any]:
     from edgekit.checkpoint import open_checkpoint
     from quant import calibration
 
@@ -78,8 +78,8 @@ def run(model: str, fmt: str, method: str, output: str | None = None, *, qtype: 
                            double_quant=double_quant, calib=calib, imatrix_file=imatrix_file, no_imatrix=no_imatrix,
                            samples=samples, seqlen=seqlen, clip=clip, save_scaled=save_scaled, keep_head=keep_head,
                            keep_embed=keep_embed, force=force, progress=progress)
-    if then is not None or not clip or save_scaled:
-        raise EdgekitError("--then/--no-clip/--save-scaled apply to --method awq only",
+    if then is not None or clip is not None or save_scaled:
+        raise EdgekitError("--then/--clip/--no-clip/--save-scaled apply to --method awq only",
                            "drop them, or use --method awq")
     started = time.perf_counter()
     plan = resolve(fmt, method, qtype, group_size, symmetric)

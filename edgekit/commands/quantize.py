@@ -21,7 +21,8 @@ from edgekit.commands import emit
 @click.option("--keep-embed", is_flag=True, help="Keep the token embeddings in 16-bit.")
 @click.option("--then", help="awq: what quantizes the scaled model: rtn (default, onto --type's grid), nf4, or a "
               "llama.cpp type (q4_k_m, ...; gguf only).")
-@click.option("--no-clip", "clip", flag_value=False, default=True, help="awq: skip the per-block clip search.")
+@click.option("--clip/--no-clip", default=None, help="awq: the per-block clip search (default: on for rtn/nf4, "
+              "off before k-quants, whose own grids it does not see).")
 @click.option("--save-scaled", metavar="DIR", help="awq: also keep the scaled float32 checkpoint (AWQ's fp output).")
 @click.option("--calib", metavar="FILE", help="k-quants and awq: calibration text (plain text or JSONL).")
 @click.option("--imatrix", "imatrix_file", metavar="FILE", help="k-quants: a precomputed importance matrix.")
