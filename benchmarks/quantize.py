@@ -11,7 +11,10 @@ llama.cpp's converter comes from $LLAMA_CPP_DIR (default: the copy of the vendor
 that ``make llama-tools`` keeps beside its binaries) and its tools from ``make llama-tools``; without them that half
 is skipped.
 
-    python benchmarks/quantize.py [--skip-1b]
+- ``edgekit quantize --method awq`` on SmolLM2 with 128 x 512 calibration tokens (the default calibration text
+  repeated to reach them: this row measures time and memory, not quality; goal <= 10 min and <= 2 GB).
+
+    python benchmarks/quantize.py [--skip-1b] [--awq-only] [--awq-samples=128]
 """
 
 from __future__ import annotations
@@ -91,9 +94,28 @@ def eval_vs_perplexity(d: Path) -> None:
     print(json.dumps(row), flush=True)
 
 
+def awq_smollm2(d: Path, samples: int = 128) -> None:
+    from edgekit.models import smollm2
+    from quant import calibration
+
+    text, _ = calibration.load_text()
+    calib = d / "calib-x4.txt"
+    calib.write_text("\n\n".join([text] * 4), encoding="utf-8")  # ~85k SmolLM2 tokens: 128 windows of 512
+    out = d / "smollm2-awq-q4_0.gguf"
+    ek = measure_fresh(edgekit("quantize", str(smollm2.ensure()), "--to", "gguf", "--method", "awq", "--type", "q4_0",
+                               "--calib", str(calib), "--samples", str(samples), "--seqlen", "512", "-o", str(out),
+                               "--json"), out)
+    print(json.dumps({"job": f"awq q4_0 SmolLM2, {samples} x 512 calibration tokens", "edgekit_s": round(ek[0], 2),
+                      "edgekit_tree_rss_mb": round(ek[2]), "goal": "<= 600 s, <= 2048 MB"}), flush=True)
+
+
 def main(argv: list[str]) -> int:
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as d:
+        n = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("--awq-samples=")), 128)
+        awq_smollm2(Path(d), n)
+        if "--awq-only" in argv:
+            return 0
         eval_vs_perplexity(Path(d))
         if "--skip-1b" not in argv:
             quantize_1b(Path(d))

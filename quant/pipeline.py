@@ -28,7 +28,7 @@ METHODS = ("rtn", "nf4", *kquant.METHODS)
 def resolve(fmt: str, method: str, qtype: str | None, group_size: int | None, symmetric: bool | None) -> dict[str, Any]:
     """The grid a (format, method, type) names, or an EdgekitError naming the closest method that fits."""
     if method not in METHODS:
-        raise EdgekitError(f"unknown --method {method}", f"methods: rtn, nf4, {', '.join(kquant.METHODS)}")
+        raise EdgekitError(f"unknown --method {method}", f"methods: rtn, nf4, awq, {', '.join(kquant.METHODS)}")
     if method in kquant.METHODS:
         if fmt != "gguf":
             raise EdgekitError(f"{method} is a llama.cpp GGUF type; {fmt} cannot hold it",
@@ -81,10 +81,21 @@ def run(model: str, fmt: str, method: str, output: str | None = None, *, qtype: 
         group_size: int | None = None, symmetric: bool | None = None, double_quant: bool = False,
         calib: str | None = None, imatrix_file: str | None = None, no_imatrix: bool = False,
         samples: int | None = None, seqlen: int | None = None, keep_head: bool | None = None,
-        keep_embed: bool = False, force: bool = False, progress: bool = True) -> dict[str, Any]:
+        keep_embed: bool = False, force: bool = False, progress: bool = True, then: str | None = None,
+        clip: bool | None = None, save_scaled: str | None = None) -> dict[str, Any]:
     from edgekit.checkpoint import open_checkpoint
     from quant import calibration
 
+    if method == "awq":  # calibrated scales first, then one of the paths below on the scaled checkpoint
+        from quant import awq_run
+
+        return awq_run.run(model, fmt, output, then=then, qtype=qtype, group_size=group_size, symmetric=symmetric,
+                           double_quant=double_quant, calib=calib, imatrix_file=imatrix_file, no_imatrix=no_imatrix,
+                           samples=samples, seqlen=seqlen, clip=clip, save_scaled=save_scaled, keep_head=keep_head,
+                           keep_embed=keep_embed, force=force, progress=progress)
+    if then is not None or clip is not None or save_scaled:
+        raise EdgekitError("--then/--clip/--no-clip/--save-scaled apply to --method awq only",
+                           "drop them, or use --method awq")
     started = time.perf_counter()
     plan = resolve(fmt, method, qtype, group_size, symmetric)
     if plan["kind"] == "seam" and double_quant:

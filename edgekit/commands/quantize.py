@@ -10,7 +10,7 @@ from edgekit.commands import emit
 @click.command("quantize")
 @click.argument("model")
 @click.option("--to", "fmt", required=True, type=click.Choice(["gguf", "onnx", "coreml"]), help="Target format.")
-@click.option("--method", required=True, help="rtn | nf4 | a llama.cpp type (q4_k_m, q2_k..q6_k, iq4_nl, iq4_xs, "
+@click.option("--method", required=True, help="rtn | nf4 | awq | a llama.cpp type (q4_k_m, q2_k..q6_k, iq4_nl, iq4_xs, "
               "iq2_*/iq3_*; gguf only).")
 @click.option("--type", "qtype", help="rtn grid: q4_0|q4_1|q5_0|q5_1|q8_0 (gguf), int4|int8 (onnx, coreml).")
 @click.option("--group-size", type=int, help="onnx, coreml: block size along the input dimension (32; nf4: 64).")
@@ -19,10 +19,15 @@ from edgekit.commands import emit
 @click.option("--keep-head/--quantize-head", "keep_head", default=None,
               help="Keep the output head in 16-bit (default, as llama.cpp keeps it more precise).")
 @click.option("--keep-embed", is_flag=True, help="Keep the token embeddings in 16-bit.")
-@click.option("--calib", metavar="FILE", help="k-quants: calibration text for the importance matrix.")
+@click.option("--then", help="awq: what quantizes the scaled model: rtn (default, onto --type's grid), nf4, or a "
+              "llama.cpp type (q4_k_m, ...; gguf only).")
+@click.option("--clip/--no-clip", default=None, help="awq: the per-block clip search (default: on for rtn/nf4, "
+              "off before k-quants, whose own grids it does not see).")
+@click.option("--save-scaled", metavar="DIR", help="awq: also keep the scaled float32 checkpoint (AWQ's fp output).")
+@click.option("--calib", metavar="FILE", help="k-quants and awq: calibration text (plain text or JSONL).")
 @click.option("--imatrix", "imatrix_file", metavar="FILE", help="k-quants: a precomputed importance matrix.")
 @click.option("--no-imatrix", is_flag=True, help="k-quants: quantize without an importance matrix.")
-@click.option("--samples", type=int, help="Calibration windows (default 64).")
+@click.option("--samples", type=int, help="Calibration windows (default 64; awq 128).")
 @click.option("--seqlen", type=int, help="Tokens per calibration window (default 512).")
 @click.option("-o", "--output", type=click.Path(), help="Output file (gguf) or directory (onnx, coreml).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")

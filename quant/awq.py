@@ -1,0 +1,462 @@
+"""AWQ (Lin et al. 2023): activation-aware per-input-channel scales, folded so the fp model is unchanged.
+
+Per decoder layer and per *group* (linears that read the same input, and the operation that produces it):
+``s = mean|x| ** alpha`` per input channel (normalised so max*min = 1), ``alpha`` searched on a grid
+against the group's output error on calibration data, ``|| X Wᵀ - (X/s) Q(W·s)ᵀ ||²`` with ``Q`` the
+target grid's own round trip (:func:`quant.grids.get`), so the error searched is the error the device
+sees. The chosen ``s`` is folded: the producer (RMSNorm / LayerNorm weight and bias, gemma's ``1 + w``,
+or the rows of the preceding linear: v -> o, up -> down) is divided by ``s`` and the consumers' input
+columns multiplied by it, so before quantization the model computes the same function. The fold rules
+follow AutoAWQ's: v -> o only when v's outputs are o's inputs one to one (no GQA), no fold across a
+non-linear activation (gpt2's c_fc -> c_proj), a MoE router reads the scaled norm too and is scaled with
+the experts, every expert's up -> down with the tokens routed to it. Optional clip search (AutoAWQ's
+auto_clip): per block, the clamp ``±max`` (shrinking by 1/20 steps down to half) whose grid round trip
+gives the least output error on sampled tokens; not for q/k (their errors pass through q·kᵀ).
+
+AWQ's output is an equivalent fp checkpoint (scaled, clipped) whose round to nearest on the grid is AWQ's
+codes; it can also precede llama.cpp's k-quants or NF4. Written by hand: no maintained CPU AWQ library
+(AutoAWQ is deprecated and GPU-first) writes into these grids.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgekit.errors import EdgekitError
+
+ALPHAS = tuple(i / 20 for i in range(20))  # AutoAWQ's grid: 0, 0.05, ..., 0.95
+CLIP_STEPS, CLIP_MAX_SHRINK = 20, 0.5
+
+
+class Mat:
+    """One weight matrix as the formats see it, [out, in] (rows = output features, blocks run along inputs),
+    over a parameter that may be stored (in, out) (gpt2's Conv1D) or be one expert of a 3-D stack."""
+
+    def __init__(self, name: str, role: str, param: torch.Tensor, index: int | None = None, conv1d: bool = False,
+                 bias: torch.Tensor | None = None) -> None:
+        self.name, self.role, self.param, self.index, self.conv1d, self.bias = name, role, param, index, conv1d, bias
+
+    def view(self) -> torch.Tensor:
+        """A view of the stored data as [out, in]: writes through to the model."""
+        p = self.param.data if self.index is None else self.param.data[self.index]
+        return p.t() if self.conv1d else p
+
+    def weight(self) -> torch.Tensor:
+        return self.view().float()
+
+    def assign(self, w: torch.Tensor) -> None:
+        self.view().copy_(w)
+
+    def scale_inputs(self, s: torch.Tensor) -> None:
+        self.view().mul_(s[None, :])
+
+    def scale_outputs(self, s: torch.Tensor, rows: slice) -> None:
+        self.view()[rows].div_(s[:, None])
+        if self.bias is not None:
+            b = self.bias.data if self.index is None else self.bias.data[self.index]
+            b[rows].div_(s)
+
+
+@dataclass
+class Norm:
+    """A norm producing a group's input: weight (and LayerNorm bias) divided by s; gemma applies 1 + w."""
+
+    name: str
+    module: torch.nn.Module
+    offset: bool = False
+
+    def scale_outputs(self, s: torch.Tensor) -> None:
+        w = self.module.weight.data
+        if self.offset:
+            w.copy_((1.0 + w) / s - 1.0)
+        else:
+            w.div_(s)
+        if getattr(self.module, "bias", None) is not None:
+            self.module.bias.data.div_(s)
+
+
+@dataclass
+class Group:
+    """Linears reading one input (``key``, the capture point), and what produces that input."""
+
+    key: str
+    prev: Norm | tuple[Mat, slice]
+    mats: list[Mat]  # consumers whose input columns take s (all are folded)
+    quantized: list[Mat] = field(default_factory=list)  # the consumers the grid quantizes (error measured on)
+    tokens: Callable[[torch.Tensor], torch.Tensor] | None = None  # rows of the capture this group sees
+
+
+@dataclass
+class LayerPlan:
+    groups: list[Group]
+    observers: dict[str, list[Mat]]  # group key -> the linears whose inputs are the group's input
+    quantized: list[Mat] = field(default_factory=list)  # every linear the grid quantizes, in order
+
+
+def _get(module: torch.nn.Module, path: str) -> Any:
+    for part in path.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
+
+
+def _lin(layer: torch.nn.Module, path: str, role: str) -> Mat:
+    m = _get(layer, path)
+    return Mat(path, role, m.weight, bias=m.bias)
+
+
+def plan(layer: torch.nn.Module, family: Any, spec: Any, layer_index: int) -> LayerPlan:
+    """The fold groups of one HF decoder layer, by family; EdgekitError for a layout with no mapping."""
+    groups: list[Group] = []
+    observers: dict[str, list[Mat]] = {}
+    quantized: list[Mat] = []
+    mha = spec.num_kv_heads == spec.num_heads
+    kv_rows = spec.num_kv_heads * spec.head_dim
+    arch = family.model_type
+
+    def missing() -> EdgekitError:
+        return EdgekitError(f"AWQ has no mapping for {arch}'s decoder layer {layer_index}",
+                            "use --method rtn or gptq for this architecture")
+
+    # ---- attention
+    if family.conv1d:  # gpt2: ln_1 -> c_attn (q|k|v columns), v -> c_proj
+        c_attn, c_proj = _get(layer, "attn.c_attn"), _get(layer, "attn.c_proj")
+        if c_attn is None:
+            raise missing()
+        qkv = Mat("attn.c_attn", "qkv", c_attn.weight, conv1d=True, bias=c_attn.bias)
+        o = Mat("attn.c_proj", "o", c_proj.weight, conv1d=True, bias=c_proj.bias)
+        observers.update({"attn_in": [qkv], "o_in": [o]})
+        groups.append(Group("attn_in", Norm("ln_1", layer.ln_1), [qkv], [qkv]))
+        h = spec.hidden_size
+        groups.append(Group("o_in", (qkv, slice(2 * h, 3 * h)), [o], [o]))
+        quantized += [qkv, o]
+    elif _get(layer, "self_attn.qkv_proj") is not None:  # phi3: fused, v rows last
+        qkv, o = _lin(layer, "self_attn.qkv_proj", "qkv"), _lin(layer, "self_attn.o_proj", "o")
+        observers.update({"attn_in": [qkv], "o_in": [o]})
+        groups.append(Group("attn_in", Norm("input_layernorm", layer.input_layernorm, family.norm_offset),
+                            [qkv], [qkv]))
+        if mha:
+            n = qkv.view().shape[0]
+            groups.append(Group("o_in", (qkv, slice(n - kv_rows, n)), [o], [o]))
+        quantized += [qkv, o]
+    elif _get(layer, "self_attn.q_proj") is not None:
+        q, k, v = (_lin(layer, f"self_attn.{r}_proj", r) for r in "qkv")
+        o = _lin(layer, "self_attn.o_proj", "o")
+        observers.update({"attn_in": [q], "o_in": [o]})
+        groups.append(Group("attn_in", Norm("input_layernorm", layer.input_layernorm, family.norm_offset),
+                            [q, k, v], [q, k, v]))
+        if mha:
+            groups.append(Group("o_in", (v, slice(0, kv_rows)), [o], [o]))
+        quantized += [q, k, v, o]
+    else:
+        raise missing()
+
+    # ---- MLP
+    ffn_norm_name = "pre_feedforward_layernorm" if family.sandwich_norms else (
+        "ln_2" if family.conv1d else "post_attention_layernorm")
+    ffn_norm = Norm(ffn_norm_name, _get(layer, ffn_norm_name), family.norm_offset)
+    mlp = layer.mlp
+    if family.conv1d:  # gelu between c_fc and c_proj: no fold there
+        fc = Mat("mlp.c_fc", "up", mlp.c_fc.weight, conv1d=True, bias=mlp.c_fc.bias)
+        proj = Mat("mlp.c_proj", "down", mlp.c_proj.weight, conv1d=True, bias=mlp.c_proj.bias)
+        observers["ffn_in"] = [fc]
+        groups.append(Group("ffn_in", ffn_norm, [fc], [fc]))
+        quantized += [fc, proj]
+    elif getattr(mlp, "experts", None) is not None:  # the driver's split experts: one nn.Linear each
+        experts = list(mlp.experts.experts)
+        gates = [Mat(f"mlp.experts.{e}.gate", "expert_gate", x.gate.weight) for e, x in enumerate(experts)]
+        ups = [Mat(f"mlp.experts.{e}.up", "expert_up", x.up.weight) for e, x in enumerate(experts)]
+        downs = [Mat(f"mlp.experts.{e}.down", "expert_down", x.down.weight) for e, x in enumerate(experts)]
+        router = Mat("mlp.gate", "router", mlp.gate.weight)
+        ffn_mats, ffn_q = [router, *gates, *ups], [*gates, *ups]
+        shared = getattr(mlp, "shared_expert", None)
+        if shared is not None:
+            sg, su = _lin(layer, "mlp.shared_expert.gate_proj", "shared_gate"), _lin(layer, "mlp.shared_expert.up_proj",
+                                                                                     "shared_up")
+            sd = _lin(layer, "mlp.shared_expert.down_proj", "shared_down")
+            ffn_mats += [sg, su, _lin(layer, "mlp.shared_expert_gate", "shared_router")]
+            ffn_q += [sg, su]
+        # every token reaches top-k experts, so the experts' gate inputs together are the norm's output k times
+        # over (the same mean|x| and XᵀX/n); the shared expert alone sees each token once
+        observers["ffn_in"] = [sg] if shared is not None else gates
+        groups.append(Group("ffn_in", ffn_norm, ffn_mats, ffn_q))
+        if shared is not None:
+            groups.append(Group("shared_down_in", (su, slice(None)), [sd], [sd]))
+            observers["shared_down_in"] = [sd]
+        for e in range(len(experts)):
+            groups.append(Group(f"expert{e}_down_in", (ups[e], slice(None)), [downs[e]], [downs[e]]))
+            observers[f"expert{e}_down_in"] = [downs[e]]
+        quantized += [*gates, *ups, *downs] + ([sg, su, sd] if shared is not None else [])
+    elif _get(mlp, "gate_up_proj") is not None:  # phi3: gate rows first, up rows second
+        gu, down = _lin(layer, "mlp.gate_up_proj", "gate_up"), _lin(layer, "mlp.down_proj", "down")
+        observers.update({"ffn_in": [gu], "down_in": [down]})
+        n = gu.view().shape[0]
+        groups.append(Group("ffn_in", ffn_norm, [gu], [gu]))
+        groups.append(Group("down_in", (gu, slice(n // 2, n)), [down], [down]))
+        quantized += [gu, down]
+    elif _get(mlp, "gate_proj") is not None:
+        gate, up, down = (_lin(layer, f"mlp.{r}_proj", r) for r in ("gate", "up", "down"))
+        observers.update({"ffn_in": [gate], "down_in": [down]})
+        groups.append(Group("ffn_in", ffn_norm, [gate, up], [gate, up]))
+        groups.append(Group("down_in", (up, slice(None)), [down], [down]))
+        quantized += [gate, up, down]
+    else:
+        raise missing()
+    if ffn_norm.module is None:
+        raise missing()
+    return LayerPlan(groups, observers, quantized)
+
+
+# ---- the grid's round trip ------------------------------------------------------------------------------
+
+def round_trip(grid: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """w [out, in] -> the weight the runtime computes after the grid's quantize and dequantize."""
+
+    def rt(w: torch.Tensor) -> torch.Tensor:
+        a = w.detach().float().numpy()
+        return torch.from_numpy(np.ascontiguousarray(grid.dequantize(grid.quantize(a)), dtype=np.float32))
+
+    return rt
+
+
+# ---- search ---------------------------------------------------------------------------------------------
+
+def search_scale(x_mean: torch.Tensor, gram: torch.Tensor, mats: list[Mat], rt: Callable, alphas=ALPHAS
+                 ) -> tuple[float, torch.Tensor, list[float]]:
+    """(best alpha, its scales, error per alpha) for a group with input statistics ``x_mean`` = mean|x| per
+    channel and ``gram`` = XᵀX / n of sampled input rows: the output error ``||X Wᵀ - (X/s) Q(W·s)ᵀ||² / n``
+    is ``Σ (ΔW G) ⊙ ΔW`` with ``ΔW = W - Q(W·s)/s``, which costs out·in² instead of n·out·in."""
+    ws = [m.weight() for m in mats]
+    errors, best = [], (float("inf"), 0.0, torch.ones_like(x_mean))
+    for a in alphas:
+        s = x_mean.clamp(min=1e-4).pow(a)  # AutoAWQ's floor keeps dead channels from blowing up
+        s = s / (s.max() * s.min()).sqrt()
+        err = 0.0
+        for w in ws:
+            d = w - rt(w * s) / s
+            err += float(((d @ gram) * d).sum())
+        errors.append(err)
+        if err < best[0]:
+            best = (err, a, s)
+    return best[1], best[2], errors
+
+
+def search_clip(w: torch.Tensor, gram: torch.Tensor, grid: Any, rt: Callable) -> torch.Tensor:
+    """w [out, in] clamped per block to the ±max (of CLIP_STEPS shrinks) whose round trip errs least on the
+    block's share of the output, ``dᵀ G_b d`` with ``G_b`` the block's diagonal block of ``gram`` = XᵀX / n."""
+    block = grid.block_size
+    n_out, n_in = w.shape
+    nb = n_in // block
+    wb = w.reshape(n_out, nb, block)
+    gb = torch.stack([gram[i * block:(i + 1) * block, i * block:(i + 1) * block] for i in range(nb)])
+    top = wb.abs().amax(dim=-1, keepdim=True)  # [out, nb, 1]
+    best_err = torch.full((n_out, nb), float("inf"))
+    best_max = top.clone()
+    for i in range(int(CLIP_MAX_SHRINK * CLIP_STEPS)):
+        m = top * (1 - i / CLIP_STEPS)
+        cw = torch.max(torch.min(wb, m), -m)
+        d = rt(cw.reshape(n_out, n_in)).reshape(n_out, nb, block) - wb
+        err = torch.einsum("ogb,gbc,ogc->og", d, gb, d)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_max = torch.where(better[..., None], m, best_max)
+    return torch.max(torch.min(wb, best_max), -best_max).reshape(n_out, n_in)
+
+
+def sample_rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    """At most ``n`` rows of ``x``, evenly spaced (deterministic)."""
+    if x.shape[0] <= n:
+        return x
+    return x[torch.linspace(0, x.shape[0] - 1, n).long()]
+
+
+def fold_group(g: Group, x_mean: torch.Tensor, gram: torch.Tensor, rt: Callable, alphas=ALPHAS
+               ) -> tuple[float, torch.Tensor, list[float]]:
+    """Search the group's alpha and fold its scales: the producer's outputs / s, the consumers' inputs * s."""
+    a, s, errs = search_scale(x_mean, gram, g.quantized, rt, alphas)
+    if isinstance(g.prev, Norm):
+        g.prev.scale_outputs(s)
+    else:
+        g.prev[0].scale_outputs(s, g.prev[1])
+    for m in g.mats:
+        m.scale_inputs(s)
+    return a, s, errs
+
+
+def clip_group(g: Group, gram: torch.Tensor, s: torch.Tensor, grid: Any, rt: Callable) -> list[str]:
+    """Clip search for the group's quantized linears but q and k (their errors pass through q·kᵀ; AutoAWQ skips
+    them too; a fused qkv holds them); ``gram`` is of the unscaled input, the linears now read X / s."""
+    done = []
+    for m in g.quantized:
+        if m.role in ("q", "k", "qkv"):
+            continue
+        m.assign(search_clip(m.weight(), gram / s[:, None] / s[None, :], grid, rt))
+        done.append(m.name)
+    return done
+
+
+# ---- layer by layer, on quant.layerwise's driver ---------------------------------------------------------
+
+class _Observed:
+    """mean|x| over every calibration token and up to ``cap`` evenly spaced rows per batch, for one group."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.sum, self.count, self.rows = cap, None, 0, []
+
+    def add(self, x: torch.Tensor) -> None:
+        if x.shape[0] == 0:
+            return
+        a = x.abs().sum(dim=0)
+        self.sum = a if self.sum is None else self.sum + a
+        self.count += x.shape[0]
+        self.rows.append(sample_rows(x, self.cap))
+
+    def stats(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not self.count:
+            return None  # an expert no calibration token reached: left unscaled
+        x = torch.cat(self.rows)
+        return self.sum / self.count, x.t() @ x / x.shape[0]
+
+
+class AWQ:
+    """The :class:`quant.layerwise.Callback` of AWQ: per stage, search and fold the groups whose linears the
+    stage holds (the layer then computes the same function, so later stages observe unchanged activations);
+    at the layer's end clip, hand the scaled float weights to ``keep`` (the scaled checkpoint), and put the
+    grid's round trip in place so the next layer's inputs come from this layer quantized."""
+
+    def __init__(self, family: Any, spec: Any, grid: Any, *, clip: bool = True, alphas=ALPHAS,
+                 search_rows: int = 4096, keep: Callable[[Any], None] | None = None) -> None:
+        self.family, self.spec, self.grid, self.clip, self.alphas = family, spec, grid, clip, alphas
+        self.search_rows, self.keep = search_rows, keep
+        self.rt = round_trip(grid)
+        self.alpha: list[dict[str, float]] = []
+        self.clipped = 0
+
+    def begin_layer(self, ctx: Any) -> None:
+        self.plan = plan(ctx.module, self.family, self.spec, ctx.index)
+        cap = max(1, self.search_rows // max(1, ctx.batches))
+        self.seen = {k: _Observed(cap) for k in self.plan.observers}
+        self.key_of = {id(m.param): k for k, ms in self.plan.observers.items() for m in ms}
+        self.done: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # key -> (gram, s)
+        self.alpha.append({})
+
+    def observe(self, lin: Any, x: torch.Tensor) -> None:
+        key = self.key_of.get(id(lin.module.weight))
+        if key is not None:
+            self.seen[key].add(x)
+
+    def quantize(self, ctx: Any, stage: Any) -> None:
+        in_stage = {id(lin.module.weight) for lin in stage.linears}
+        for g in self.plan.groups:
+            if g.key in self.done or not all(id(m.param) in in_stage for m in g.quantized):
+                continue
+            st = self.seen[g.key].stats()
+            if st is None:
+                continue
+            a, s, _ = fold_group(g, st[0], st[1], self.rt, self.alphas)
+            self.done[g.key] = (st[1], s)
+            self.alpha[-1][g.key] = a
+
+    def end_layer(self, ctx: Any) -> None:
+        if self.clip:
+            for g in self.plan.groups:
+                if g.key in self.done:
+                    self.clipped += len(clip_group(g, *self.done[g.key], self.grid, self.rt))
+        if self.keep is not None:
+            self.keep(ctx)
+        for m in self.plan.quantized:
+            m.assign(self.rt(m.weight()))
+        self.seen = {}
+
+
+class ScaledCheckpoint:
+    """The scaled float32 checkpoint, written one safetensors shard per decoder layer as the driver finishes
+    it, plus one shard of everything outside the layers copied from the source; names as the source spells
+    them (its index then maps every source tensor, checked)."""
+
+    def __init__(self, ckpt: Any, out: Path) -> None:
+        self.ckpt, self.out = ckpt, out
+        out.mkdir(parents=True)
+        self.weight_map: dict[str, str] = {}
+
+    def layer(self, ctx: Any) -> None:
+        from safetensors.torch import save_file
+
+        from quant.layerwise import _spellings
+
+        names = self.ckpt.tensors
+        tensors: dict[str, torch.Tensor] = {}
+        done: set[int] = set()
+        for lin in ctx.linears:
+            for part in ("weight", "bias"):
+                p = getattr(lin.module, part, None)
+                if p is not None:
+                    tensors[f"{lin.name}.{part}"] = p
+                    done.add(id(p))
+        prefix = re.match(r"^(.*?)\.\d+\.", ctx.linears[0].name).group(1)
+        for k, p in ctx.module.state_dict(keep_vars=True).items():
+            if id(p) in done or ".experts.experts." in k:
+                continue
+            name = next((f"{prefix}.{ctx.index}.{sp}" for sp in _spellings(k) if f"{prefix}.{ctx.index}.{sp}" in names),
+                        None)
+            if name is not None:  # buffers such as rotary frequencies are not checkpoint tensors
+                tensors[name] = p
+        file = f"model-layer-{ctx.index:05d}.safetensors"
+        save_file({n: t.detach().float().contiguous() for n, t in tensors.items()}, str(self.out / file))
+        self.weight_map.update(dict.fromkeys(tensors, file))
+
+    def finish(self) -> None:
+        from safetensors.torch import save_file
+
+        rest = {n: self.ckpt.get(n).contiguous() for n in self.ckpt.names() if n not in self.weight_map}
+        save_file(rest, str(self.out / "model-rest.safetensors"))
+        self.weight_map.update(dict.fromkeys(rest, "model-rest.safetensors"))
+        extra = set(self.weight_map) - set(self.ckpt.names())
+        if extra:
+            raise RuntimeError(f"AWQ wrote tensors the source does not have: {sorted(extra)[:5]}")
+        (self.out / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"format": "pt"}, "weight_map": dict(sorted(self.weight_map.items()))}, indent=1))
+        for f in self.ckpt.path.iterdir():  # config, tokenizer, chat template: unchanged
+            if f.is_file() and not (f.suffix in (".safetensors", ".bin", ".pt", ".pth")
+                                    or f.name.endswith(".index.json")):
+                shutil.copy2(f, self.out / f.name)
+
+
+@dataclass
+class Result:
+    alphas: list[dict[str, float]]  # per layer: group key -> alpha
+    clipped: int
+    tokens: int
+    seconds: float
+
+
+def run(model_dir: str | Path, tokens: np.ndarray, grid: Any, out: Path | None = None, *, clip: bool = True,
+        alphas=ALPHAS, search_rows: int = 4096, batch_size: int = 4, progress: bool = True) -> Result:
+    """AWQ over ``model_dir`` one decoder layer at a time (:func:`quant.layerwise.run`); the scaled float32
+    checkpoint goes to ``out`` when given."""
+    import time
+
+    from edgekit.archs import get as family_of
+    from edgekit.checkpoint import open_checkpoint
+    from edgekit.spec import from_config
+    from quant import layerwise
+
+    started = time.perf_counter()
+    ckpt = open_checkpoint(str(model_dir))
+    writer = ScaledCheckpoint(ckpt, out) if out is not None else None
+    cb = AWQ(family_of(ckpt.config.get("model_type")), from_config(ckpt.config), grid, clip=clip, alphas=alphas,
+             search_rows=search_rows, keep=writer.layer if writer else None)
+    layerwise.run(str(model_dir), tokens, cb, batch_size=batch_size, progress=progress)
+    if writer is not None:
+        writer.finish()
+    return Result(cb.alpha, cb.clipped, int(tokens.size), round(time.perf_counter() - started, 3))

@@ -1,0 +1,135 @@
+"""AWQ: the fold is exact in fp32 on every architecture; the codes in GGUF and ONNX are AWQ's own; quality on
+edgekit-tiny against RTN on the same grid; bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from test_quantize import EVAL, _initializers, cli, ok
+
+import quant
+from edgekit.models.random import ARCHITECTURES
+from helpers import assert_one_line_error
+from quant import awq
+from quant.grids import get as grid
+
+CALIB = ["--samples", "4", "--seqlen", "128"]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_fold_is_exact_before_quantization(random_model, arch, tmp_path):
+    from quant.imatrix import load_hf
+
+    d = random_model(arch)
+    cfg = json.loads((d / "config.json").read_text())
+    tokens = np.random.default_rng(0).integers(0, cfg["vocab_size"], size=(3, 24))
+    # alpha 1 (s = mean|x|, normalised): every group's scales far from 1, so every fold rule is exercised
+    res = awq.run(d, tokens, grid("gguf:q4_0"), tmp_path / "scaled", clip=False, alphas=(1.0,), progress=False)
+    with torch.inference_mode():
+        ref = load_hf(d)(input_ids=torch.from_numpy(tokens)).logits
+        scaled = load_hf(tmp_path / "scaled")
+        out = scaled(input_ids=torch.from_numpy(tokens)).logits
+    assert float((out - ref).abs().max() / ref.abs().max()) <= 1e-5
+    original = dict(load_hf(d).named_parameters())
+    changed = [n for n, p in scaled.named_parameters() if not torch.equal(p, original[n])]
+    norms = [n for n in changed if "norm" in n or "ln_" in n]
+    assert len(norms) >= 2 * cfg.get("num_hidden_layers", cfg.get("n_layer")), changed  # both norms of every layer
+    assert all(set(a.values()) == {1.0} for a in res.alphas)
+    if arch in ("mixtral", "qwen2_moe"):  # the router and every expert's up -> down fold too
+        assert any(n.endswith("gate.weight") and "experts" not in n for n in changed)
+        assert any("experts.down_proj" in n for n in changed)
+        assert sum(k.startswith("expert") for k in res.alphas[0]) >= 2
+
+
+def _scaled(directory: Path, name: str) -> np.ndarray:
+    from edgekit.checkpoint import open_checkpoint
+
+    return np.asarray(open_checkpoint(str(directory)).array(name), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def awq_q4_0(tiny_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("awq")
+    out, scaled = d / "tiny-awq-q4_0.gguf", d / "scaled"
+    r = ok("quantize", str(tiny_dir), "--to", "gguf", "--method", "awq", "--type", "q4_0", *CALIB,
+           "--save-scaled", str(scaled), "-o", str(out))
+    return out, scaled, r
+
+
+def test_gguf_codes_are_awqs_own(awq_q4_0, tiny_dir):
+    out, scaled, r = awq_q4_0
+    t = {x.name: x for x in gguf.GGUFReader(str(out)).tensors}
+    for blk, hf_name, gguf_name in ((1, "self_attn.v_proj", "attn_v"), (2, "mlp.down_proj", "ffn_down"),
+                                    (3, "mlp.up_proj", "ffn_up")):
+        w = _scaled(scaled, f"model.layers.{blk}.{hf_name}.weight")
+        stored = t[f"blk.{blk}.{gguf_name}.weight"]
+        assert stored.tensor_type == gguf.GGMLQuantizationType.Q4_0
+        assert np.asarray(stored.data).tobytes() == quant.quantize("rtn", w, "gguf:q4_0").arrays["data"].tobytes()
+    # the scales really moved the weights, and the manifest says what AWQ did
+    orig = _scaled(tiny_dir, "model.layers.2.mlp.down_proj.weight")
+    assert not np.allclose(orig, _scaled(scaled, "model.layers.2.mlp.down_proj.weight"))
+    m = json.loads(out.with_name(out.name + ".edgekit.json").read_text())["quant"]
+    assert m["method"] == "awq" and m["grid"] == "gguf:q4_0" and m["calibration"]["samples"] == 4
+    assert len(m["calibration"]["sha256"]) == 64 and m["calibration"]["source"] == "edgekit-default-calibration"
+    assert len(m["alpha"]) == 4 and set(m["alpha"][0]) == {"attn_in", "ffn_in", "down_in"}  # GQA: no v -> o
+    assert r["quant"]["alpha"] == m["alpha"]
+
+
+@pytest.mark.parametrize("block", [32, pytest.param(128, marks=pytest.mark.slow)])
+def test_onnx_int4_codes_are_awqs_own(tiny_dir, tmp_path, block):
+    out, scaled = tmp_path / "o", tmp_path / "scaled"
+    ok("quantize", str(tiny_dir), "--to", "onnx", "--method", "awq", "--type", "int4", "--group-size", str(block),
+       *CALIB, "--save-scaled", str(scaled), "-o", str(out))
+    inits, nodes = _initializers(out)
+    quantized = [n for n in nodes if n.op_type == "MatMulNBits"]
+    assert len(quantized) == 4 * 7
+    for blk, fmt_name, hf_name in ((1, "attn.v", "self_attn.v_proj"), (2, "mlp.down", "mlp.down_proj")):
+        node = next(n for n in quantized if n.input[1] == f"layers.{blk}.{fmt_name}.qweight")
+        ours = quant.quantize("rtn", _scaled(scaled, f"model.layers.{blk}.{hf_name}.weight"), "onnx:int4",
+                              block_size=block, symmetric=True)
+        np.testing.assert_array_equal(inits[node.input[1]].reshape(-1), ours.arrays["B"].reshape(-1))
+        np.testing.assert_array_equal(inits[node.input[2]].reshape(-1), ours.arrays["scales"].reshape(-1))
+
+
+def test_bad_inputs(tiny_dir, tmp_path):
+    out = tmp_path / "x.gguf"
+    cases = [
+        (["--to", "onnx", "--method", "awq", "--then", "q4_k_m"], ["q4_k_m", "int4"]),
+        (["--to", "gguf", "--method", "awq", "--then", "bogus"], ["--then bogus"]),
+        (["--to", "gguf", "--method", "rtn", "--then", "q4_k_m"], ["--method awq"]),
+        (["--to", "gguf", "--method", "awq", "--calib", str(tmp_path / "nope.txt")], ["not found"]),
+        (["--to", "gguf", "--method", "awq", "--seqlen", "100000"], ["fewer than one sample"]),
+        (["--to", "gguf", "--method", "awq", "--then", "q4_k_m", "--imatrix", str(tmp_path / "a.imatrix")],
+         ["--imatrix"]),
+    ]
+    for args, needles in cases:
+        assert_one_line_error(cli("quantize", str(tiny_dir), *args, "-o", str(out)), *needles)
+        assert not out.exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_architecture_without_mapping(random_model):
+    from edgekit.archs import get as family
+    from edgekit.errors import EdgekitError
+    from edgekit.spec import from_config
+    from quant.imatrix import load_hf
+
+    d = random_model("llama")
+    cfg = json.loads((d / "config.json").read_text())
+    layer = load_hf(d).model.layers[0]
+    del layer.mlp.gate_proj  # a layout no rule covers
+    with pytest.raises(EdgekitError, match="no mapping"):
+        awq.plan(layer, family("llama"), from_config(cfg), 0)
+
+
+@pytest.mark.slow  # two evals; the README's quality table has the full figures
+def test_awq_loses_less_than_rtn_on_the_same_grid(awq_q4_0, tiny_dir, tmp_path):
+    rtn = tmp_path / "rtn.gguf"
+    ok("quantize", str(tiny_dir), "--to", "gguf", "--method", "rtn", "--type", "q4_0", "-o", str(rtn))
+    e_awq = ok("eval", str(awq_q4_0[0]), "--reference", str(tiny_dir), *EVAL)
+    e_rtn = ok("eval", str(rtn), "--reference", str(tiny_dir), *EVAL)
+    assert e_awq["kld_mean"] < e_rtn["kld_mean"], (e_awq, e_rtn)
