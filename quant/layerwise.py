@@ -1,0 +1,449 @@
+"""Run a Hugging Face causal LM decoder layer by decoder layer on calibration tokens (GPTQ, AWQ).
+
+Only one decoder layer's weights and the calibration activations between two layers are in memory at a
+time: the model is built on torch's ``meta`` device, the embeddings (and rotary tables) are materialised
+once, each decoder layer is loaded from the checkpoint when its turn comes and dropped after it. Inside a
+layer the linear layers are visited in true-sequential stages (:data:`STAGES`, by role from
+:mod:`edgekit.roles`: the attention inputs q/k/v, then o, then the MLP inputs gate/up, then down): for
+each stage the layer runs on every calibration batch with forward pre-hooks on that stage's linears, the
+callback sees their inputs (:meth:`Callback.observe`), then quantizes them (:meth:`Callback.quantize`),
+and the next stage sees the outputs of the already-quantized earlier ones. The layer's outputs with all
+its stages quantized are the next layer's inputs.
+
+API (stable; the AWQ quantizer builds on it)::
+
+    from quant.layerwise import Callback, run, calibration_tokens
+
+    class MyQuantizer(Callback):
+        def observe(self, lin, x):      # lin: Linear; x: float32 [tokens, in_features], one batch
+            ...
+        def quantize(self, ctx, stage): # ctx: LayerContext; stage: Stage, after every batch was observed
+            for lin in stage.linears:
+                lin.set_weight(new_weight_out_by_in)
+
+    tokens, calib_info = calibration_tokens(model_dir, calib=None, samples=128, seqlen=512)
+    summary = run(model_dir, tokens, MyQuantizer(), batch_size=4)
+
+``Callback.begin_layer(ctx)`` / ``end_layer(ctx)`` bracket each decoder layer (``ctx.module`` is the
+decoder layer, ``ctx.norms`` its norms by role, ``ctx.forward(b)`` the layer's output on batch ``b`` with
+its current weights, so a search can score the layer output; the callback may change norm weights too).
+Weights are float32 ``[out, in]`` whatever the module stores (GPT-2's Conv1D is transposed for you).
+Mixture-of-experts layers are split into one linear per expert (roles ``expert_gate``/``expert_up``/
+``expert_down``), and each expert observes only the tokens routed to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.roles import LINEAR, NORM_FEEDS, NORMS, role_of
+
+# true-sequential order inside a decoder layer: each stage's inputs come from the quantized earlier stages
+STAGES: tuple[frozenset[str], ...] = (
+    frozenset(NORM_FEEDS["attn_norm"]) & LINEAR,  # q k v qkv
+    frozenset({"o"}),
+    frozenset(NORM_FEEDS["ffn_norm"]) & LINEAR,  # gate up gate_up, shared/expert gate and up
+    frozenset({"down", "shared_down", "expert_down"}),
+)
+
+
+@dataclass
+class Linear:
+    """One linear layer of the current decoder layer."""
+
+    name: str  # module path as the checkpoint spells it, e.g. "model.layers.3.self_attn.q_proj"
+    role: str  # edgekit.roles role (q, k, v, o, qkv, gate, up, down, gate_up, expert_*, shared_*)
+    layer: int
+    module: Any  # torch.nn.Linear, transformers' Conv1D (GPT-2) or an expert's nn.Linear
+    transposed: bool = False  # the module stores [in, out] (Conv1D)
+
+    @property
+    def in_features(self) -> int:
+        return int(self.module.weight.shape[0 if self.transposed else 1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.module.weight.shape[1 if self.transposed else 0])
+
+    def weight(self) -> Any:
+        """A float32 copy of the weight, [out, in]."""
+        w = self.module.weight.detach()
+        return (w.t() if self.transposed else w).float().clone()
+
+    def set_weight(self, w: Any) -> None:
+        """Replace the weight by ``w`` [out, in] (e.g. the dequantized codes), in place."""
+        import torch
+
+        w = torch.as_tensor(w, dtype=self.module.weight.dtype)
+        with torch.no_grad():
+            self.module.weight.copy_(w.t() if self.transposed else w)
+
+
+@dataclass
+class Stage:
+    roles: frozenset[str]
+    linears: list[Linear]
+
+
+@dataclass
+class LayerContext:
+    """The decoder layer being quantized and its calibration inputs."""
+
+    index: int
+    module: Any  # the decoder layer (torch.nn.Module), weights loaded
+    linears: list[Linear]
+    norms: dict[str, Any]  # role (attn_norm, ffn_norm, ...) -> norm module of this layer
+    inputs: list[Any]  # hidden states [batch, seqlen, hidden] per calibration batch
+    _calls: list[tuple[tuple, dict]] = field(default_factory=list)  # the layer's other arguments per batch
+
+    @property
+    def batches(self) -> int:
+        return len(self.inputs)
+
+    def forward(self, b: int) -> Any:
+        """The layer's output on calibration batch ``b`` with its current weights."""
+        import torch
+
+        args, kwargs = self._calls[b]
+        with torch.inference_mode():
+            out = self.module(self.inputs[b], *args, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+
+class Callback:
+    """What a layer-by-layer quantizer implements; every method has a no-op default."""
+
+    def begin_layer(self, ctx: LayerContext) -> None:
+        pass
+
+    def observe(self, lin: Linear, x: Any) -> None:
+        """``x``: float32 [tokens, in_features], the inputs of ``lin`` on one calibration batch (for an expert:
+        only the tokens routed to it; possibly zero rows)."""
+
+    def quantize(self, ctx: LayerContext, stage: Stage) -> None:
+        """Called once per stage after every batch was observed; set the stage's weights here."""
+
+    def end_layer(self, ctx: LayerContext) -> None:
+        pass
+
+
+def calibration_tokens(model_dir: str | Path, calib: str | None = None, samples: int = 128, seqlen: int = 512
+                       ) -> tuple[np.ndarray, dict[str, Any]]:
+    """(tokens int64 [n, seqlen], info for the manifest: source, sha256 of the text, samples, seqlen, tokens)."""
+    from quant import calibration
+    from quant.imatrix import tokenizer_for
+
+    text, name = calibration.load_text(calib)
+    encode, bos = tokenizer_for(Path(model_dir))
+    tokens = calibration.samples(encode, text, samples, seqlen, bos=bos,
+                                 source=f"calibration file {calib}" if calib else "the default calibration text")
+    info = {"source": name, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            "samples": int(tokens.shape[0]), "seqlen": int(tokens.shape[1]), "tokens": int(tokens.size)}
+    return tokens, info
+
+
+@contextmanager
+def _params_on_meta() -> Iterator[None]:
+    """Build modules with parameters on the meta device and buffers (rotary tables, embedding scales) computed
+    for real on the CPU; hand-written like accelerate's init_empty_weights, which is not a dependency here."""
+    import torch
+
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None:
+            p = module._parameters[name]
+            module._parameters[name] = torch.nn.Parameter(p.to("meta"), requires_grad=False)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+class _Stop(Exception):
+    """Raised from a hook once every linear of the stage has seen its input: the rest of the layer is not needed."""
+
+
+class _Recorder:
+    """Stands in for a decoder layer while the embeddings run: records the arguments the model passes it."""
+
+    def __new__(cls, layer: Any, calls: list, keep_input: bool):
+        import torch
+
+        class Recorder(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.attention_type = getattr(layer, "attention_type", None)
+
+            def forward(self, hidden_states, *args, **kwargs):
+                kwargs = {k: v for k, v in kwargs.items() if k not in ("output_attentions",)}
+                calls.append((hidden_states.clone() if keep_input else None, args, kwargs))
+                return hidden_states
+
+        return Recorder()
+
+
+def _layer_list(model: Any, n_layers: int) -> tuple[Any, Any]:
+    """(base model, its ModuleList of decoder layers)."""
+    import torch
+
+    for _, module in model.named_modules():
+        for child_name, child in module.named_children():
+            if isinstance(child, torch.nn.ModuleList) and len(child) == n_layers and child_name in ("layers", "h"):
+                return module, child
+    raise EdgekitError("cannot find the decoder layers of this model", "layer-by-layer quantization supports "
+                       "llama, mistral, qwen2, qwen3, phi3, gemma2, gpt2, mixtral, qwen2_moe")
+
+
+# transformers 5 module paths that checkpoints spell the transformers 4 way
+_ALIASES = (("mlp.gate.", "block_sparse_moe.gate."), ("mlp.experts.", "block_sparse_moe.experts."))
+
+
+def _spellings(key: str) -> list[str]:
+    return [key] + [key.replace(new, old, 1) for new, old in _ALIASES if key.startswith(new)]
+
+
+def _checkpoint_index(ckpt: Any) -> tuple[dict[tuple[int, str], str], dict[str, str]]:
+    """((layer, path inside the layer incl. .weight) -> checkpoint name, global names)."""
+    per_layer: dict[tuple[int, str], str] = {}
+    pattern = re.compile(r"^(?:.*?\.)?(?:layers|h)\.(\d+)\.(.+)$")
+    others = {}
+    for name in ckpt.names():
+        m = pattern.match(name)
+        if m:
+            per_layer[(int(m.group(1)), m.group(2))] = name
+        else:
+            others[name] = name
+    return per_layer, others
+
+
+def _split_experts(experts: Any, layer: int, prefix: str, per_layer: dict[tuple[int, str], str], ckpt: Any) -> Any:
+    """transformers 5 stores a MoE layer's experts as 3-D tensors applied with F.linear; replace them by one
+    nn.Linear per expert (the checkpoint keeps them per expert anyway) so hooks see each expert's routed tokens."""
+    import torch
+
+    n = experts.num_experts
+    names = {"gate": ("w1", "gate_proj"), "up": ("w3", "up_proj"), "down": ("w2", "down_proj")}
+
+    def load(e: int, part: str) -> torch.Tensor:
+        for spelled in names[part]:
+            for key in _spellings(f"{prefix}.experts.{e}.{spelled}.weight"):
+                if (layer, key) in per_layer:
+                    return ckpt.get(per_layer[(layer, key)]).float()
+        raise EdgekitError(f"layer {layer} expert {e}: no {part} weight in the checkpoint",
+                           "the checkpoint does not match its config.json")
+
+    class Expert(torch.nn.Module):
+        def __init__(self, e: int) -> None:
+            super().__init__()
+            g, u, d = load(e, "gate"), load(e, "up"), load(e, "down")
+            self.spelled = next(s for s in names["gate"] for k in _spellings(f"{prefix}.experts.{e}.{s}.weight")
+                                if (layer, k) in per_layer)
+            self.ckpt_prefix = next(k for s in names["gate"] for k in _spellings(f"{prefix}.experts.{e}.{s}.weight")
+                                    if (layer, k) in per_layer).rsplit(".", 2)[0]
+            self.gate = torch.nn.Linear(g.shape[1], g.shape[0], bias=False)
+            self.up = torch.nn.Linear(u.shape[1], u.shape[0], bias=False)
+            self.down = torch.nn.Linear(d.shape[1], d.shape[0], bias=False)
+            with torch.no_grad():
+                self.gate.weight.copy_(g)
+                self.up.weight.copy_(u)
+                self.down.weight.copy_(d)
+
+    class SplitExperts(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.num_experts = n
+            self.act_fn = experts.act_fn
+            self.experts = torch.nn.ModuleList(Expert(e) for e in range(n))
+
+        def forward(self, hidden_states, top_k_index, top_k_weights):
+            # the same routing as transformers' MixtralExperts / Qwen2MoeExperts forward
+            out = torch.zeros_like(hidden_states)
+            for e, expert in enumerate(self.experts):
+                token_idx, k_pos = torch.where(top_k_index == e)
+                x = hidden_states[token_idx]
+                y = expert.down(self.act_fn(expert.gate(x)) * expert.up(x))
+                out.index_add_(0, token_idx, (y * top_k_weights[token_idx, k_pos, None]).to(out.dtype))
+            return out
+
+    return SplitExperts()
+
+
+def _linears(layer_module: Any, index: int, model_type: str, prefix: str) -> tuple[list[Linear], dict[str, Any]]:
+    import torch
+
+    linears, norms = [], {}
+    for rel, m in layer_module.named_modules():
+        if not rel:
+            continue
+        ckpt_rel = rel
+        e = re.match(r"^(.*)\.experts\.experts\.(\d+)\.(gate|up|down)$", rel)
+        if e:  # a split expert: name it as the checkpoint does
+            parent = layer_module.get_submodule(f"{e.group(1)}.experts.experts.{e.group(2)}")
+            part = {"gate": 0, "up": 1, "down": 2}[e.group(3)]
+            spelled = (("w1", "w3", "w2") if parent.spelled == "w1" else ("gate_proj", "up_proj", "down_proj"))[part]
+            ckpt_rel = f"{parent.ckpt_prefix}.{spelled}"
+        role, _ = role_of(f"{prefix}.{index}.{ckpt_rel}", model_type)
+        if role in LINEAR and hasattr(m, "weight") and getattr(m.weight, "ndim", 0) == 2:
+            conv1d = type(m).__name__ == "Conv1D"
+            if not (conv1d or isinstance(m, torch.nn.Linear)):
+                continue
+            linears.append(Linear(f"{prefix}.{index}.{ckpt_rel}", role, index, m, transposed=conv1d))
+        elif role in NORMS:
+            norms[role] = m
+    return linears, norms
+
+
+def run(model_dir: str | Path, tokens: np.ndarray, callback: Callback, *, batch_size: int = 4,
+        progress: bool = True, threads: int | None = None) -> dict[str, Any]:
+    """Run ``model_dir``'s decoder layers one at a time on ``tokens`` [n, seqlen], calling ``callback`` per
+    stage; returns {"layers", "linears", "model_type"}. The callback's weight changes stay in the layer that
+    produces the next layer's inputs; nothing is written to disk here."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from edgekit import archs
+    from edgekit.checkpoint import open_checkpoint
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    ckpt = open_checkpoint(str(model_dir))
+    model_type = ckpt.config.get("model_type")
+    archs.get(model_type)  # an architecture without a description fails here, with the supported list
+    config = AutoConfig.from_pretrained(str(ckpt.path))
+    if hasattr(config, "use_cache"):
+        config.use_cache = False
+    with _params_on_meta():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.eval()
+    n_layers = int(getattr(config, "num_hidden_layers", None) or config.n_layer)
+    base, layers = _layer_list(model, n_layers)
+    per_layer, others = _checkpoint_index(ckpt)
+    if not per_layer:
+        raise EdgekitError(f"{ckpt.path}: no decoder layer tensors in the checkpoint", "check the model directory")
+    first = next(iter(per_layer.values()))
+    layer_prefix = re.match(r"^((?:.*?\.)?(?:layers|h))\.\d+\.", first).group(1)  # "model.layers" / "h"
+
+    # everything but the decoder layers (embeddings, final norm), from the checkpoint
+    for name, child in list(base.named_children()):
+        if child is layers:
+            continue
+        own = {k: ckpt.get(g) for k in child.state_dict() for g in others
+               if g == f"{name}.{k}" or g.endswith(f".{name}.{k}")}
+        _materialize(child, own, set(), name)
+
+    calls: list[list[tuple]] = [[] for _ in range(n_layers)]
+    originals = list(layers)
+    for i in range(n_layers):
+        layers[i] = _Recorder(originals[i], calls[i], keep_input=(i == 0))
+    batches = [torch.as_tensor(tokens[s:s + batch_size]) for s in range(0, len(tokens), batch_size)]
+    with torch.inference_mode():
+        for ids in batches:
+            base(input_ids=ids, use_cache=False)
+    hidden = [c[0] for c in calls[0]]
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n_layers, desc="layers", unit="layer", leave=False)
+    n_linears = 0
+    for i in range(n_layers):
+        layer = originals[i]
+        # load this layer's weights (experts split first: they are not nn.Linear in transformers 5)
+        own = {k: ckpt.get(g) for (li, k), g in per_layer.items() if li == i}
+        for rel, m in list(layer.named_modules()):
+            if hasattr(m, "gate_up_proj") and hasattr(m, "down_proj") and getattr(m.gate_up_proj, "ndim", 0) == 3:
+                owner, _, attr = rel.rpartition(".")
+                split = _split_experts(m, i, owner, per_layer, ckpt)
+                setattr(layer.get_submodule(owner) if owner else layer, attr, split)
+        skip = {k for k in layer.state_dict() if ".experts.experts." in k}
+        _materialize(layer, own, skip, f"layer {i}")
+        linears, norms = _linears(layer, i, model_type, layer_prefix)
+        ctx = LayerContext(i, layer, linears, norms, hidden, [(c[1], c[2]) for c in calls[i]])
+        callback.begin_layer(ctx)
+        for roles in STAGES:
+            stage = Stage(roles, [lin for lin in linears if lin.role in roles])
+            if not stage.linears:
+                continue
+            _observe_stage(ctx, stage, callback)
+            callback.quantize(ctx, stage)
+            n_linears += len(stage.linears)
+        callback.end_layer(ctx)
+        hidden = [ctx.forward(b) for b in range(ctx.batches)]
+        ctx.inputs = []
+        layers[i] = torch.nn.Identity()  # this layer's weights are freed; its outputs carry on
+        originals[i] = None
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return {"layers": n_layers, "linears": n_linears, "model_type": model_type}
+
+
+def _materialize(layer: Any, tensors: dict[str, Any], skip: set[str], what: str) -> None:
+    """Give the meta-device parameters and buffers of ``layer`` the checkpoint's values (float32); a missing
+    tensor is an error, never silently zero."""
+    import torch
+
+    meta = [(n, p) for n, p in list(layer.named_parameters()) + list(layer.named_buffers()) if p.is_meta]
+    for name, p in meta:
+        if name in skip:
+            continue
+        found = next((k for k in _spellings(name) if k in tensors), None)
+        if found is None:
+            raise EdgekitError(f"{what}: the checkpoint has no tensor for {name}",
+                               "the checkpoint does not match its config.json")
+        owner, _, attr = name.rpartition(".")
+        mod = layer.get_submodule(owner) if owner else layer
+        value = tensors[found].to(torch.float32).reshape(p.shape)
+        if isinstance(p, torch.nn.Parameter):
+            setattr(mod, attr, torch.nn.Parameter(value.clone(), requires_grad=False))
+        else:
+            mod._buffers[attr] = value.clone()
+
+
+def _observe_stage(ctx: LayerContext, stage: Stage, callback: Callback) -> None:
+    """Run the layer on every batch with pre-hooks on the stage's linears; stop each batch once all have been
+    seen (experts can stay unseen on a batch, so a stage with experts runs the whole layer)."""
+    seen: set[int] = set()
+    can_stop = not any(lin.role.startswith("expert_") for lin in stage.linears)
+
+    def hook(lin: Linear, k: int):
+        def pre(_module, args):
+            x = args[0].detach()
+            callback.observe(lin, x.reshape(-1, x.shape[-1]).float())
+            seen.add(k)
+            if can_stop and len(seen) == len(stage.linears):
+                raise _Stop
+
+        return pre
+
+    handles = [lin.module.register_forward_pre_hook(hook(lin, k)) for k, lin in enumerate(stage.linears)]
+    try:
+        for b in range(ctx.batches):
+            seen.clear()
+            try:
+                ctx.forward(b)
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def iter_linears(ctx: LayerContext, roles: frozenset[str]) -> Iterator[Linear]:
+    """The layer's linears whose role is in ``roles``."""
+    return (lin for lin in ctx.linears if lin.role in roles)
