@@ -1,4 +1,4 @@
-"""`edgekit quantize`: a checkpoint to a quantized GGUF or ONNX artifact (rtn, nf4, or a llama.cpp k-quant)."""
+"""`edgekit quantize`: a checkpoint to a quantized GGUF or ONNX artifact (rtn, gptq, nf4, or a llama.cpp k-quant)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from edgekit.commands import emit
 @click.command("quantize")
 @click.argument("model")
 @click.option("--to", "fmt", required=True, type=click.Choice(["gguf", "onnx", "coreml"]), help="Target format.")
-@click.option("--method", required=True, help="rtn | nf4 | a llama.cpp type (q4_k_m, q2_k..q6_k, iq4_nl, iq4_xs, "
-              "iq2_*/iq3_*; gguf only).")
+@click.option("--method", required=True, help="rtn | gptq | nf4 | a llama.cpp type (q4_k_m, q2_k..q6_k, iq4_nl, "
+              "iq4_xs, iq2_*/iq3_*; gguf only).")
 @click.option("--type", "qtype", help="rtn grid: q4_0|q4_1|q5_0|q5_1|q8_0 (gguf), int4|int8 (onnx).")
 @click.option("--group-size", type=int, help="onnx: block size along the input dimension (16..256; nf4: 64).")
 @click.option("--sym/--asym", "symmetric", default=None, help="onnx rtn: symmetric codes or with zero points.")
@@ -19,10 +19,12 @@ from edgekit.commands import emit
 @click.option("--keep-head/--quantize-head", "keep_head", default=None,
               help="Keep the output head in 16-bit (default, as llama.cpp keeps it more precise).")
 @click.option("--keep-embed", is_flag=True, help="Keep the token embeddings in 16-bit.")
-@click.option("--calib", metavar="FILE", help="k-quants: calibration text for the importance matrix.")
+@click.option("--calib", metavar="FILE", help="k-quants, gptq: calibration text (default: the bundled one).")
+@click.option("--damp", type=float, help="gptq: Hessian damping, a fraction of its mean diagonal (default 0.01).")
+@click.option("--act-order", is_flag=True, help="gptq: columns by decreasing Hessian diagonal (static groups).")
 @click.option("--imatrix", "imatrix_file", metavar="FILE", help="k-quants: a precomputed importance matrix.")
 @click.option("--no-imatrix", is_flag=True, help="k-quants: quantize without an importance matrix.")
-@click.option("--samples", type=int, help="Calibration windows (default 64).")
+@click.option("--samples", type=int, help="Calibration windows (default 64; gptq 128).")
 @click.option("--seqlen", type=int, help="Tokens per calibration window (default 512).")
 @click.option("-o", "--output", type=click.Path(), help="Output file (gguf) or directory (onnx).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
