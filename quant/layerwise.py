@@ -353,6 +353,7 @@ def run(model_dir: str | Path, tokens: np.ndarray, callback: Callback, *, batch_
         for ids in batches:
             base(input_ids=ids, use_cache=False)
     hidden = [c[0] for c in calls[0]]
+    calls[0] = [(None, *c[1:]) for c in calls[0]]  # the driver's list holds the only copy of the inputs
 
     bar = None
     if progress:

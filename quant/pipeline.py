@@ -117,7 +117,10 @@ def run(model: str, fmt: str, method: str, output: str | None = None, *, qtype: 
                                         act_order=act_order, progress=progress)
             quant_info.update({"calibration": info["calibration"], "damp": info["damp"],
                                "act_order": info["act_order"], "damp_max_used": info["max_damp_used"],
-                               "layer_error_ratio_mean": info["err_ratio_mean"]})
+                               "layer_error_ratio_mean": info["err_ratio_mean"],
+                               # ||WX - ŴX||² of GPTQ and of RTN on the same grid, per linear, on the calibration inputs
+                               "layer_errors": {e["name"]: [e["err_gptq"], e["err_rtn"]] for e in calibrated.errors
+                                                if "err_gptq" in e}})
         summary = _seam(model, fmt, dest, method, plan, tied=tied, keep_head=keep_head, keep_embed=keep_embed,
                         force=force, progress=progress, calibrated=calibrated)
         quant_info.update({"keep_head": keep_head, "keep_embed": keep_embed})
