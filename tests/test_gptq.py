@@ -157,3 +157,11 @@ def test_bad_inputs_are_one_line(tiny_dir, tmp_path):
     assert p.stderr.count("\n") == 1 and not out.exists()
     p = _cli("quantize", str(tiny_dir), "--to", "gguf", "--method", "rtn", "--act-order", "-o", str(out))
     assert p.returncode == 2 and "--method gptq only" in p.stderr and not out.exists()
+    import shutil
+
+    other = tmp_path / "falcon"
+    shutil.copytree(tiny_dir, other)
+    cfg = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**cfg, "model_type": "falcon"}))
+    p = _cli("quantize", str(other), "--to", "gguf", "--method", "gptq", "-o", str(out))
+    assert p.returncode == 2 and "model_type 'falcon' is not supported" in p.stderr and not out.exists()
