@@ -109,6 +109,10 @@ def run(model: str, fmt: str, method: str, output: str | None = None, *, qtype: 
         keep_head = True if keep_head is None else keep_head  # llama.cpp's default: the head stays precise
         calibrated = None
         if method == "gptq":
+            if fmt == "onnx":  # what the ONNX converter refuses (MoE), refused before the calibration pass
+                from converters.onnx.decoder import check_supported
+
+                check_supported(from_config(ckpt.config))
             from quant import gptq
             from quant.grids import get as get_grid
 
