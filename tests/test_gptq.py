@@ -165,3 +165,30 @@ def test_bad_inputs_are_one_line(tiny_dir, tmp_path):
     (other / "config.json").write_text(json.dumps({**cfg, "model_type": "falcon"}))
     p = _cli("quantize", str(other), "--to", "gguf", "--method", "gptq", "-o", str(out))
     assert p.returncode == 2 and "model_type 'falcon' is not supported" in p.stderr and not out.exists()
+
+
+def test_moe_experts_get_gptq_codes_from_their_routed_tokens(random_model, tmp_path):
+    import gguf
+
+    from quant import gptq, pipeline
+
+    seen = {}
+    real = gptq.run
+    gptq.run = lambda *a, **k: seen.setdefault("r", real(*a, **k))
+    try:
+        out = tmp_path / "mx.gguf"
+        pipeline.run(str(random_model("mixtral")), "gguf", "gptq", str(out), qtype="q8_0", samples=8, seqlen=32,
+                     progress=False)
+    finally:
+        gptq.run = real
+    cb = seen["r"][0]
+    experts = [e for e in cb.errors if e["role"] == "expert_gate" and e["layer"] == 0]
+    assert len(experts) == 4 and sum(e["tokens"] for e in experts) == 8 * 32 * 2  # top-2 routing
+    assert all(e["err_gptq"] <= e["err_rtn"] for e in cb.errors if e["tokens"])
+    g = grids.get("gguf:q8_0")
+    stacked = np.asarray({t.name: t for t in gguf.GGUFReader(str(out)).tensors}["blk.0.ffn_gate_exps.weight"].data)
+    ours = []
+    for e in range(4):
+        codes, params = cb.codes[f"model.layers.0.block_sparse_moe.experts.{e}.w1"]
+        ours.extend(g.pack(codes, params, (codes.shape[0], codes.shape[1] * 32)).arrays["data"])
+    assert sorted(map(bytes, stacked.reshape(-1, stacked.shape[-1]))) == sorted(map(bytes, ours))
