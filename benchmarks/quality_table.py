@@ -1,7 +1,7 @@
 """The README's quality table: edgekit-tiny quantized every way edgekit offers, each scored by `edgekit eval`
 on held-out Persuasion against the fp32 Hugging Face model (size, bits per weight, ppl, Δppl, KLD, top-1).
 
-    python benchmarks/quality_table.py [--ctx 512] [--chunks 40] [--out DIR]
+    python benchmarks/quality_table.py [--ctx 512] [--chunks 40] [--out DIR] [--only LABEL_PART ...]
 
 Core ML rows give the weight error of the grid (relative RMS over all linear weights); their perplexity is
 measured by the macOS workflow.
@@ -35,6 +35,13 @@ ROWS = [  # label, command args after MODEL (None: plain convert f16)
     ("onnx int4 b128 sym", ["--to", "onnx", "--method", "rtn", "--type", "int4", "--group-size", "128", "--sym"]),
     ("onnx int4 b128 asym", ["--to", "onnx", "--method", "rtn", "--type", "int4", "--group-size", "128", "--asym"]),
     ("onnx int8 b32", ["--to", "onnx", "--method", "rtn", "--type", "int8"]),
+    ("q4_0 (gptq)", ["--to", "gguf", "--method", "gptq", "--type", "q4_0"]),
+    ("q4_0 (gptq act-order)", ["--to", "gguf", "--method", "gptq", "--type", "q4_0", "--act-order"]),
+    ("onnx int4 b32 sym (gptq)", ["--to", "onnx", "--method", "gptq", "--type", "int4", "--group-size", "32", "--sym"]),
+    ("onnx int4 b128 sym (gptq)", ["--to", "onnx", "--method", "gptq", "--type", "int4", "--group-size", "128",
+                                   "--sym"]),
+    ("onnx int4 b128 sym (gptq act-order)", ["--to", "onnx", "--method", "gptq", "--type", "int4", "--group-size",
+                                             "128", "--sym", "--act-order"]),
     ("onnx nf4 b64", ["--to", "onnx", "--method", "nf4"]),
 ]
 
@@ -80,6 +87,7 @@ def main() -> None:
     ap.add_argument("--ctx", default="512")
     ap.add_argument("--chunks", default="40")
     ap.add_argument("--out")
+    ap.add_argument("--only", action="append", help="rows whose label contains this (repeatable)")
     args = ap.parse_args()
     from edgekit.models import tiny_path
 
@@ -89,6 +97,8 @@ def main() -> None:
     lines = ["| artifact | size (MB) | bits/weight | ppl | Δppl | mean KLD | p99 KLD | top-1 |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for label, extra in ROWS:
+        if args.only and not any(o in label for o in args.only):
+            continue
         dest = out / (label.replace(" ", "_").replace("+", "im").replace("(", "").replace(")", "")
                       + (".gguf" if extra is None or "gguf" in extra else ""))
         if not dest.exists():
@@ -101,7 +111,7 @@ def main() -> None:
         lines.append(f"| {label} | {size / 1e6:.2f} | {bpw:.2f} | {r['ppl']:.3f} | {r['delta_ppl']:+.3f} | "
                      f"{r['kld_mean']:.5f} | {r['kld_p99']:.5f} | {100 * r['top1_agreement']:.2f}% |")
         print(lines[-1], flush=True)
-    for label, err in coreml_weight_error(model).items():
+    for label, err in (coreml_weight_error(model).items() if not args.only else ()):
         lines.append(f"| {label} | | | (macOS workflow) | | weight rel. RMS error {err:.4f} | | |")
     print(f"\nedgekit-tiny, held-out Persuasion, ctx {args.ctx}, {args.chunks} windows "
           f"(reference ppl {r['reference_ppl']:.3f}):\n")

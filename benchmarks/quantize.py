@@ -14,7 +14,13 @@ is skipped.
 - ``edgekit quantize --method awq`` on SmolLM2 with 128 x 512 calibration tokens (the default calibration text
   repeated to reach them: this row measures time and memory, not quality; goal <= 10 min and <= 2 GB).
 
+- ``--gptq``: ``edgekit quantize --method gptq`` alone (no other tool runs GPTQ onto these grids on the CPU), on
+  SmolLM2 with 128 x 512 calibration tokens (the bundled calibration text, repeated to 65k tokens), to Q4_0:
+  wall time, peak RSS and the per-linear ||WX - ŴX||² ratio GPTQ / RTN from the manifest; ``--gptq-1b`` adds the
+  1B-shaped checkpoint (peak RSS against its fp16 size: the pass is layer by layer).
+
     python benchmarks/quantize.py [--skip-1b] [--awq-only] [--awq-samples=128]
+    python benchmarks/quantize.py --gptq [--gptq-1b]
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from convert_gguf import CACHE, build_model, measure_fresh, page_in  # noqa: E402
+from convert_gguf import CACHE, build_model, measure, measure_fresh, page_in  # noqa: E402
 
 from edgekit.testing import llama_tools  # noqa: E402
 
@@ -109,8 +115,39 @@ def awq_smollm2(d: Path, samples: int = 128) -> None:
                       "edgekit_tree_rss_mb": round(ek[2]), "goal": "<= 600 s, <= 2048 MB"}), flush=True)
 
 
+def gptq_bench(d: Path, with_1b: bool = False) -> None:
+    from edgekit.models import smollm2
+    from quant import calibration
+
+    calib = d / "calib.txt"
+    calib.write_text("\n\n".join([calibration.DEFAULT.read_text(encoding="utf-8")] * 4), encoding="utf-8")
+    models = [("SmolLM2-135M", smollm2.ensure())]
+    if with_1b:
+        models.append(("1B", build_model()))
+    for label, model in models:
+        out = d / "gptq.gguf"
+        cmd = edgekit("quantize", str(model), "--to", "gguf", "--method", "gptq", "--type", "q4_0", "--calib",
+                      str(calib), "--samples", "128", "--seqlen", "512", "-o", str(out), "--json")
+        ek = measure(cmd)
+        manifest = json.loads(out.with_name(out.name + ".edgekit.json").read_text())["quant"]
+        ratios = [g / r for g, r in manifest["layer_errors"].values() if r > 0]
+        row = {"job": f"gptq q4_0 {label}, 128 x 512 calibration tokens", "edgekit_s": round(ek[0], 2),
+               "edgekit_tree_rss_mb": round(ek[2]), "tokens": manifest["calibration"]["tokens"],
+               "linears": len(manifest["layer_errors"]), "err_ratio_max": round(max(ratios), 4),
+               "err_ratio_mean": round(sum(ratios) / len(ratios), 4)}
+        if label == "1B":
+            row["fp16_checkpoint_mb"] = round(sum(f.stat().st_size for f in model.glob("*.safetensors")) / 1e6)
+        (HERE / f"gptq-layer-errors-{label}.json").write_text(json.dumps(manifest["layer_errors"], indent=0))
+        out.unlink(missing_ok=True)
+        print(json.dumps(row), flush=True)
+
+
 def main(argv: list[str]) -> int:
     CACHE.mkdir(parents=True, exist_ok=True)
+    if "--gptq" in argv:
+        with tempfile.TemporaryDirectory(dir=CACHE) as d:
+            gptq_bench(Path(d), "--gptq-1b" in argv)
+        return 0
     with tempfile.TemporaryDirectory(dir=CACHE) as d:
         n = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("--awq-samples=")), 128)
         awq_smollm2(Path(d), n)

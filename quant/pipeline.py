@@ -22,13 +22,14 @@ from quant import kquant
 
 GGUF_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
 ONNX_TYPES = ("int4", "int8")
-METHODS = ("rtn", "nf4", *kquant.METHODS)
+METHODS = ("rtn", "nf4", "gptq", *kquant.METHODS)
+CALIBRATED = ("gptq",)  # seam methods that run the model on calibration text (quant/layerwise.py)
 
 
 def resolve(fmt: str, method: str, qtype: str | None, group_size: int | None, symmetric: bool | None) -> dict[str, Any]:
     """The grid a (format, method, type) names, or an EdgekitError naming the closest method that fits."""
     if method not in METHODS:
-        raise EdgekitError(f"unknown --method {method}", f"methods: rtn, nf4, awq, {', '.join(kquant.METHODS)}")
+        raise EdgekitError(f"unknown --method {method}", f"methods: rtn, nf4, gptq, awq, {', '.join(kquant.METHODS)}")
     if method in kquant.METHODS:
         if fmt != "gguf":
             raise EdgekitError(f"{method} is a llama.cpp GGUF type; {fmt} cannot hold it",
@@ -81,11 +82,14 @@ def run(model: str, fmt: str, method: str, output: str | None = None, *, qtype: 
         group_size: int | None = None, symmetric: bool | None = None, double_quant: bool = False,
         calib: str | None = None, imatrix_file: str | None = None, no_imatrix: bool = False,
         samples: int | None = None, seqlen: int | None = None, keep_head: bool | None = None,
-        keep_embed: bool = False, force: bool = False, progress: bool = True, then: str | None = None,
-        clip: bool | None = None, save_scaled: str | None = None) -> dict[str, Any]:
+        keep_embed: bool = False, force: bool = False, progress: bool = True, damp: float | None = None,
+        act_order: bool = False, then: str | None = None, clip: bool | None = None,
+        save_scaled: str | None = None) -> dict[str, Any]:
     from edgekit.checkpoint import open_checkpoint
     from quant import calibration
 
+    if (damp is not None or act_order) and method != "gptq":
+        raise EdgekitError("--damp/--act-order apply to --method gptq only", "drop them or use --method gptq")
     if method == "awq":  # calibrated scales first, then one of the paths below on the scaled checkpoint
         from quant import awq_run
 
@@ -102,8 +106,10 @@ def run(model: str, fmt: str, method: str, output: str | None = None, *, qtype: 
         if plan["grid"] not in ("onnx:nf4", "coreml:palette4"):
             raise EdgekitError("--double-quant applies to nf4 only", "drop --double-quant")
         plan["params"]["double_quant"] = True
-    if plan["kind"] == "seam" and (calib or imatrix_file):
+    if plan["kind"] == "seam" and (imatrix_file or (calib and method not in CALIBRATED)):
         raise EdgekitError(f"{method} uses no calibration data", "drop --calib/--imatrix (they feed k-quants)")
+    if method in CALIBRATED:
+        calibration.load_text(calib)  # a missing or empty file fails now, not after the calibration pass
     if imatrix_file and no_imatrix:
         raise EdgekitError("--imatrix and --no-imatrix contradict each other", "pass one of them")
     if plan["kind"] == "kquant" and not no_imatrix and not imatrix_file:
@@ -127,8 +133,26 @@ def run(model: str, fmt: str, method: str, output: str | None = None, *, qtype: 
 
         tied = from_config(ckpt.config).tied_embeddings
         keep_head = True if keep_head is None else keep_head  # llama.cpp's default: the head stays precise
+        calibrated = None
+        if method == "gptq":
+            if fmt == "onnx":  # what the ONNX converter refuses (MoE), refused before the calibration pass
+                from converters.onnx.decoder import check_supported
+
+                check_supported(from_config(ckpt.config))
+            from quant import gptq
+            from quant.grids import get as get_grid
+
+            calibrated, info = gptq.run(model, get_grid(plan["grid"], **plan["params"]), calib=calib,
+                                        samples=samples, seqlen=seqlen, damp=0.01 if damp is None else damp,
+                                        act_order=act_order, progress=progress)
+            quant_info.update({"calibration": info["calibration"], "damp": info["damp"],
+                               "act_order": info["act_order"], "damp_max_used": info["max_damp_used"],
+                               "layer_error_ratio_mean": info["err_ratio_mean"],
+                               # ||WX - ŴX||² of GPTQ and of RTN on the same grid, per linear, on the calibration inputs
+                               "layer_errors": {e["name"]: [e["err_gptq"], e["err_rtn"]] for e in calibrated.errors
+                                                if "err_gptq" in e}})
         summary = _seam(model, fmt, dest, method, plan, tied=tied, keep_head=keep_head, keep_embed=keep_embed,
-                        force=force, progress=progress)
+                        force=force, progress=progress, calibrated=calibrated)
         quant_info.update({"keep_head": keep_head, "keep_embed": keep_embed})
     summary["quant"] = quant_info
     write_manifest(dest, fmt, {"quant": quant_info})
@@ -221,7 +245,7 @@ def _bpw(path: Path) -> float:
 
 
 def _seam(model: str, fmt: str, dest: Path, method: str, plan: dict[str, Any], *, tied: bool, keep_head: bool,
-          keep_embed: bool, force: bool, progress: bool) -> dict[str, Any]:
+          keep_embed: bool, force: bool, progress: bool, calibrated: Any = None) -> dict[str, Any]:
     import converters
     from converters.seam import Seam
     from quant import quantize as run_quantizer
@@ -247,7 +271,9 @@ def _seam(model: str, fmt: str, dest: Path, method: str, plan: dict[str, Any], *
     def transform(t: Any):
         if not wanted(t):
             return None
-        return lambda a: run_quantizer(method, a, grid, **params)
+        if calibrated is not None and t.layer is not None:  # GPTQ's codes for a decoder linear
+            return lambda a: calibrated.tensor(a, t.layer, t.name)
+        return lambda a: run_quantizer("rtn" if calibrated is not None else method, a, grid, **params)
 
     seam = Seam(storage=storage, transform=transform)
     result = converters.get(fmt).convert(model, str(dest), force=force, progress=progress, seam=seam)

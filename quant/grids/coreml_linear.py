@@ -31,35 +31,57 @@ class _Linear:
     def params(self) -> dict[str, Any]:
         return {"block_size": self.block_size, "symmetric": self.symmetric, "scale_dtype": self.scale_dtype.name}
 
-    def quantize(self, w: np.ndarray, **_: Any) -> QuantizedTensor:
-        shape = tuple(np.shape(w))
-        rows = as_rows(w, self.block_size, self.name)
-        n, k = rows.shape
-        # the weight as the Core ML program holds it (fp16 by default), and coremltools' arithmetic in that dtype
-        blocks = rows.astype(self.scale_dtype).reshape(n, k // self.block_size, self.block_size)
+    def _range(self) -> tuple[int, int]:
+        half = 1 << (self.bits - 1)
+        return (-half + 1 if self.symmetric else -half), half - 1
+
+    def block_params(self, blocks: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-block ``scale`` (in the program's dtype) and ``zp`` (None when symmetric); blocks [n, nb, block]."""
+        blocks = blocks.astype(self.scale_dtype)
         lo = blocks.min(axis=-1, keepdims=True)
         hi = blocks.max(axis=-1, keepdims=True)
-        half = 1 << (self.bits - 1)
-        qmin, qmax = -half, half - 1
+        qmin, qmax = self._range()
         if self.symmetric:
-            qmin += 1
             far = np.maximum(np.abs(lo), np.abs(hi))
             lo, hi = -far, far
         else:
             lo, hi = np.minimum(0.0, lo), np.maximum(0.0, hi)
         scale = (hi - lo) / (qmax - qmin)
         empty = scale == 0  # an all-zero block: codes 0 (coremltools would divide by zero)
+        p = {"scale": scale, "empty": empty}
+        if not self.symmetric:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                p["zp"] = np.where(empty, 0, np.clip(np.round((qmin * hi - qmax * lo) / (hi - lo)), qmin, qmax))
+        return p
+
+    def encode(self, x: np.ndarray, p: dict[str, np.ndarray]) -> np.ndarray:
+        """Codes of ``x`` on blocks whose ``params`` are fixed, in coremltools' arithmetic."""
+        qmin, qmax = self._range()
         with np.errstate(divide="ignore", invalid="ignore"):
-            q = np.where(empty, 0, np.round(blocks / scale))
-            zp = None
-            if not self.symmetric:
-                zp = np.where(empty, 0, np.clip(np.round((qmin * hi - qmax * lo) / (hi - lo)), qmin, qmax))
-                q = q + zp
-        q = np.clip(q, qmin, qmax).astype(np.int8)
-        stored = scale.astype(self.scale_dtype)
-        arrays = {"data": q.reshape(n, k), "scale": stored.reshape(n, -1)}
-        if zp is not None:
-            arrays["offset"] = zp.reshape(n, -1).astype(np.int8)
+            q = np.where(p["empty"], 0, np.round(x.astype(self.scale_dtype) / p["scale"]))
+            if "zp" in p:
+                q = q + p["zp"]
+        return np.clip(q, qmin, qmax).astype(np.int8)
+
+    def decode(self, q: np.ndarray, p: dict[str, np.ndarray]) -> np.ndarray:
+        off = p["zp"].astype(np.float32) if "zp" in p else np.float32(0)
+        return (q.astype(np.float32) - off) * p["scale"].astype(self.scale_dtype).astype(np.float32)
+
+    def quantize(self, w: np.ndarray, **_: Any) -> QuantizedTensor:
+        shape = tuple(np.shape(w))
+        rows = as_rows(w, self.block_size, self.name)
+        n, k = rows.shape
+        # the weight as the Core ML program holds it (fp16 by default), and coremltools' arithmetic in that dtype
+        blocks = rows.astype(self.scale_dtype).reshape(n, k // self.block_size, self.block_size)
+        p = self.block_params(blocks)
+        return self.pack(self.encode(blocks, p), p, shape)
+
+    def pack(self, q: np.ndarray, p: dict[str, np.ndarray], shape: tuple[int, ...]) -> QuantizedTensor:
+        """Core ML arrays from codes [n, nb, block] and their ``params``."""
+        n, k = q.shape[0], q.shape[1] * q.shape[2]
+        arrays = {"data": q.reshape(n, k), "scale": p["scale"].astype(self.scale_dtype).reshape(n, -1)}
+        if "zp" in p:
+            arrays["offset"] = p["zp"].reshape(n, -1).astype(np.int8)
         attrs = {"bits": self.bits, "block_size": self.block_size, "grid_params": self.params()}
         return QuantizedTensor(self.name, shape, arrays, attrs)
 

@@ -42,11 +42,8 @@ class _NBits:
     def params(self) -> dict[str, Any]:
         return {"block_size": self.block_size, "symmetric": self.symmetric}
 
-    def quantize(self, w: np.ndarray, **_: Any) -> QuantizedTensor:
-        shape = tuple(np.shape(w))
-        rows = as_rows(w, self.block_size, self.name)
-        n, k = rows.shape
-        blocks = rows.reshape(n, k // self.block_size, self.block_size)
+    def block_params(self, blocks: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-block ``scale``, zero point ``zp`` (float32) and ``inv``; blocks [n, nb, block] -> [n, nb, 1]."""
         top = (1 << self.bits) - 1
         mid = 1 << (self.bits - 1)
         lo = np.minimum(blocks.min(axis=-1, keepdims=True), np.float32(0))
@@ -62,11 +59,31 @@ class _NBits:
             zp = np.where(zfp < 0, 0, np.where(zfp > top, top, _roundf(zfp))).astype(np.float32)
         with np.errstate(divide="ignore"):
             inv = np.where(scale != 0, np.float32(1) / scale, np.float32(0)).astype(np.float32)
-        q = np.clip(_roundf(blocks * inv + zp), 0, top).astype(np.uint8)
+        return {"scale": scale, "zp": zp, "inv": inv}
+
+    def encode(self, x: np.ndarray, p: dict[str, np.ndarray]) -> np.ndarray:
+        """Codes of ``x`` on blocks whose ``params`` are fixed."""
+        top = (1 << self.bits) - 1
+        return np.clip(_roundf(x.astype(np.float32) * p["inv"] + p["zp"]), 0, top).astype(np.uint8)
+
+    def decode(self, q: np.ndarray, p: dict[str, np.ndarray]) -> np.ndarray:
+        return (q.astype(np.float32) - p["zp"]) * p["scale"]
+
+    def quantize(self, w: np.ndarray, **_: Any) -> QuantizedTensor:
+        shape = tuple(np.shape(w))
+        rows = as_rows(w, self.block_size, self.name)
+        n, k = rows.shape
+        blocks = rows.reshape(n, k // self.block_size, self.block_size)
+        p = self.block_params(blocks)
+        return self.pack(self.encode(blocks, p), p, shape)
+
+    def pack(self, q: np.ndarray, p: dict[str, np.ndarray], shape: tuple[int, ...]) -> QuantizedTensor:
+        """MatMulNBits arrays from codes [n, nb, block] and their ``params``."""
+        n, k = q.shape[0], q.shape[1] * q.shape[2]
         arrays = {"B": pack_nibbles_low_first(q) if self.bits == 4 else q,
-                  "scales": scale.reshape(n, -1).astype(np.float32)}
+                  "scales": p["scale"].reshape(n, -1).astype(np.float32)}
         if not self.symmetric:
-            z = zp.reshape(n, -1).astype(np.uint8)
+            z = p["zp"].reshape(n, -1).astype(np.uint8)
             if self.bits == 4:
                 if z.shape[1] % 2:
                     z = np.concatenate([z, np.zeros((n, 1), np.uint8)], axis=1)
