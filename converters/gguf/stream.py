@@ -138,13 +138,13 @@ class Encoder:
         self.workers = max(1, os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(max_workers=self.workers)
 
-    def write_array(self, fout: BinaryIO, t: np.ndarray, qtype: Q) -> None:
+    def write_array(self, fout: Sink, t: np.ndarray, qtype: Q) -> None:
         rows = t.reshape(-1, t.shape[-1]) if t.ndim > 1 else t.reshape(1, -1)
         step = _rows_per_chunk(rows.shape[1])
         chunks = [rows[i:i + step] for i in range(0, rows.shape[0], step)]
         self._write(fout, (lambda c=c: _encode(c, qtype) for c in chunks))
 
-    def write_stored(self, fout: BinaryIO, src: Stored, shape: tuple[int, ...], qtype: Q) -> None:
+    def write_stored(self, fout: Sink, src: Stored, shape: tuple[int, ...], qtype: Q) -> None:
         """Read ``src`` in row chunks (each task reads its own rows) and write them encoded."""
         row = shape[-1] if shape else 1
         n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
@@ -159,15 +159,15 @@ class Encoder:
 
         self._write(fout, (lambda f=f: task(f) for f in range(0, n_rows, step)))
 
-    def _write(self, fout: BinaryIO, tasks: Iterable[Callable[[], np.ndarray]]) -> None:
+    def _write(self, fout: Sink, tasks: Iterable[Callable[[], np.ndarray]]) -> None:
         # at most two chunks ahead of the writer: bounded memory, every core busy
         pending: list[Any] = []
         for task in tasks:
             pending.append(self.pool.submit(task))
             if len(pending) > self.workers + 1:
-                pending.pop(0).result().tofile(fout)
+                fout.write_array(pending.pop(0).result())
         for fut in pending:
-            fut.result().tofile(fout)
+            fout.write_array(fut.result())
 
     def close(self) -> None:
         self.pool.shutdown(cancel_futures=True)
@@ -213,6 +213,34 @@ def copy_bytes(fout: BinaryIO, src: Path, start: int, end: int) -> None:
                 done += k
 
 
+class Sink:
+    """The output file as the tensor writers see it: every byte written through it (GGUFWriter's own
+    tensor infos and padding too) also goes, in order, to the optional inline hash
+    (:class:`edgekit.integrity.InlineSha256`); kernel-copied ranges are hashed from their source."""
+
+    def __init__(self, raw: BinaryIO, hasher: integrity.InlineSha256 | None = None) -> None:
+        self.raw, self.hasher = raw, hasher
+
+    def write(self, data: Any) -> int:
+        n = self.raw.write(data)
+        if self.hasher is not None:
+            self.hasher.feed(bytes(data))  # the caller may reuse its buffer
+        return n
+
+    def write_array(self, a: np.ndarray) -> None:
+        a.tofile(self.raw)
+        if self.hasher is not None:
+            self.hasher.feed(a)  # kept alive, not copied: nobody changes an encoded chunk
+
+    def copy_range(self, src: Path, start: int, end: int) -> None:
+        copy_bytes(self.raw, src, start, end)
+        if self.hasher is not None:
+            self.hasher.feed_file(src, start, end)
+
+    def __getattr__(self, name: str) -> Any:  # tell, flush, seek, fileno, close: the file's own
+        return getattr(self.raw, name)
+
+
 class Planned:
     """One planned tensor for GGUFWriter: ``write_tensors_to_file`` calls ``tofile`` when its turn comes."""
 
@@ -222,11 +250,11 @@ class Planned:
         self.plan, self.real, self.encoder, self.done = p, real, encoder, done
         self.shape, self.nbytes = p.shape, nbytes(p.shape, p.qtype)
 
-    def tofile(self, fout: BinaryIO) -> None:
+    def tofile(self, fout: Sink) -> None:
         p = self.plan
         if p.copied:
             assert p.stored is not None
-            copy_bytes(fout, p.stored.file, p.stored.start, p.stored.end)
+            fout.copy_range(p.stored.file, p.stored.start, p.stored.end)
         elif p.stored is not None:
             self.encoder.write_stored(fout, p.stored, p.shape, p.qtype)
         else:
@@ -242,7 +270,7 @@ class Planned:
                 self._write_codes(fout, t)
         self.done(p.job.name)
 
-    def _write_codes(self, fout: BinaryIO, q: Any) -> None:
+    def _write_codes(self, fout: Sink, q: Any) -> None:
         """A QuantizedTensor's GGML blocks, byte for byte, under the type planned for the header."""
         p = self.plan
         if q.attrs["ggml_type"] != p.qtype.name:
@@ -252,19 +280,22 @@ class Planned:
         if data.nbytes != self.nbytes:
             raise ValueError(f"{p.job.name}: {q.grid} data holds {data.nbytes} bytes, {p.qtype.name} of shape "
                              f"{p.shape} takes {self.nbytes}")
-        data.tofile(fout)
+        fout.write_array(data)
 
 
 def write_gguf(dest: Path, force: bool, arch_name: str, planned: list[Plan], ckpt: Any,
                metadata: Callable[[gguf.GGUFWriter], None], progress: bool,
                finish: Callable[[Path, int], None] | None = None,
-               data_hash_placeholder: str | None = None) -> dict[str, Any]:
+               data_hash_placeholder: str | None = None,
+               header: Callable[[bytes], None] | None = None) -> dict[str, Any]:
     """Write the :func:`plan`ned tensors of ``ckpt`` into ``dest``, atomically.
 
-    ``finish(path, metadata_end)`` runs on the complete temporary file before it is renamed. With
-    ``data_hash_placeholder`` (a metadata string value), the sha256 of everything after the metadata is
-    computed while the tensors are written and patched over it (:mod:`edgekit.integrity`). Returns
-    {"tensors", "types", "bytes", "copied"}; ``copied`` counts tensors copied as stored.
+    ``header(head)`` gets the file's bytes up to the end of the metadata as soon as they are written
+    (work that needs only the metadata runs while the tensors stream); ``finish(path, metadata_end)``
+    runs on the complete temporary file before it is renamed. With ``data_hash_placeholder`` (a metadata
+    string value), the sha256 of everything after the metadata is computed inline as it is written and
+    patched over it (:mod:`edgekit.integrity`). Returns {"tensors", "types", "bytes", "copied"};
+    ``copied`` counts tensors copied as stored.
     """
     counts: dict[str, int] = {}
     for p in planned:
@@ -272,16 +303,12 @@ def write_gguf(dest: Path, force: bool, arch_name: str, planned: list[Plan], ckp
     real, encoder = Source(ckpt, meta=False), Encoder()
     bar = _bar(len(planned), progress)
 
-    trail = None
-
     def done(name: str) -> None:
-        if trail is not None:  # everything up to here is final: let the hashing thread read it
-            w.fout[0].flush()
-            trail.advance(w.fout[0].tell())
         if bar is not None:
             bar.set_postfix_str(name, refresh=False)
             bar.update(1)
 
+    hasher = None
     with atomic_output(dest, force=force) as tmp:
         w = gguf.GGUFWriter(tmp, arch_name)
         try:
@@ -292,26 +319,35 @@ def write_gguf(dest: Path, force: bool, arch_name: str, planned: list[Plan], ckp
             w.write_header_to_file()
             w.write_kv_data_to_file()
             kv_end = w.fout[0].tell()
-            if data_hash_placeholder is not None:
+            if header is not None:
                 w.fout[0].flush()
-                trail = integrity.TrailingSha256(tmp, kv_end)
+                header(_head(tmp, kv_end))
+            if data_hash_placeholder is not None:
+                hasher = integrity.InlineSha256()
+            w.fout[0] = Sink(w.fout[0], hasher)  # type: ignore[call-overload]
             w.write_tensors_to_file(progress=False)
             w.flush()
         except BaseException:
-            if trail is not None:
-                trail.cancel()
+            if hasher is not None:
+                hasher.cancel()
             raise
         finally:
             w.close()
             encoder.close()
             if bar is not None:
                 bar.close()
-        if trail is not None:
-            integrity.patch_gguf_data_hash(tmp, kv_end, data_hash_placeholder, trail.finish(tmp.stat().st_size))
+        if hasher is not None:
+            assert data_hash_placeholder is not None
+            integrity.patch_gguf_data_hash(tmp, kv_end, data_hash_placeholder, hasher.finish())
         if finish is not None:
             finish(tmp, kv_end)
         size = tmp.stat().st_size
     return {"tensors": len(planned), "types": counts, "bytes": size, "copied": sum(1 for p in planned if p.copied)}
+
+
+def _head(path: Path, n: int) -> bytes:
+    with path.open("rb") as fh:
+        return fh.read(n)
 
 
 def _bar(total: int, progress: bool):
