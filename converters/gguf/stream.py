@@ -8,8 +8,8 @@ through), so the header is written before any weight is read and only one tensor
 - a stored tensor already in the output's encoding (f16 checkpoint to F16: nearly every byte) is
   copied file to file by the kernel (``os.copy_file_range``), never entering this process;
 - any other untouched stored tensor is read in row chunks, each converted (numpy; BF16 and Q8_0 by
-  ``gguf.quants``) on a pool of one thread per core: numpy releases the GIL, and chunks keep the
-  float32 copies small;
+  ``gguf.quants``) on a pool of one thread per core (:mod:`converters.streaming`, the path the ONNX
+  external data takes too);
 - a tensor the family transforms (Q/K rope order, stacked experts...) is built whole in numpy, then
   encoded in the same chunks.
 
@@ -21,13 +21,11 @@ encoder and a QuantizedTensor's raw blocks as they are. Tensors nobody transform
 
 from __future__ import annotations
 
-import errno
-import os
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import gguf
 import numpy as np
@@ -35,16 +33,15 @@ import numpy as np
 from converters import seam as tseam
 from converters.gguf.model import Job, meta
 from converters.gguf.types import Q, choose_type, nbytes
+from converters.streaming import Encoder, Sink
 from edgekit import integrity
 from edgekit.atomic import atomic_output
-from edgekit.checkpoint import NUMPY_DTYPES, read_bits, widen_bf16
 from edgekit.errors import EdgekitError
 
 # the dtype a job sees for each stored float type: transforms (norm offsets, stacking) of bf16/f64
 # sources run in float32, as llama.cpp converts them
 _JOB_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.float32, "F64": np.float32}
 _SAME_BYTES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16}  # stored bytes that already are the encoding
-_CHUNK = 1 << 22  # elements per conversion task: 16 MB of float32
 
 
 def job_dtype(name: str) -> type:
@@ -131,114 +128,12 @@ def plan(jobs: Iterable[Job], ckpt: Any, outtype: Q, seam: tseam.Seam = tseam.NO
     return out
 
 
-class Encoder:
-    """Writes tensors as GGUF stores them, converting row chunks on one thread per core."""
-
-    def __init__(self) -> None:
-        self.workers = max(1, os.cpu_count() or 1)
-        self.pool = ThreadPoolExecutor(max_workers=self.workers)
-
-    def write_array(self, fout: Sink, t: np.ndarray, qtype: Q) -> None:
-        rows = t.reshape(-1, t.shape[-1]) if t.ndim > 1 else t.reshape(1, -1)
-        step = _rows_per_chunk(rows.shape[1])
-        chunks = [rows[i:i + step] for i in range(0, rows.shape[0], step)]
-        self._write(fout, (lambda c=c: _encode(c, qtype) for c in chunks))
-
-    def write_stored(self, fout: Sink, src: Stored, shape: tuple[int, ...], qtype: Q) -> None:
-        """Read ``src`` in row chunks (each task reads its own rows) and write them encoded."""
-        row = shape[-1] if shape else 1
-        n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
-        row_bytes = row * np.dtype(NUMPY_DTYPES[src.dtype]).itemsize
-        step = _rows_per_chunk(row)
-
-        def task(first: int) -> np.ndarray:
-            n = min(step, n_rows - first)
-            start = src.start + first * row_bytes
-            chunk = read_bits(src.file, start, start + n * row_bytes, src.dtype).reshape(n, row)
-            return _encode(widen_bf16(chunk) if src.dtype == "BF16" else chunk, qtype)
-
-        self._write(fout, (lambda f=f: task(f) for f in range(0, n_rows, step)))
-
-    def _write(self, fout: Sink, tasks: Iterable[Callable[[], np.ndarray]]) -> None:
-        # at most two chunks ahead of the writer: bounded memory, every core busy
-        pending: list[Any] = []
-        for task in tasks:
-            pending.append(self.pool.submit(task))
-            if len(pending) > self.workers + 1:
-                fout.write_array(pending.pop(0).result())
-        for fut in pending:
-            fout.write_array(fut.result())
-
-    def close(self) -> None:
-        self.pool.shutdown(cancel_futures=True)
-
-
-def _rows_per_chunk(row: int) -> int:
-    return max(1, _CHUNK // max(1, row))
-
-
 def _encode(rows: np.ndarray, qtype: Q) -> np.ndarray:
     if qtype == Q.F32:
         return np.ascontiguousarray(rows, dtype=np.float32)
     if qtype == Q.F16:
         return np.ascontiguousarray(rows, dtype=np.float16)
     return gguf.quants.quantize(np.ascontiguousarray(rows, dtype=np.float32), qtype)
-
-
-def copy_bytes(fout: BinaryIO, src: Path, start: int, end: int) -> None:
-    """Append ``src[start:end]`` to ``fout``: by the kernel (``copy_file_range``, no trip through user
-    space) where the OS and file systems allow it, else by plain reads and writes."""
-    fout.flush()
-    pos, n, done = fout.tell(), end - start, 0
-    with src.open("rb", buffering=0) as fin:
-        if hasattr(os, "copy_file_range"):
-            try:
-                while done < n:
-                    k = os.copy_file_range(fin.fileno(), fout.fileno(), n - done, start + done, pos + done)
-                    if k == 0:
-                        raise OSError(errno.EIO, f"{src} ended at byte {start + done}")
-                    done += k
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
-                    raise
-        fout.seek(pos + done)
-        if done < n:
-            fin.seek(start + done)
-            buf = memoryview(bytearray(min(n - done, 16 << 20)))
-            while done < n:
-                k = fin.readinto(buf[:min(len(buf), n - done)])
-                if not k:
-                    raise OSError(errno.EIO, f"{src} ended at byte {start + done}")
-                fout.write(buf[:k])
-                done += k
-
-
-class Sink:
-    """The output file as the tensor writers see it: every byte written through it (GGUFWriter's own
-    tensor infos and padding too) also goes, in order, to the optional inline hash
-    (:class:`edgekit.integrity.InlineSha256`); kernel-copied ranges are hashed from their source."""
-
-    def __init__(self, raw: BinaryIO, hasher: integrity.InlineSha256 | None = None) -> None:
-        self.raw, self.hasher = raw, hasher
-
-    def write(self, data: Any) -> int:
-        n = self.raw.write(data)
-        if self.hasher is not None:
-            self.hasher.feed(bytes(data))  # the caller may reuse its buffer
-        return n
-
-    def write_array(self, a: np.ndarray) -> None:
-        a.tofile(self.raw)
-        if self.hasher is not None:
-            self.hasher.feed(a)  # kept alive, not copied: nobody changes an encoded chunk
-
-    def copy_range(self, src: Path, start: int, end: int) -> None:
-        copy_bytes(self.raw, src, start, end)
-        if self.hasher is not None:
-            self.hasher.feed_file(src, start, end)
-
-    def __getattr__(self, name: str) -> Any:  # tell, flush, seek, fileno, close: the file's own
-        return getattr(self.raw, name)
 
 
 class Planned:
@@ -256,7 +151,8 @@ class Planned:
             assert p.stored is not None
             fout.copy_range(p.stored.file, p.stored.start, p.stored.end)
         elif p.stored is not None:
-            self.encoder.write_stored(fout, p.stored, p.shape, p.qtype)
+            self.encoder.write_stored(fout, p.stored.file, p.stored.start, p.stored.dtype, p.shape,
+                                      partial(_encode, qtype=p.qtype))
         else:
             t = self.real.run(p.job)
             if tuple(t.shape) != p.shape:
@@ -265,7 +161,7 @@ class Planned:
                 assert p.info is not None
                 t = tseam.run(p.info, p.transform, t)
             if isinstance(t, np.ndarray):
-                self.encoder.write_array(fout, t, p.qtype)
+                self.encoder.write_array(fout, t, partial(_encode, qtype=p.qtype))
             else:
                 self._write_codes(fout, t)
         self.done(p.job.name)

@@ -108,6 +108,8 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
 
 def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int] | None, ort: bool,
            progress: bool, seam: Any = None) -> dict[str, Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
     from converters.onnx import genai, mobile
     from converters.onnx.decoder import DecoderBuilder, Variant, Weights
     from converters.onnx.graph import OPSET, Graph, WeightFile
@@ -130,6 +132,12 @@ def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int
     # the static graph gathers positions up to context + chunk - 1; the dynamic one up to the model's limit
     rope_len = (sizes[0] + sizes[1]) if sizes else spec.context_length
     rope = tables(ckpt.config, spec, rope_len) if spec.rope is not None else None
+    copy_files(ckpt.path, out)
+    # what needs no weights runs beside the export: the source's sha256 (which also refuses NaN / infinite
+    # weights) and the tokenizer check, on the tokenizer files just copied
+    side = ThreadPoolExecutor(max_workers=2)
+    source_sha = side.submit(ckpt.sha256)
+    check_job = side.submit(tokenizer_check.check_hf_directory, ckpt.path, out)
     weights = WeightFile(out / "model.onnx.data")
     reader = Weights(ckpt)
     bar = None
@@ -146,11 +154,14 @@ def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int
                     "edgekit.static": json.dumps(variant.static), "edgekit.tokens": str(variant.tokens),
                     "edgekit.context": str(variant.context or context)}
             graph.save(out / filename, f"edgekit decoder for {spec.architecture}", meta)
-    finally:
         weights.close()
+    except BaseException:
+        weights.abort()
+        side.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
         if bar:
             bar.close()
-    copy_files(ckpt.path, out)
     if not sizes:
         (out / "genai_config.json").write_text(json.dumps(genai.config(spec, context), indent=4) + "\n")
     usability = {name: mobile.usability(out / name) for name in graphs}
@@ -167,10 +178,14 @@ def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int
         "index_dtype": "int32" if sizes else "int64",
         "genai_config": not sizes,
     }
-    check = tokenizer_check.check_hf_directory(ckpt.path, out)
+    check = check_job.result()
     files = sorted(p for p in out.rglob("*") if p.is_file())
+    try:
+        source_sha256 = source_sha.result()
+    finally:
+        side.shutdown(wait=False)
     manifest = mf.build(
-        format="onnx", source=str(ckpt.path), source_sha256=ckpt.sha256(),
+        format="onnx", source=str(ckpt.path), source_sha256=source_sha256, hashed={weights.path: weights.sha256},
         quant={"method": "none", "dtype": dtype}, tokenizer=describe(ckpt.path), chat_template=chat_template(ckpt.path),
         context_length=context, files=files, root=out,
         adapter=str(ckpt.adapter.path) if ckpt.adapter is not None else None,

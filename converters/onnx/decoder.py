@@ -67,7 +67,11 @@ class Variant:
 
 
 class Weights:
-    """Tensors of the checkpoint as float32 numpy arrays (LoRA merged by the Checkpoint), read on demand."""
+    """Tensors of the checkpoint as numpy arrays (LoRA merged by the Checkpoint), read once on demand.
+
+    float16 and float32 stay as stored: the writer casts them to the graph's dtype chunk by chunk as it
+    writes (the same values as widening first: both casts are exact or the one rounding); other types
+    (BF16 widened by the Checkpoint, F64) come as float32, as before."""
 
     def __init__(self, ckpt: Any) -> None:
         self.ckpt = ckpt
@@ -78,7 +82,8 @@ class Weights:
         if name not in self.names:
             raise EdgekitError(f"checkpoint {self.ckpt.path} has no tensor {name}",
                                "the weights do not match config.json; restore the checkpoint")
-        return self.ckpt.array(name).astype(np.float32, copy=False)
+        a = self.ckpt.array(name)
+        return a if a.dtype in (np.float16, np.float32) else a.astype(np.float32)
 
     def has(self, name: str) -> bool:
         return name in self.names
@@ -136,7 +141,7 @@ class DecoderBuilder:
         return f"{self.prefix}h.{i}." if self.fam.conv1d else f"{self.prefix}layers.{i}."
 
     def tensor(self, name: str, array: np.ndarray, *, dtype: Any = None) -> str:
-        return self.g.weight(name, array.astype(dtype or self.dt))
+        return self.g.weight(name, array, dtype or self.dt)
 
     def _seam(self, name: str, hf_name: str, array: np.ndarray, dtype: Any = None, role: str | None = None):
         """The seam point: the stored value of one weight (float array or QuantizedTensor)."""
@@ -211,7 +216,7 @@ class DecoderBuilder:
     def rms_norm(self, x: str, weight_name: str, offset: bool = False) -> str:
         """x / sqrt(mean(x^2) + eps) * w, computed in fp32 as transformers does; gemma stores w - 1."""
         g = self.g
-        array = self.w.get(weight_name)
+        array = self.w.get(weight_name).astype(np.float32, copy=False)  # the offset is added in float32
         x32 = self.to32(x)
         var = g.op("ReduceMean", g.op("Mul", x32, x32), axes=[-1], keepdims=1)
         normed = g.op("Div", x32, g.op("Sqrt", g.op("Add", var, self.c32(self.spec.norm_eps))))
