@@ -34,6 +34,7 @@ from onnx import TensorProto
 
 from converters import seam as tseam
 from converters.onnx.graph import MS_DOMAIN, Graph
+from edgekit.checkpoint import NUMPY_DTYPES
 from edgekit.errors import EdgekitError
 from edgekit.spec import ModelSpec
 
@@ -69,9 +70,11 @@ class Variant:
 class Weights:
     """Tensors of the checkpoint as numpy arrays (LoRA merged by the Checkpoint), read once on demand.
 
-    float16 and float32 stay as stored: the writer casts them to the graph's dtype chunk by chunk as it
-    writes (the same values as widening first: both casts are exact or the one rounding); other types
-    (BF16 widened by the Checkpoint, F64) come as float32, as before."""
+    float16 and float32 stay as stored, memory-mapped rather than read: the writer's chunk tasks read
+    their rows straight from the page cache on every core and cast them to the graph's dtype (the same
+    values as widening first: both casts are exact or the one rounding), and a whole tensor already in
+    the graph's dtype is copied by the kernel (:class:`converters.onnx.graph.WeightFile`). Other types
+    (BF16 widened by the Checkpoint, F64) and tensors a LoRA adapter changes come read, as float32."""
 
     def __init__(self, ckpt: Any) -> None:
         self.ckpt = ckpt
@@ -82,6 +85,10 @@ class Weights:
         if name not in self.names:
             raise EdgekitError(f"checkpoint {self.ckpt.path} has no tensor {name}",
                                "the weights do not match config.json; restore the checkpoint")
+        info, where = self.ckpt.tensors[name], self.ckpt.byte_range(name)
+        if where is not None and info.dtype in ("F16", "F32") and info.shape and where[2] > where[1]:
+            return np.memmap(where[0], dtype=NUMPY_DTYPES[info.dtype], mode="r", offset=where[1],
+                             shape=tuple(info.shape))
         a = self.ckpt.array(name)
         return a if a.dtype in (np.float16, np.float32) else a.astype(np.float32)
 

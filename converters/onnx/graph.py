@@ -59,7 +59,10 @@ class WeightFile:
         if pad:
             self.fh.write(b"\0" * pad)
             self.offset += pad
-        if array.size:
+        mapped = _whole_mapping(array, dtype)
+        if mapped is not None:
+            self.fh.copy_range(*mapped)
+        elif array.size:
             self.encoder.write_array(self.fh, array, lambda rows: np.ascontiguousarray(rows, dtype=dtype))
         tensor = TensorProto()
         tensor.name = name
@@ -86,6 +89,17 @@ class WeightFile:
         self.hasher.cancel()
         self.fh.close()
         self.encoder.close()
+
+
+def _whole_mapping(array: np.ndarray, dtype: np.dtype) -> tuple[Path, int, int] | None:
+    """(file, start, end) when ``array`` is a whole np.memmap of a file's bytes that already are ``dtype``'s
+    (not a view of one: a view inherits its parent's offset)."""
+    import mmap
+
+    if (isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.dtype == dtype
+            and array.flags.c_contiguous and array.filename):
+        return Path(array.filename), array.offset, array.offset + array.nbytes
+    return None
 
 
 class Graph:
