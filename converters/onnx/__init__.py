@@ -11,12 +11,12 @@ hidden 64) and the 1B-shaped benchmark checkpoint (``benchmarks/convert_onnx.py`
 * ``torch.onnx.export`` directly: the same tracing cost and memory, same wrapper needed.
 * building the graph node by node with ``onnx.helper`` from the checkpoint's tensors, as
   onnxruntime-genai's model builder does (chosen). The graph build takes well under a second for the
-  tiny models (a CLI run is ~4 s, mostly interpreter and torch import); tensors are read one at a
-  time with plain reads (:mod:`edgekit.checkpoint`, LoRA merged by the Checkpoint) and streamed into
-  the external-data file, so models past 2 GiB need nothing special: the 1B-shaped fp16 checkpoint
-  exported to fp32 (3.41 GB of external data) in 74 s with 2.7 GB peak RSS when tensors were still
-  read through a memory map (1.7 GB of that were mapped file pages; ``benchmarks/convert_onnx.py``
-  measures the current code).
+  tiny models (a CLI run is ~4 s, mostly interpreter and torch import); the weights take the GGUF
+  writer's streaming path (:mod:`converters.streaming`): float16/float32 tensors memory-mapped and read
+  once, cast (and transposed) in row chunks on every core straight into the external-data file, whole
+  tensors already in the graph's dtype copied by the kernel, the file hashed as it is written, while the
+  graph is built; so models past 2 GiB need nothing special and peak memory is a few tensors.
+  ``benchmarks/convert_onnx.py`` measures it against onnxruntime-genai's builder on the 1B-shaped checkpoint.
   Fidelity is measured, not assumed: tests compare logits with transformers for every architecture
   (measured max |diff| 4e-7 .. 2e-6 of the largest |logit|, bound 1e-4; 1.9e-6 on the 1B fp32 export).
   The graph uses standard ops only, so the same file also serves NNAPI / CoreML; rope tables are
