@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -103,11 +104,14 @@ def page_in(model: Path) -> float:
 
 
 def measure_fresh(cmd: list[str], out: Path) -> tuple[float, float, float]:
-    """:func:`measure` writing a new ``out``, deleted (and its deletion synced) afterwards."""
+    """:func:`measure` writing a new ``out`` (file or directory), deleted (and its deletion synced) afterwards."""
     try:
         return measure(cmd)
     finally:
-        out.unlink(missing_ok=True)
+        if out.is_dir():
+            shutil.rmtree(out)
+        else:
+            out.unlink(missing_ok=True)
         os.sync()
 
 
@@ -123,42 +127,48 @@ def main(outtypes: list[str], rounds: int) -> int:
     edgekit = str(Path(sys.executable).with_name("edgekit"))
     with tempfile.TemporaryDirectory(dir=CACHE) as d:
         for outtype in outtypes:
-            ek, lc = [], []
-            for _ in range(rounds):
-                out = Path(d) / f"edgekit-{outtype}.gguf"
-                ek.append(measure_fresh([edgekit, "convert", str(model), "--to", "gguf", "--outtype", outtype,
-                                         "-o", str(out)], out))
-                if have_llama:
-                    out = Path(d) / f"llamacpp-{outtype}.gguf"
-                    lc.append(measure_fresh([sys.executable, str(script), str(model), "--outtype", outtype,
-                                             "--outfile", str(out)], out))
-            e = _summary(ek)
-            row = {"outtype": outtype, "edgekit_s": e[0], "edgekit_rss_mb": e[1], "edgekit_tree_rss_mb": e[2],
-                   "edgekit_runs_s": [round(r[0], 2) for r in ek]}
+            sides = {"edgekit": ([edgekit, "convert", str(model), "--to", "gguf", "--outtype", outtype, "-o",
+                                  str(Path(d) / f"edgekit-{outtype}.gguf")], Path(d) / f"edgekit-{outtype}.gguf")}
             if have_llama:
-                m = _summary(lc)
-                row.update(llamacpp_s=m[0], llamacpp_rss_mb=m[1], llamacpp_tree_rss_mb=m[2],
-                           llamacpp_runs_s=[round(r[0], 2) for r in lc], time_ratio=round(e[0] / m[0], 2),
-                           rss_ratio=round(e[1] / m[1], 2), tree_rss_ratio=round(e[2] / m[2], 2))
-            print(json.dumps(row), flush=True)
+                out = Path(d) / f"llamacpp-{outtype}.gguf"
+                sides["llamacpp"] = ([sys.executable, str(script), str(model), "--outtype", outtype, "--outfile",
+                                      str(out)], out)
+            print(json.dumps({"outtype": outtype, **compare(sides, rounds)}), flush=True)
     if not have_llama:
         print("llama.cpp: skipped (set LLAMA_CPP_DIR to a llama.cpp checkout holding convert_hf_to_gguf.py; "
               "the llama-cpp-python sdist has one under vendor/llama.cpp)")
     return 0
 
 
-def _summary(runs: list[tuple[float, float, float]]) -> tuple[float, int, int]:
-    """(median seconds, largest peak RSS, largest tree RSS)."""
-    return (round(statistics.median(r[0] for r in runs), 2), round(max(r[1] for r in runs)),
-            round(max(r[2] for r in runs)))
+def compare(sides: dict[str, tuple[list[str], Path]], rounds: int) -> dict[str, Any]:
+    """Run each side's (command, output) once per round, alternating; per side its median seconds, largest
+    peak RSS and tree RSS (MB) and every run's seconds, then the first side's ratios to the second's."""
+    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, (cmd, out) in sides.items():
+            runs[name].append(measure_fresh(cmd, out))
+    row: dict[str, Any] = {}
+    for name, r in runs.items():
+        row.update({f"{name}_s": round(statistics.median(x[0] for x in r), 2),
+                    f"{name}_rss_mb": round(max(x[1] for x in r)), f"{name}_tree_rss_mb": round(max(x[2] for x in r)),
+                    f"{name}_runs_s": [round(x[0], 2) for x in r]})
+    if len(runs) == 2:
+        a, b = list(runs)
+        for key, suffix in (("time_ratio", "_s"), ("rss_ratio", "_rss_mb"), ("tree_rss_ratio", "_tree_rss_mb")):
+            row[key] = round(row[a + suffix] / row[b + suffix], 2)
+    return row
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
-    args = sys.argv[1:]
-    n = 3
+def kinds_and_rounds(argv: list[str], default: list[str]) -> tuple[list[str], int]:
+    """``[KIND ...] [--rounds N]`` (3 rounds unless told)."""
+    args, n = list(argv), 3
     if "--rounds" in args:
         at = args.index("--rounds")
         n = int(args[at + 1])
         del args[at:at + 2]
-    sys.exit(main(args or ["f16", "q8_0"], n))
+    return args or default, n
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main(*kinds_and_rounds(sys.argv[1:], ["f16", "q8_0"])))

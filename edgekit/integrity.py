@@ -178,60 +178,80 @@ def sha256_from(path: Path, offset: int) -> str:
     return h.hexdigest()
 
 
-class TrailingSha256:
-    """sha256 of a file being written, from ``start`` on, computed on a thread that follows the writer:
-    the writer flushes and calls :meth:`advance` with the end of what is final, the thread reads (from the
-    page cache) and hashes up to there, so the hash costs almost no wall time on top of the write."""
+class InlineSha256:
+    """sha256 of the bytes a writer emits, fed in write order as they are written and hashed on a thread
+    (hashlib releases the GIL), so the hash costs no second read of the written file.
 
-    def __init__(self, path: Path, start: int) -> None:
+    :meth:`feed` takes a buffer the caller will not change again (an encoded numpy chunk is kept
+    alive, not copied, until hashed); :meth:`feed_file` takes a byte range of a file the writer copied
+    by the kernel (never through this process), hashed from the page cache through short-lived mmaps
+    so the mapped pages never pile up in the resident set. At most ``depth`` items wait: bounded memory.
+    """
+
+    def __init__(self, depth: int = 8) -> None:
+        import queue
         import threading
 
-        self.path, self.pos, self.target = Path(path), start, start
         self.h = hashlib.sha256()
-        self.cond = threading.Condition()
-        self.closing, self.cancelled = False, False
+        self.items: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
+        self.cancelled = False
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
-    def advance(self, upto: int) -> None:
-        with self.cond:
-            self.target = max(self.target, upto)
-            self.cond.notify()
+    def feed(self, data: Any) -> None:
+        self._put(data)
 
-    def finish(self, end: int) -> str:
-        with self.cond:
-            self.target, self.closing = max(self.target, end), True
-            self.cond.notify()
+    def feed_file(self, path: Path, start: int, end: int) -> None:
+        self._put((Path(path), start, end))
+
+    def finish(self) -> str:
+        self._put(None)
         self.thread.join()
         if self.error is not None:
             raise self.error
         return self.h.hexdigest()
 
     def cancel(self) -> None:
-        with self.cond:
-            self.cancelled = True
-            self.cond.notify()
+        self.cancelled = True
+        try:
+            self.items.put_nowait(None)
+        except Exception:  # full: the thread sees ``cancelled`` at its next item
+            pass
+
+    def _put(self, item: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        self.items.put(item)
 
     def _run(self) -> None:
         try:
-            with self.path.open("rb", buffering=0) as fh:
-                fh.seek(self.pos)
-                while True:
-                    with self.cond:
-                        while self.target <= self.pos and not self.closing and not self.cancelled:
-                            self.cond.wait()
-                        if self.cancelled or (self.closing and self.target <= self.pos):
-                            return
-                        target = self.target
-                    while self.pos < target:
-                        block = fh.read(min(8 << 20, target - self.pos))
-                        if not block:
-                            raise OSError(f"{self.path} ended at byte {self.pos} while hashing")
-                        self.h.update(block)
-                        self.pos += len(block)
-        except BaseException as exc:  # re-raised on the writer's thread in finish()
+            while (item := self.items.get()) is not None and not self.cancelled:
+                if isinstance(item, tuple):
+                    _hash_file_range(self.h, *item)
+                else:
+                    self.h.update(item)
+        except BaseException as exc:  # re-raised on the writer's thread by the next feed() or finish()
             self.error = exc
+            while self.items.get() is not None:  # unblock the writer until it stops
+                pass
+
+
+def _hash_file_range(h: Any, path: Path, start: int, end: int, window: int = 64 << 20) -> None:
+    """Feed ``path[start:end]`` to ``h`` straight from the page cache (mmap windows, each unmapped after use)."""
+    import mmap
+
+    with path.open("rb") as fh:
+        pos = start
+        while pos < end:
+            base = pos - pos % mmap.ALLOCATIONGRANULARITY
+            length = min(end, base + window) - base
+            with mmap.mmap(fh.fileno(), length, offset=base, access=mmap.ACCESS_READ) as m:
+                if hasattr(m, "madvise"):
+                    m.madvise(mmap.MADV_SEQUENTIAL)
+                with memoryview(m) as view:
+                    h.update(view[pos - base:length])
+            pos = base + length
 
 
 def patch_gguf_data_hash(path: Path, kv_end: int, placeholder: str, value: str | None = None) -> str:

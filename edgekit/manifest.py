@@ -31,16 +31,18 @@ def file_sha256(path: Path) -> str:
 
 def build(*, format: str, source: str, source_sha256: str | None, quant: dict[str, Any] | None,
           tokenizer: dict[str, Any] | None, chat_template: str | None, context_length: int | None,
-          files: list[Path], root: Path | None, adapter: str | None = None, **extra: Any) -> dict[str, Any]:
+          files: list[Path], root: Path | None, adapter: str | None = None,
+          hashed: dict[Path, str | None] | None = None, **extra: Any) -> dict[str, Any]:
     """The manifest dict; ``files`` are hashed and recorded relative to ``root`` (none for a GGUF file,
-    which cannot hold its own hash)."""
+    which cannot hold its own hash); ``hashed``: files whose sha256 the writer computed as it wrote them."""
     from edgekit import __version__
 
+    known = {Path(f): h for f, h in (hashed or {}).items() if h}
     return {
         "edgekit_version": __version__, "format": format, "source": source, "source_sha256": source_sha256,
         "adapter": adapter, "quant": quant or {"method": "none"}, "tokenizer": tokenizer,
         "chat_template": chat_template, "context_length": context_length,
-        "files": {str(f.relative_to(root)): {"sha256": file_sha256(f), "bytes": f.stat().st_size}
+        "files": {str(f.relative_to(root)): {"sha256": known.get(f) or file_sha256(f), "bytes": f.stat().st_size}
                   for f in sorted(files)} if root is not None else {},
         **extra,
     }

@@ -194,7 +194,8 @@ def _recast(src: Path, dst: Path, dtype: str) -> Path:
 def test_chunked_and_copied_tensors_equal_whole_ones(arch, random_model, tmp_path, monkeypatch):
     """Row chunks across threads, kernel copies and their read/write fallback give the same bytes as
     encoding each tensor whole, for f32 and bf16 checkpoints and every output type."""
-    from converters.gguf import base, stream
+    from converters import streaming
+    from converters.gguf import base
 
     sources = {"f32": random_model(arch), "bf16": _recast(random_model(arch), tmp_path / "bf16", "bfloat16")}
 
@@ -208,8 +209,8 @@ def test_chunked_and_copied_tensors_equal_whole_ones(arch, random_model, tmp_pat
         for outtype in ("f32", "f16", "bf16", "q8_0"):
             whole = run(src, outtype, "whole.gguf")
             with monkeypatch.context() as m:
-                m.setattr(stream, "_CHUNK", 96)  # several chunks per row block, ragged last chunk
-                m.setattr(stream.os, "copy_file_range", _no_copy_file_range, raising=False)
+                m.setattr(streaming, "_CHUNK", 96)  # several chunks per row block, ragged last chunk
+                m.setattr(streaming.os, "copy_file_range", _no_copy_file_range, raising=False)
                 chunked = run(src, outtype, "chunked.gguf")
             assert chunked == whole, (kind, outtype)
 

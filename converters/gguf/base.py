@@ -86,8 +86,13 @@ def patch_placeholder(path: Path, search_bytes: int, placeholder: str, value: st
 
 
 class TokenizerCheckLater:
-    """edgekit.tokenizer_check: known only once the file exists (llama.cpp reads the vocabulary from it),
-    so written as a fixed-width placeholder and patched in place, like :class:`Sha256Later`."""
+    """edgekit.tokenizer_check: llama.cpp reads the vocabulary from the written metadata, so the value is
+    written as a fixed-width placeholder and patched in place, like :class:`Sha256Later`.
+
+    The check runs on a thread while the tensors are written (:meth:`start`), on a copy of the file's
+    metadata with its tensor count set to 0: llama.cpp's vocab_only load reads the same keys, and
+    neither maps nor checks weights that are still being written.
+    """
 
     WIDTH = 1024
 
@@ -95,11 +100,34 @@ class TokenizerCheckLater:
         self.probe = probe
         self.placeholder = secrets.token_hex(16).ljust(self.WIDTH)
         self.record: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self, head: bytes) -> None:
+        self.thread = threading.Thread(target=self._run, args=(head,), daemon=True)
+        self.thread.start()
+
+    def _run(self, head: bytes) -> None:
+        import tempfile
+
+        from edgekit import tokenizer_check
+
+        try:
+            with tempfile.TemporaryDirectory(prefix="edgekit-vocab-") as d:
+                meta_only = Path(d) / "vocab.gguf"
+                meta_only.write_bytes(head[:8] + (0).to_bytes(8, "little") + head[16:])  # n_tensors: 0
+                self.record = tokenizer_check.check_gguf(meta_only, self.probe)
+        except BaseException as exc:  # re-raised on the main thread in patch()
+            self.error = exc
 
     def patch(self, path: Path, search_bytes: int) -> dict[str, Any]:
         from edgekit import tokenizer_check
 
-        self.record = tokenizer_check.check_gguf(path, self.probe)
+        assert self.thread is not None, "start() runs when the metadata is written"
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        assert self.record is not None
         text = tokenizer_check.as_metadata(self.record)
         if len(text) > self.WIDTH:  # keep the verdict, shorten the detail
             short = {**self.record, "detail": str(self.record.get("detail", ""))[:self.WIDTH // 2]}
@@ -176,9 +204,10 @@ def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle
                 sha.patch(path, kv_end)  # also refuses NaN / infinite weights, found while hashing the source
                 check.patch(path, kv_end)
 
-            # the data hash (for `edgekit verify`) covers the tensor data and is computed by write_gguf as it writes
+            # the data hash (for `edgekit verify`) covers the tensor data and is computed by write_gguf as it writes;
+            # the tokenizer check runs on the metadata while the tensors are written
             result = write_gguf(dest, force, fam.arch_name, planned, ckpt, metadata, progress, finish,
-                                data_hash_placeholder=data_placeholder)
+                                data_hash_placeholder=data_placeholder, header=check.start)
             summary.update(result)
             summary.update({"tokenizer": vocab.summary(), "chat_template": vocab.chat_template is not None,
                             "source_sha256": sha.value, "stop_token_ids": stops, "tokenizer_check": check.record})

@@ -8,8 +8,8 @@ through), so the header is written before any weight is read and only one tensor
 - a stored tensor already in the output's encoding (f16 checkpoint to F16: nearly every byte) is
   copied file to file by the kernel (``os.copy_file_range``), never entering this process;
 - any other untouched stored tensor is read in row chunks, each converted (numpy; BF16 and Q8_0 by
-  ``gguf.quants``) on a pool of one thread per core: numpy releases the GIL, and chunks keep the
-  float32 copies small;
+  ``gguf.quants``) on a pool of one thread per core (:mod:`converters.streaming`, the path the ONNX
+  external data takes too);
 - a tensor the family transforms (Q/K rope order, stacked experts...) is built whole in numpy, then
   encoded in the same chunks.
 
@@ -21,13 +21,11 @@ encoder and a QuantizedTensor's raw blocks as they are. Tensors nobody transform
 
 from __future__ import annotations
 
-import errno
-import os
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import gguf
 import numpy as np
@@ -35,16 +33,15 @@ import numpy as np
 from converters import seam as tseam
 from converters.gguf.model import Job, meta
 from converters.gguf.types import Q, choose_type, nbytes
+from converters.streaming import Encoder, Sink
 from edgekit import integrity
 from edgekit.atomic import atomic_output
-from edgekit.checkpoint import NUMPY_DTYPES, read_bits, widen_bf16
 from edgekit.errors import EdgekitError
 
 # the dtype a job sees for each stored float type: transforms (norm offsets, stacking) of bf16/f64
 # sources run in float32, as llama.cpp converts them
 _JOB_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.float32, "F64": np.float32}
 _SAME_BYTES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16}  # stored bytes that already are the encoding
-_CHUNK = 1 << 22  # elements per conversion task: 16 MB of float32
 
 
 def job_dtype(name: str) -> type:
@@ -131,86 +128,12 @@ def plan(jobs: Iterable[Job], ckpt: Any, outtype: Q, seam: tseam.Seam = tseam.NO
     return out
 
 
-class Encoder:
-    """Writes tensors as GGUF stores them, converting row chunks on one thread per core."""
-
-    def __init__(self) -> None:
-        self.workers = max(1, os.cpu_count() or 1)
-        self.pool = ThreadPoolExecutor(max_workers=self.workers)
-
-    def write_array(self, fout: BinaryIO, t: np.ndarray, qtype: Q) -> None:
-        rows = t.reshape(-1, t.shape[-1]) if t.ndim > 1 else t.reshape(1, -1)
-        step = _rows_per_chunk(rows.shape[1])
-        chunks = [rows[i:i + step] for i in range(0, rows.shape[0], step)]
-        self._write(fout, (lambda c=c: _encode(c, qtype) for c in chunks))
-
-    def write_stored(self, fout: BinaryIO, src: Stored, shape: tuple[int, ...], qtype: Q) -> None:
-        """Read ``src`` in row chunks (each task reads its own rows) and write them encoded."""
-        row = shape[-1] if shape else 1
-        n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
-        row_bytes = row * np.dtype(NUMPY_DTYPES[src.dtype]).itemsize
-        step = _rows_per_chunk(row)
-
-        def task(first: int) -> np.ndarray:
-            n = min(step, n_rows - first)
-            start = src.start + first * row_bytes
-            chunk = read_bits(src.file, start, start + n * row_bytes, src.dtype).reshape(n, row)
-            return _encode(widen_bf16(chunk) if src.dtype == "BF16" else chunk, qtype)
-
-        self._write(fout, (lambda f=f: task(f) for f in range(0, n_rows, step)))
-
-    def _write(self, fout: BinaryIO, tasks: Iterable[Callable[[], np.ndarray]]) -> None:
-        # at most two chunks ahead of the writer: bounded memory, every core busy
-        pending: list[Any] = []
-        for task in tasks:
-            pending.append(self.pool.submit(task))
-            if len(pending) > self.workers + 1:
-                pending.pop(0).result().tofile(fout)
-        for fut in pending:
-            fut.result().tofile(fout)
-
-    def close(self) -> None:
-        self.pool.shutdown(cancel_futures=True)
-
-
-def _rows_per_chunk(row: int) -> int:
-    return max(1, _CHUNK // max(1, row))
-
-
 def _encode(rows: np.ndarray, qtype: Q) -> np.ndarray:
     if qtype == Q.F32:
         return np.ascontiguousarray(rows, dtype=np.float32)
     if qtype == Q.F16:
         return np.ascontiguousarray(rows, dtype=np.float16)
     return gguf.quants.quantize(np.ascontiguousarray(rows, dtype=np.float32), qtype)
-
-
-def copy_bytes(fout: BinaryIO, src: Path, start: int, end: int) -> None:
-    """Append ``src[start:end]`` to ``fout``: by the kernel (``copy_file_range``, no trip through user
-    space) where the OS and file systems allow it, else by plain reads and writes."""
-    fout.flush()
-    pos, n, done = fout.tell(), end - start, 0
-    with src.open("rb", buffering=0) as fin:
-        if hasattr(os, "copy_file_range"):
-            try:
-                while done < n:
-                    k = os.copy_file_range(fin.fileno(), fout.fileno(), n - done, start + done, pos + done)
-                    if k == 0:
-                        raise OSError(errno.EIO, f"{src} ended at byte {start + done}")
-                    done += k
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
-                    raise
-        fout.seek(pos + done)
-        if done < n:
-            fin.seek(start + done)
-            buf = memoryview(bytearray(min(n - done, 16 << 20)))
-            while done < n:
-                k = fin.readinto(buf[:min(len(buf), n - done)])
-                if not k:
-                    raise OSError(errno.EIO, f"{src} ended at byte {start + done}")
-                fout.write(buf[:k])
-                done += k
 
 
 class Planned:
@@ -222,13 +145,14 @@ class Planned:
         self.plan, self.real, self.encoder, self.done = p, real, encoder, done
         self.shape, self.nbytes = p.shape, nbytes(p.shape, p.qtype)
 
-    def tofile(self, fout: BinaryIO) -> None:
+    def tofile(self, fout: Sink) -> None:
         p = self.plan
         if p.copied:
             assert p.stored is not None
-            copy_bytes(fout, p.stored.file, p.stored.start, p.stored.end)
+            fout.copy_range(p.stored.file, p.stored.start, p.stored.end)
         elif p.stored is not None:
-            self.encoder.write_stored(fout, p.stored, p.shape, p.qtype)
+            self.encoder.write_stored(fout, p.stored.file, p.stored.start, p.stored.dtype, p.shape,
+                                      partial(_encode, qtype=p.qtype))
         else:
             t = self.real.run(p.job)
             if tuple(t.shape) != p.shape:
@@ -237,12 +161,12 @@ class Planned:
                 assert p.info is not None
                 t = tseam.run(p.info, p.transform, t)
             if isinstance(t, np.ndarray):
-                self.encoder.write_array(fout, t, p.qtype)
+                self.encoder.write_array(fout, t, partial(_encode, qtype=p.qtype))
             else:
                 self._write_codes(fout, t)
         self.done(p.job.name)
 
-    def _write_codes(self, fout: BinaryIO, q: Any) -> None:
+    def _write_codes(self, fout: Sink, q: Any) -> None:
         """A QuantizedTensor's GGML blocks, byte for byte, under the type planned for the header."""
         p = self.plan
         if q.attrs["ggml_type"] != p.qtype.name:
@@ -252,19 +176,22 @@ class Planned:
         if data.nbytes != self.nbytes:
             raise ValueError(f"{p.job.name}: {q.grid} data holds {data.nbytes} bytes, {p.qtype.name} of shape "
                              f"{p.shape} takes {self.nbytes}")
-        data.tofile(fout)
+        fout.write_array(data)
 
 
 def write_gguf(dest: Path, force: bool, arch_name: str, planned: list[Plan], ckpt: Any,
                metadata: Callable[[gguf.GGUFWriter], None], progress: bool,
                finish: Callable[[Path, int], None] | None = None,
-               data_hash_placeholder: str | None = None) -> dict[str, Any]:
+               data_hash_placeholder: str | None = None,
+               header: Callable[[bytes], None] | None = None) -> dict[str, Any]:
     """Write the :func:`plan`ned tensors of ``ckpt`` into ``dest``, atomically.
 
-    ``finish(path, metadata_end)`` runs on the complete temporary file before it is renamed. With
-    ``data_hash_placeholder`` (a metadata string value), the sha256 of everything after the metadata is
-    computed while the tensors are written and patched over it (:mod:`edgekit.integrity`). Returns
-    {"tensors", "types", "bytes", "copied"}; ``copied`` counts tensors copied as stored.
+    ``header(head)`` gets the file's bytes up to the end of the metadata as soon as they are written
+    (work that needs only the metadata runs while the tensors stream); ``finish(path, metadata_end)``
+    runs on the complete temporary file before it is renamed. With ``data_hash_placeholder`` (a metadata
+    string value), the sha256 of everything after the metadata is computed inline as it is written and
+    patched over it (:mod:`edgekit.integrity`). Returns {"tensors", "types", "bytes", "copied"};
+    ``copied`` counts tensors copied as stored.
     """
     counts: dict[str, int] = {}
     for p in planned:
@@ -272,16 +199,12 @@ def write_gguf(dest: Path, force: bool, arch_name: str, planned: list[Plan], ckp
     real, encoder = Source(ckpt, meta=False), Encoder()
     bar = _bar(len(planned), progress)
 
-    trail = None
-
     def done(name: str) -> None:
-        if trail is not None:  # everything up to here is final: let the hashing thread read it
-            w.fout[0].flush()
-            trail.advance(w.fout[0].tell())
         if bar is not None:
             bar.set_postfix_str(name, refresh=False)
             bar.update(1)
 
+    hasher = None
     with atomic_output(dest, force=force) as tmp:
         w = gguf.GGUFWriter(tmp, arch_name)
         try:
@@ -292,26 +215,35 @@ def write_gguf(dest: Path, force: bool, arch_name: str, planned: list[Plan], ckp
             w.write_header_to_file()
             w.write_kv_data_to_file()
             kv_end = w.fout[0].tell()
-            if data_hash_placeholder is not None:
+            if header is not None:
                 w.fout[0].flush()
-                trail = integrity.TrailingSha256(tmp, kv_end)
+                header(_head(tmp, kv_end))
+            if data_hash_placeholder is not None:
+                hasher = integrity.InlineSha256()
+            w.fout[0] = Sink(w.fout[0], hasher)  # type: ignore[call-overload]
             w.write_tensors_to_file(progress=False)
             w.flush()
         except BaseException:
-            if trail is not None:
-                trail.cancel()
+            if hasher is not None:
+                hasher.cancel()
             raise
         finally:
             w.close()
             encoder.close()
             if bar is not None:
                 bar.close()
-        if trail is not None:
-            integrity.patch_gguf_data_hash(tmp, kv_end, data_hash_placeholder, trail.finish(tmp.stat().st_size))
+        if hasher is not None:
+            assert data_hash_placeholder is not None
+            integrity.patch_gguf_data_hash(tmp, kv_end, data_hash_placeholder, hasher.finish())
         if finish is not None:
             finish(tmp, kv_end)
         size = tmp.stat().st_size
     return {"tensors": len(planned), "types": counts, "bytes": size, "copied": sum(1 for p in planned if p.copied)}
+
+
+def _head(path: Path, n: int) -> bytes:
+    with path.open("rb") as fh:
+        return fh.read(n)
 
 
 def _bar(total: int, progress: bool):

@@ -11,12 +11,12 @@ hidden 64) and the 1B-shaped benchmark checkpoint (``benchmarks/convert_onnx.py`
 * ``torch.onnx.export`` directly: the same tracing cost and memory, same wrapper needed.
 * building the graph node by node with ``onnx.helper`` from the checkpoint's tensors, as
   onnxruntime-genai's model builder does (chosen). The graph build takes well under a second for the
-  tiny models (a CLI run is ~4 s, mostly interpreter and torch import); tensors are read one at a
-  time with plain reads (:mod:`edgekit.checkpoint`, LoRA merged by the Checkpoint) and streamed into
-  the external-data file, so models past 2 GiB need nothing special: the 1B-shaped fp16 checkpoint
-  exported to fp32 (3.41 GB of external data) in 74 s with 2.7 GB peak RSS when tensors were still
-  read through a memory map (1.7 GB of that were mapped file pages; ``benchmarks/convert_onnx.py``
-  measures the current code).
+  tiny models (a CLI run is ~4 s, mostly interpreter and torch import); the weights take the GGUF
+  writer's streaming path (:mod:`converters.streaming`): float16/float32 tensors memory-mapped and read
+  once, cast (and transposed) in row chunks on every core straight into the external-data file, whole
+  tensors already in the graph's dtype copied by the kernel, the file hashed as it is written, while the
+  graph is built; so models past 2 GiB need nothing special and peak memory is a few tensors.
+  ``benchmarks/convert_onnx.py`` measures it against onnxruntime-genai's builder on the 1B-shaped checkpoint.
   Fidelity is measured, not assumed: tests compare logits with transformers for every architecture
   (measured max |diff| 4e-7 .. 2e-6 of the largest |logit|, bound 1e-4; 1.9e-6 on the 1B fp32 export).
   The graph uses standard ops only, so the same file also serves NNAPI / CoreML; rope tables are
@@ -108,6 +108,8 @@ def convert(model: str, output: str | None, *, adapter: str | None = None, allow
 
 def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int] | None, ort: bool,
            progress: bool, seam: Any = None) -> dict[str, Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
     from converters.onnx import genai, mobile
     from converters.onnx.decoder import DecoderBuilder, Variant, Weights
     from converters.onnx.graph import OPSET, Graph, WeightFile
@@ -130,6 +132,12 @@ def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int
     # the static graph gathers positions up to context + chunk - 1; the dynamic one up to the model's limit
     rope_len = (sizes[0] + sizes[1]) if sizes else spec.context_length
     rope = tables(ckpt.config, spec, rope_len) if spec.rope is not None else None
+    copy_files(ckpt.path, out)
+    # what needs no weights runs beside the export: the source's sha256 (which also refuses NaN / infinite
+    # weights) and the tokenizer check, on the tokenizer files just copied
+    side = ThreadPoolExecutor(max_workers=2)
+    source_sha = side.submit(ckpt.sha256)
+    check_job = side.submit(tokenizer_check.check_hf_directory, ckpt.path, out)
     weights = WeightFile(out / "model.onnx.data")
     reader = Weights(ckpt)
     bar = None
@@ -146,11 +154,14 @@ def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int
                     "edgekit.static": json.dumps(variant.static), "edgekit.tokens": str(variant.tokens),
                     "edgekit.context": str(variant.context or context)}
             graph.save(out / filename, f"edgekit decoder for {spec.architecture}", meta)
-    finally:
         weights.close()
+    except BaseException:
+        weights.abort()
+        side.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
         if bar:
             bar.close()
-    copy_files(ckpt.path, out)
     if not sizes:
         (out / "genai_config.json").write_text(json.dumps(genai.config(spec, context), indent=4) + "\n")
     usability = {name: mobile.usability(out / name) for name in graphs}
@@ -167,10 +178,14 @@ def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int
         "index_dtype": "int32" if sizes else "int64",
         "genai_config": not sizes,
     }
-    check = tokenizer_check.check_hf_directory(ckpt.path, out)
+    check = check_job.result()
     files = sorted(p for p in out.rglob("*") if p.is_file())
+    try:
+        source_sha256 = source_sha.result()
+    finally:
+        side.shutdown(wait=False)
     manifest = mf.build(
-        format="onnx", source=str(ckpt.path), source_sha256=ckpt.sha256(),
+        format="onnx", source=str(ckpt.path), source_sha256=source_sha256, hashed={weights.path: weights.sha256},
         quant={"method": "none", "dtype": dtype}, tokenizer=describe(ckpt.path), chat_template=chat_template(ckpt.path),
         context_length=context, files=files, root=out,
         adapter=str(ckpt.adapter.path) if ckpt.adapter is not None else None,

@@ -34,6 +34,7 @@ from onnx import TensorProto
 
 from converters import seam as tseam
 from converters.onnx.graph import MS_DOMAIN, Graph
+from edgekit.checkpoint import NUMPY_DTYPES
 from edgekit.errors import EdgekitError
 from edgekit.spec import ModelSpec
 
@@ -67,7 +68,13 @@ class Variant:
 
 
 class Weights:
-    """Tensors of the checkpoint as float32 numpy arrays (LoRA merged by the Checkpoint), read on demand."""
+    """Tensors of the checkpoint as numpy arrays (LoRA merged by the Checkpoint), read once on demand.
+
+    float16 and float32 stay as stored, memory-mapped rather than read: the writer's chunk tasks read
+    their rows straight from the page cache on every core and cast them to the graph's dtype (the same
+    values as widening first: both casts are exact or the one rounding), and a whole tensor already in
+    the graph's dtype is copied by the kernel (:class:`converters.onnx.graph.WeightFile`). Other types
+    (BF16 widened by the Checkpoint, F64) and tensors a LoRA adapter changes come read, as float32."""
 
     def __init__(self, ckpt: Any) -> None:
         self.ckpt = ckpt
@@ -78,7 +85,12 @@ class Weights:
         if name not in self.names:
             raise EdgekitError(f"checkpoint {self.ckpt.path} has no tensor {name}",
                                "the weights do not match config.json; restore the checkpoint")
-        return self.ckpt.array(name).astype(np.float32, copy=False)
+        info, where = self.ckpt.tensors[name], self.ckpt.byte_range(name)
+        if where is not None and info.dtype in ("F16", "F32") and info.shape and where[2] > where[1]:
+            return np.memmap(where[0], dtype=NUMPY_DTYPES[info.dtype], mode="r", offset=where[1],
+                             shape=tuple(info.shape))
+        a = self.ckpt.array(name)
+        return a if a.dtype in (np.float16, np.float32) else a.astype(np.float32)
 
     def has(self, name: str) -> bool:
         return name in self.names
@@ -136,7 +148,7 @@ class DecoderBuilder:
         return f"{self.prefix}h.{i}." if self.fam.conv1d else f"{self.prefix}layers.{i}."
 
     def tensor(self, name: str, array: np.ndarray, *, dtype: Any = None) -> str:
-        return self.g.weight(name, array.astype(dtype or self.dt))
+        return self.g.weight(name, array, dtype or self.dt)
 
     def _seam(self, name: str, hf_name: str, array: np.ndarray, dtype: Any = None, role: str | None = None):
         """The seam point: the stored value of one weight (float array or QuantizedTensor)."""
@@ -211,7 +223,7 @@ class DecoderBuilder:
     def rms_norm(self, x: str, weight_name: str, offset: bool = False) -> str:
         """x / sqrt(mean(x^2) + eps) * w, computed in fp32 as transformers does; gemma stores w - 1."""
         g = self.g
-        array = self.w.get(weight_name)
+        array = self.w.get(weight_name).astype(np.float32, copy=False)  # the offset is added in float32
         x32 = self.to32(x)
         var = g.op("ReduceMean", g.op("Mul", x32, x32), axes=[-1], keepdims=1)
         normed = g.op("Div", x32, g.op("Sqrt", g.op("Add", var, self.c32(self.spec.norm_eps))))

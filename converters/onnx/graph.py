@@ -1,10 +1,11 @@
 """A small ONNX graph writer: nodes by name, initializers streamed to one external-data file.
 
-Every weight goes to ``<model>.onnx.data`` the moment it is produced (offsets aligned so onnxruntime
-can memory-map large tensors), and the graph keeps only a reference to it. The protobuf therefore
-stays a few hundred kilobytes whatever the model size, which is how the 2 GiB protobuf limit is
-avoided, and peak memory is one tensor, not the model. Two graphs (static prefill and decode) can
-share one data file: :meth:`WeightFile.add` returns the same reference for a name written before.
+Every weight goes to ``<model>.onnx.data`` the moment it is produced, while the graph is built
+(offsets aligned so onnxruntime can memory-map large tensors), and the graph keeps only a reference
+to it. The protobuf therefore stays a few hundred kilobytes whatever the model size, which is how the
+2 GiB protobuf limit is avoided, and peak memory is a few tensors, not the model. Two graphs (static
+prefill and decode) can share one data file: :meth:`WeightFile.add` returns the same reference for a
+name written before.
 """
 
 from __future__ import annotations
@@ -28,39 +29,89 @@ NP_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): Ten
 
 
 class WeightFile:
-    """Append-only external-data file; :meth:`add` writes a tensor and returns its TensorProto reference."""
+    """Append-only external-data file; :meth:`add` writes a tensor and returns its TensorProto reference.
+
+    Tensors go through the GGUF writer's streaming path (:mod:`converters.streaming`): cast (and
+    transposed, for a transposed view) in row chunks on every core, written in order, hashed inline for
+    the manifest (:attr:`sha256` once closed), so the data file is never read back."""
 
     def __init__(self, path: Path) -> None:
+        from converters.streaming import Encoder, Sink
+        from edgekit.integrity import InlineSha256
+
         self.path = path
-        self.fh = path.open("wb")
+        self.hasher = InlineSha256()
+        self.fh = Sink(path.open("wb"), self.hasher)
+        self.encoder = Encoder()
         self.offset = 0
         self.refs: dict[str, TensorProto] = {}
+        self.sha256: str | None = None
 
-    def add(self, name: str, array: np.ndarray) -> TensorProto:
+    def add(self, name: str, array: np.ndarray, dtype: Any = None) -> TensorProto:
+        """``array`` stored as ``dtype`` (default: its own), cast chunk by chunk as it is written."""
         if name in self.refs:
             return self.refs[name]
-        array = np.ascontiguousarray(array)
-        align = _ALIGN_LARGE if array.nbytes >= _LARGE else _ALIGN_SMALL
+        dtype = np.dtype(dtype or array.dtype)
+        shape = array.shape or (1,)  # a scalar is stored as one element, as np.ascontiguousarray makes it
+        nbytes = array.size * dtype.itemsize
+        align = _ALIGN_LARGE if nbytes >= _LARGE else _ALIGN_SMALL
         pad = (-self.offset) % align
         if pad:
             self.fh.write(b"\0" * pad)
             self.offset += pad
-        self.fh.write(array.tobytes())
+        mapped = _whole_mapping(array, dtype)
+        if mapped is not None:
+            self.fh.copy_range(*mapped)
+        elif array.size:
+            self.encoder.write_array(self.fh, array, lambda rows: _cast(rows, dtype))
         tensor = TensorProto()
         tensor.name = name
-        tensor.data_type = NP_TO_ONNX[array.dtype]
-        tensor.dims.extend(array.shape)
+        tensor.data_type = NP_TO_ONNX[dtype]
+        tensor.dims.extend(shape)
         tensor.data_location = TensorProto.EXTERNAL
         for key, value in (("location", self.path.name), ("offset", str(self.offset)),
-                           ("length", str(array.nbytes))):
+                           ("length", str(nbytes))):
             entry = tensor.external_data.add()
             entry.key, entry.value = key, value
-        self.offset += array.nbytes
+        self.offset += nbytes
         self.refs[name] = tensor
         return tensor
 
     def close(self) -> None:
+        """Close the file; on success (not after an error) :attr:`sha256` holds the data file's hash."""
+        try:
+            self.fh.close()
+        finally:
+            self.encoder.close()
+        self.sha256 = self.hasher.finish()
+
+    def abort(self) -> None:
+        self.hasher.cancel()
         self.fh.close()
+        self.encoder.close()
+
+
+def _cast(rows: np.ndarray, dtype: np.dtype, tile: int = 256) -> np.ndarray:
+    """``rows`` as a C-contiguous ``dtype`` array. A transposed view (MatMul's (in, out) of an (out, in)
+    weight) is copied a block of ``tile`` columns at a time, so the strided reads stay in cache (twice
+    numpy's speed for the whole view at once); the values are the same casts either way."""
+    if rows.ndim != 2 or rows.strides[0] >= rows.strides[1] or rows.shape[1] <= tile:
+        return np.ascontiguousarray(rows, dtype=dtype)
+    out = np.empty(rows.shape, dtype)
+    for j in range(0, rows.shape[1], tile):
+        out[:, j:j + tile] = rows[:, j:j + tile]
+    return out
+
+
+def _whole_mapping(array: np.ndarray, dtype: np.dtype) -> tuple[Path, int, int] | None:
+    """(file, start, end) when ``array`` is a whole np.memmap of a file's bytes that already are ``dtype``'s
+    (not a view of one: a view inherits its parent's offset)."""
+    import mmap
+
+    if (isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.dtype == dtype
+            and array.flags.c_contiguous and array.filename):
+        return Path(array.filename), array.offset, array.offset + array.nbytes
+    return None
 
 
 class Graph:
@@ -86,9 +137,9 @@ class Graph:
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=base, **attrs))
         return outs[0] if outputs == 1 else outs
 
-    def weight(self, name: str, array: np.ndarray) -> str:
-        """A tensor stored in the external-data file (weights, tables)."""
-        self.initializers.append(self.weights.add(name, array))
+    def weight(self, name: str, array: np.ndarray, dtype: Any = None) -> str:
+        """A tensor stored in the external-data file (weights, tables) as ``dtype`` (default: its own)."""
+        self.initializers.append(self.weights.add(name, array, dtype))
         return name
 
     def const(self, value: Any, dtype: Any = np.int64) -> str:

@@ -1,0 +1,133 @@
+"""Streaming tensors into a file: the one write path of the GGUF writer and the ONNX external data.
+
+- :class:`Sink` is the output file as the writers see it: every byte written through it also goes,
+  in order, to an optional inline sha256 (:class:`edgekit.integrity.InlineSha256`), so no artifact is
+  read back to be hashed; kernel-copied ranges are hashed from their source's page cache.
+- :class:`Encoder` converts row chunks on a pool of one thread per core (numpy releases the GIL;
+  chunks keep the converted copies small) and writes them in order, a few chunks ahead at most.
+- :func:`copy_bytes` copies a stored range file to file by the kernel (``os.copy_file_range``), where
+  the stored bytes already are the output's: they never enter this process.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from edgekit import integrity
+from edgekit.checkpoint import NUMPY_DTYPES, read_bits, widen_bf16
+
+_CHUNK = 1 << 22  # elements per conversion task: 16 MB of float32
+Encode = Callable[[np.ndarray], np.ndarray]  # a chunk of rows -> the bytes to write, as an array
+
+
+def copy_bytes(fout: BinaryIO, src: Path, start: int, end: int) -> None:
+    """Append ``src[start:end]`` to ``fout``: by the kernel (``copy_file_range``, no trip through user
+    space) where the OS and file systems allow it, else by plain reads and writes."""
+    fout.flush()
+    pos, n, done = fout.tell(), end - start, 0
+    with src.open("rb", buffering=0) as fin:
+        if hasattr(os, "copy_file_range"):
+            try:
+                while done < n:
+                    k = os.copy_file_range(fin.fileno(), fout.fileno(), n - done, start + done, pos + done)
+                    if k == 0:
+                        raise OSError(errno.EIO, f"{src} ended at byte {start + done}")
+                    done += k
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                    raise
+        fout.seek(pos + done)
+        if done < n:
+            fin.seek(start + done)
+            buf = memoryview(bytearray(min(n - done, 16 << 20)))
+            while done < n:
+                k = fin.readinto(buf[:min(len(buf), n - done)])
+                if not k:
+                    raise OSError(errno.EIO, f"{src} ended at byte {start + done}")
+                fout.write(buf[:k])
+                done += k
+
+
+class Sink:
+    """The output file as the tensor writers see it: every byte written through it (GGUFWriter's own
+    tensor infos and padding too) also goes, in order, to the optional inline hash
+    (:class:`edgekit.integrity.InlineSha256`); kernel-copied ranges are hashed from their source."""
+
+    def __init__(self, raw: BinaryIO, hasher: integrity.InlineSha256 | None = None) -> None:
+        self.raw, self.hasher = raw, hasher
+
+    def write(self, data: Any) -> int:
+        n = self.raw.write(data)
+        if self.hasher is not None:
+            self.hasher.feed(bytes(data))  # the caller may reuse its buffer
+        return n
+
+    def write_array(self, a: np.ndarray) -> None:
+        a.tofile(self.raw)
+        if self.hasher is not None:
+            self.hasher.feed(a)  # kept alive, not copied: nobody changes an encoded chunk
+
+    def copy_range(self, src: Path, start: int, end: int) -> None:
+        copy_bytes(self.raw, src, start, end)
+        if self.hasher is not None:
+            self.hasher.feed_file(src, start, end)
+
+    def __getattr__(self, name: str) -> Any:  # tell, flush, seek, fileno, close: the file's own
+        return getattr(self.raw, name)
+
+
+class Encoder:
+    """Writes tensors encoded (``encode``: the format's conversion of a row chunk), on one thread per core."""
+
+    def __init__(self) -> None:
+        self.workers = max(1, os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(max_workers=self.workers)
+
+    def write_array(self, fout: Sink, t: np.ndarray, encode: Encode) -> None:
+        """``t`` (any layout, e.g. a transposed view: each chunk is made contiguous by ``encode``) in row chunks."""
+        rows = t.reshape(-1, t.shape[-1]) if t.ndim > 1 else t.reshape(1, -1)
+        step = _rows_per_chunk(rows.shape[1])
+        chunks = [rows[i:i + step] for i in range(0, rows.shape[0], step)]
+        self._write(fout, (lambda c=c: encode(c) for c in chunks))
+
+    def write_stored(self, fout: Sink, file: Path, start: int, dtype: str, shape: tuple[int, ...],
+                     encode: Encode) -> None:
+        """The tensor stored at ``file[start:]`` as safetensors ``dtype``, read in row chunks (each task
+        reads its own rows; BF16 widened to float32) and written encoded."""
+        row = shape[-1] if shape else 1
+        n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+        row_bytes = row * np.dtype(NUMPY_DTYPES[dtype]).itemsize
+        step = _rows_per_chunk(row)
+
+        def task(first: int) -> np.ndarray:
+            n = min(step, n_rows - first)
+            at = start + first * row_bytes
+            chunk = read_bits(file, at, at + n * row_bytes, dtype).reshape(n, row)
+            return encode(widen_bf16(chunk) if dtype == "BF16" else chunk)
+
+        self._write(fout, (lambda f=f: task(f) for f in range(0, n_rows, step)))
+
+    def _write(self, fout: Sink, tasks: Iterable[Callable[[], np.ndarray]]) -> None:
+        # at most two chunks ahead of the writer: bounded memory, every core busy
+        pending: list[Any] = []
+        for task in tasks:
+            pending.append(self.pool.submit(task))
+            if len(pending) > self.workers + 1:
+                fout.write_array(pending.pop(0).result())
+        for fut in pending:
+            fout.write_array(fut.result())
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+def _rows_per_chunk(row: int) -> int:
+    return max(1, _CHUNK // max(1, row))
+
