@@ -240,7 +240,8 @@ def test_full_queue_answers_503_with_retry_after(arts, tmp_path):
         body = {"model": "tiny-onnx", "prompt": LONG[0], "raw": True,
                 "options": {"num_predict": 300, "temperature": 0, "repeat_penalty": 1.0}}
         with httpx.stream("POST", srv.url + "/api/generate", json=body, timeout=120) as r:
-            next(r.iter_lines())
+            lines = r.iter_lines()  # kept: a dropped iterator closes the response
+            next(lines)
             busy = httpx.post(srv.url + "/api/generate", json={**body, "stream": False}, timeout=30)
             busy_oai = httpx.post(srv.url + "/v1/completions", json={"model": "tiny-onnx", "prompt": "x"}, timeout=30)
         assert busy.status_code == 503 and int(busy.headers["retry-after"]) >= 1
@@ -359,8 +360,8 @@ def test_sigterm_mid_load_ends_cleanly(arts, tmp_path):
             t.join(timeout=60)
         assert not any(t.is_alive() for t in threads)
         assert len(results) == 12
-        assert code in (0, -15), srv.log()
-        assert "Traceback" not in srv.log(), srv.log()
+        assert code in (0, 143, -15), srv.log()  # 143: the CLI's own "stopped by SIGTERM" exit
+        assert "Traceback" not in srv.log(), srv.log()[-3000:]
     store = Store(home)
     for name in ("tiny", "tiny-onnx"):
         manifest = store.read(name)

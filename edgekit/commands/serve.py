@@ -62,8 +62,15 @@ def serve_cmd(host: str, port: int, api_key: str | None, keep_alive: str, max_lo
     logger.setLevel(logging.INFO)
     logger.propagate = False
     logger.info("store %s; listening on http://%s:%d", store.root, host if ":" not in host else f"[{host}]", port)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                timeout_graceful_shutdown=3)
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            # in-flight generations end at their next step (each stream gets its last line, done_reason
+            # "cancelled"), so the graceful shutdown finds the connections finished instead of cancelling them
+            app.fastapi.state.models.drain()
+            super().handle_exit(sig, frame)
+
+    Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                          timeout_graceful_shutdown=3)).run()
 
 
 def _check_port(host: str, port: int) -> None:

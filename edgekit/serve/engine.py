@@ -107,6 +107,8 @@ class Runner:
         self.rejected = 0          # 503s
         self.requests = 0
         self._seconds = 1.0        # moving average of a request's duration, for Retry-After
+        self._running: set[threading.Event] = set()  # cancel events of the requests in generate()
+        self._draining = False
 
     def _load_batched(self, context: int | None, parallel: int) -> None:
         """The GGUF engine (tokenizer, vocabulary, a small context of its own) plus the batched context of
@@ -171,6 +173,13 @@ class Runner:
             self.admitted += 1
             self.requests += 1
 
+    def drain(self) -> None:
+        """End every request in generate() at its next step, and any that arrives later at once."""
+        with self._count:
+            self._draining = True
+            for event in self._running:
+                event.set()
+
     def leave(self, seconds: float | None = None) -> None:
         with self._count:
             self.admitted = max(0, self.admitted - 1)
@@ -194,6 +203,17 @@ class Runner:
     def generate(self, req: Request, on_text: Callable[[str], None] | None = None) -> Any:
         """Run ``req`` to the end (or until ``req.cancelled``); returns runtimes.generate.Generation,
         or None when the request was cancelled while waiting for the model."""
+        with self._count:
+            self._running.add(req.cancelled)
+            if self._draining:
+                req.cancelled.set()
+        try:
+            return self._generate(req, on_text)
+        finally:
+            with self._count:
+                self._running.discard(req.cancelled)
+
+    def _generate(self, req: Request, on_text: Callable[[str], None] | None) -> Any:
         from runtimes.generate import generate
 
         if self.batcher is not None:

@@ -202,6 +202,11 @@ class Models:
             await self._unload(loaded)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
+    def drain(self) -> None:
+        """Stop every running and queued generation at its next step (shutdown); thread-safe."""
+        for loaded in list(self.loaded.values()):
+            loaded.runner.drain()
+
     def ps(self) -> list[dict[str, Any]]:
         out = []
         for loaded in sorted(self.loaded.values(), key=lambda x: -x.last_used):
