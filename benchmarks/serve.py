@@ -278,7 +278,8 @@ def concurrency(args: argparse.Namespace) -> None:
     sides["llama_cpp.server"] = (
         [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--n_ctx", str(args.slot_ctx),
          "--n_threads", str(threads), "--n_threads_batch", str(threads), "--port", str(port), "--host", "127.0.0.1",
-         "--verbose", "False"], f"http://127.0.0.1:{port}", dict(os.environ), "x")
+         "--verbose", "False", "--interrupt_requests", "False"],  # by default a new request aborts the running one
+        f"http://127.0.0.1:{port}", dict(os.environ), "x")
     results: dict[str, dict[int, dict]] = {}
     try:
         for name, (cmd, url, side_env, model) in sides.items():  # one server at a time: they share the cores
