@@ -367,3 +367,45 @@ def test_sigterm_mid_load_ends_cleanly(arts, tmp_path):
         manifest = store.read(name)
         assert not store.missing_blobs(manifest)
     assert free_port()  # the port is released
+
+
+@pytest.mark.slow
+def test_smollm2_q4_1_batched_equals_single_sequence():
+    """On a real quantized model (Q4_1 matmuls): 8 sequences decoded together, greedy and seeded, give the
+    tokens the single-sequence engine gives, row for row."""
+    import runtimes
+    from edgekit.models import smollm2
+    from runtimes.generate import generate
+    from runtimes.llamacpp_batch import Batcher
+    from runtimes.sampling import SamplingParams
+
+    path = smollm2.gguf_path()
+    single_engine = runtimes.load(path, context=512)
+    prompts = [f"{i}. Once upon a time in a land far away, there lived a {w}" for i, w in enumerate(WORDS)]
+    params = [SamplingParams() if i % 2 == 0 else
+              SamplingParams(temperature=0.8, top_k=40, top_p=0.9, repeat_penalty=1.1, seed=i) for i in range(8)]
+    expected = []
+    for prompt, p in zip(prompts, params, strict=True):
+        single_engine.reset()
+        expected.append(generate(single_engine, single_engine.tokenize(prompt), p, max_tokens=32).tokens)
+    small = runtimes.load(path, context=256)
+    batcher = Batcher(small, parallel=8, num_ctx=512)
+    got: list = [None] * 8
+
+    def run(i: int) -> None:
+        tokens = small.tokenize(prompts[i])
+        seq = batcher.open(tokens, threading.Event())
+        try:
+            got[i] = generate(seq, tokens, params[i], max_tokens=32).tokens
+        finally:
+            seq.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    stats = batcher.snapshot()
+    batcher.close()
+    assert got == expected
+    assert stats["batch_tokens"] / stats["steps"] > 4
