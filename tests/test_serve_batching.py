@@ -353,7 +353,12 @@ def test_sigterm_mid_load_ends_cleanly(arts, tmp_path):
         threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
         for t in threads:
             t.start()
-        time.sleep(1.0)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # mid-load: the model loaded and generating
+            models = httpx.get(srv.url + "/api/ps").json()["models"]
+            if models and models[0]["serving"]["generated"] > 20:
+                break
+            time.sleep(0.05)
         srv.proc.terminate()
         code = srv.proc.wait(timeout=30)
         for t in threads:

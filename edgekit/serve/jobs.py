@@ -63,6 +63,8 @@ class Job:
             processors = await asyncio.get_running_loop().run_in_executor(
                 models.executor, loaded.runner.constraint, schema, json_mode)
             request = Request(prompt, opts.max_tokens, opts.sampling, opts.stop, processors)
+            if models.draining:
+                request.cancelled.set()
         except BaseException:
             loaded.runner.leave()
             models.release(loaded, keep_alive)

@@ -90,6 +90,7 @@ class Models:
         # generation, loading and embedding threads; roomy so requests queued on one model never starve another
         self.executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="edgekit-worker")
         self._reaper: asyncio.Task | None = None
+        self.draining = False  # shutting down: requests still being set up end at once
 
     # -- resolving -------------------------------------------------------------------------------
     def manifest(self, name: str) -> dict[str, Any]:
@@ -204,6 +205,7 @@ class Models:
 
     def drain(self) -> None:
         """Stop every running and queued generation at its next step (shutdown); thread-safe."""
+        self.draining = True
         for loaded in list(self.loaded.values()):
             loaded.runner.drain()
 
