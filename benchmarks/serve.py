@@ -12,7 +12,17 @@ different number so no side reuses a cached prefix. Decode tokens/s = (chunks - 
 first chunk time) at the client. Sides alternate; the median of ``--repeats`` is reported. Goal
 (issue 15): serve's decode within 3% of raw run, TTFT within 15 ms. Nothing asserts a time.
 
-    python benchmarks/serve.py [--threads N] [--tokens 128] [--repeats 3]
+Then the concurrency table (issue 16): 1, 2, 4, 8 clients, each sending ``--requests`` streamed greedy
+``/v1/completions`` one after another, against ``edgekit serve --parallel 8`` (continuous batching),
+**llama-server** ``-np 8 -cb`` (built from the llama.cpp that llama-cpp-python vendors, found in
+``~/.cache/edgekit/llama.cpp-*/bin`` or ``$LLAMA_SERVER``; skipped with a message if absent) and
+``llama_cpp.server``, all started in this run with the same threads and ``--slot-ctx`` tokens per
+sequence. Per level: requests/s, aggregate generated tokens/s (chunks over the level's wall time),
+TTFT p50/p99 and inter-token latency p50/p99 (gaps between chunks) at the client. Goals: aggregate tok/s
+at 8 clients >= 0.9x llama-server's and >= 3x llama_cpp.server's; p99 TTFT at 8 <= 1.2x llama-server's.
+
+    python benchmarks/serve.py [--threads N] [--tokens 128] [--repeats 3] [--only single|concurrency]
+                               [--clients 1,2,4,8] [--requests 2] [--slot-ctx 1024]
 """
 
 from __future__ import annotations
@@ -96,7 +106,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", choices=("single", "concurrency"))
+    ap.add_argument("--clients", default="1,2,4,8")
+    ap.add_argument("--requests", type=int, default=2, help="requests per client at each concurrency level")
+    ap.add_argument("--slot-ctx", type=int, default=1024, help="context tokens per sequence (concurrency table)")
     args = ap.parse_args()
+    if args.only != "concurrency":
+        single_client(args)
+    if args.only != "single":
+        concurrency(args)
+
+
+def single_client(args: argparse.Namespace) -> None:
     from edgekit.models import smollm2
     from runtimes.devices import physical_cores
     from runtimes.generate import generate
@@ -176,6 +197,122 @@ def main() -> None:
         import shutil
 
         shutil.rmtree(home, ignore_errors=True)
+
+
+def llama_server_binary() -> Path | None:
+    env = os.environ.get("LLAMA_SERVER")
+    if env:
+        return Path(env) if Path(env).exists() else None
+    found = sorted(Path.home().glob(".cache/edgekit/llama.cpp-*/bin/llama-server"))
+    return found[-1] if found else None
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
+    return values[k]
+
+
+def load_level(url: str, model: str, clients: int, requests: int, tokens: int, tag: str) -> dict:
+    """``clients`` threads x ``requests`` streamed completions; client-side timings of every chunk."""
+    import threading
+
+    ttft: list[float] = []
+    itl: list[float] = []
+    chunks = [0]
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        for k in range(requests):
+            body = {"model": model, "prompt": f"{tag}-{c}-{k}. {TEXT}", "max_tokens": tokens, "stream": True,
+                    "temperature": 0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}
+            times = stream_times(url + "/v1/completions", body, True)
+            with lock:
+                if times:
+                    ttft.append(times[0])
+                    itl.extend(b - a for a, b in zip(times, times[1:], strict=False))
+                chunks[0] += len(times)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"req_s": clients * requests / wall, "tok_s": chunks[0] / wall, "ttft50": percentile(ttft, 50),
+            "ttft99": percentile(ttft, 99), "itl50": percentile(itl, 50), "itl99": percentile(itl, 99)}
+
+
+def concurrency(args: argparse.Namespace) -> None:
+    from edgekit.models import smollm2
+    from runtimes.devices import physical_cores
+
+    gguf = smollm2.gguf_path()
+    threads = args.threads or physical_cores()
+    levels = [int(x) for x in args.clients.split(",")]
+    np_ = max(levels)
+    home = Path(tempfile.mkdtemp(prefix="edgekit-bench-serve-"))
+    env = {**os.environ, "EDGEKIT_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    (home / "Modelfile").write_text(f"FROM {gguf}\nPARAMETER num_ctx {args.slot_ctx}\n")
+    subprocess.run([sys.executable, "-m", "edgekit.cli", "create", "smol", "-f", str(home / "Modelfile")], env=env,
+                   check=True, capture_output=True)
+    sides: dict[str, tuple[list[str], str, dict, str]] = {}  # name -> (command, probe url, env, model)
+    port = free_port()
+    sides[f"edgekit serve --parallel {np_}"] = (
+        [sys.executable, "-m", "edgekit.cli", "serve", "--port", str(port), "--keep-alive", "-1", "--parallel",
+         str(np_)], f"http://127.0.0.1:{port}", {**env, "OMP_NUM_THREADS": str(threads)}, "smol")
+    binary = llama_server_binary()
+    if binary is None:
+        print("llama-server not found (~/.cache/edgekit/llama.cpp-*/bin or $LLAMA_SERVER): its column is skipped; "
+              "make llama-tools builds it")
+    else:
+        port = free_port()
+        sides[f"llama-server -np {np_} -cb"] = (
+            [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", str(np_), "-cb",
+             "-c", str(np_ * args.slot_ctx), "-t", str(threads), "-tb", str(threads), "--no-webui"],
+            f"http://127.0.0.1:{port}", dict(os.environ), "x")
+    port = free_port()
+    sides["llama_cpp.server"] = (
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--n_ctx", str(args.slot_ctx),
+         "--n_threads", str(threads), "--n_threads_batch", str(threads), "--port", str(port), "--host", "127.0.0.1",
+         "--verbose", "False", "--interrupt_requests", "False"],  # by default a new request aborts the running one
+        f"http://127.0.0.1:{port}", dict(os.environ), "x")
+    results: dict[str, dict[int, dict]] = {}
+    try:
+        for name, (cmd, url, side_env, model) in sides.items():  # one server at a time: they share the cores
+            proc = subprocess.Popen(cmd, env=side_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_up(url + "/v1/models", proc)
+                load_level(url, model, min(np_, 2), 1, 8, "warm")  # load the model, page the weights in
+                results[name] = {c: load_level(url, model, c, args.requests, args.tokens, f"{name[:3]}{c}")
+                                 for c in levels}
+            finally:
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=15)
+                if proc.poll() is None:
+                    proc.kill()
+    finally:
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+    print(f"\nSmolLM2-135M-Instruct Q4_1 GGUF, {threads} threads, {args.slot_ctx} tokens a sequence, "
+          f"{args.tokens} tokens a request, greedy, {args.requests} requests a client")
+    print(f"{'side':<30} {'clients':>7} {'req/s':>7} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} "
+          f"{'ITL p50':>8} {'ITL p99':>8}   (ms)")
+    for name, rows in results.items():
+        for c, r in rows.items():
+            print(f"{name:<30} {c:>7} {r['req_s']:>7.2f} {r['tok_s']:>8.1f} {1000 * r['ttft50']:>9.1f} "
+                  f"{1000 * r['ttft99']:>9.1f} {1000 * r['itl50']:>8.1f} {1000 * r['itl99']:>8.1f}")
+    ek = results[next(iter(sides))][np_]
+    for name, goal in ((f"llama-server -np {np_} -cb", 0.9), ("llama_cpp.server", 3.0)):
+        if name in results:
+            other = results[name][np_]
+            print(f"at {np_} clients vs {name}: aggregate tok/s {ek['tok_s'] / other['tok_s']:.2f}x (goal >= {goal}x)"
+                  + (f", p99 TTFT {ek['ttft99'] / other['ttft99']:.2f}x (goal <= 1.2x)" if goal < 1 else ""))
 
 
 if __name__ == "__main__":

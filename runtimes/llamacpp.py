@@ -29,9 +29,9 @@ GGUF_MAGIC = b"GGUF"
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
 
-def trained_context(path: Path) -> int | None:
-    """``{arch}.context_length`` from the GGUF header, read directly: llama.cpp only tells after a context
-    of some size exists (and warns if it is larger), and gguf's GGUFReader parses the whole vocabulary."""
+def header_values(path: Path, suffixes: Sequence[str]) -> dict[str, object]:
+    """Scalar GGUF metadata whose key ends with ``.{suffix}`` (e.g. ``block_count``), read straight from the
+    header: llama.cpp only tells after a context exists, and gguf's GGUFReader parses the whole vocabulary."""
     import struct
 
     def read(fh, fmt: str):
@@ -54,21 +54,34 @@ def trained_context(path: Path) -> int | None:
         else:
             fh.seek(struct.calcsize("<" + _SCALAR[vtype]), 1)
 
+    wanted = {"." + s: s for s in suffixes}
+    out: dict[str, object] = {}
     try:
         with path.open("rb") as fh:
             if fh.read(4) != GGUF_MAGIC:
-                return None
+                return out
             read(fh, "I")
             read(fh, "Q")
             for _ in range(read(fh, "Q")):
                 key = fh.read(read(fh, "Q")).decode("utf-8", "replace")
                 vtype = read(fh, "I")
-                if key.endswith(".context_length") and vtype in _SCALAR:
-                    return int(read(fh, _SCALAR[vtype]))
-                skip(fh, vtype)
+                hit = next((name for end, name in wanted.items() if key.endswith(end) and key.count(".") ==
+                            end.count(".")), None)
+                if hit is not None and vtype in _SCALAR:
+                    out[hit] = read(fh, _SCALAR[vtype])
+                    if len(out) == len(wanted):
+                        break
+                else:
+                    skip(fh, vtype)
     except (EOFError, KeyError, OSError, struct.error, MemoryError):
-        return None
-    return None
+        return out
+    return out
+
+
+def trained_context(path: Path) -> int | None:
+    """``{arch}.context_length`` from the GGUF header."""
+    value = header_values(path, ("context_length",)).get("context_length")
+    return int(value) if value is not None else None
 
 
 def _diagnose(path: Path) -> str:

@@ -17,9 +17,14 @@ import click
 @click.option("--origins", multiple=True, help="Allow cross-origin browser requests from this origin (repeatable).")
 @click.option("--max-body", type=click.IntRange(min=1024), default=16 << 20, show_default=True,
               help="Largest request body in bytes (blob uploads excepted); larger ones get 413.")
+@click.option("--parallel", type=click.IntRange(1, 64), default=None,
+              help="GGUF sequences decoded together per model (continuous batching; each holds num_ctx tokens). "
+                   "[default: 4]")
+@click.option("--max-queue", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Requests waiting for a free sequence per model; beyond it the server answers 503 with Retry-After.")
 @click.option("--json", "as_json", is_flag=True, help="Log one JSON object per line.")
 def serve_cmd(host: str, port: int, api_key: str | None, keep_alive: str, max_loaded: int, origins: tuple[str, ...],
-              max_body: int, as_json: bool) -> None:
+              max_body: int, parallel: int | None, max_queue: int, as_json: bool) -> None:
     """Serve the models of the store ($EDGEKIT_HOME) over Ollama's and OpenAI's HTTP APIs."""
     import json
     import logging
@@ -42,7 +47,7 @@ def serve_cmd(host: str, port: int, api_key: str | None, keep_alive: str, max_lo
     _check_port(host, port)
     store = Store()
     app = create_app(store, Settings(api_key=api_key, origins=origins, keep_alive=keep, max_loaded=max_loaded,
-                                     body_limit=max_body))
+                                     body_limit=max_body, parallel=parallel, max_queue=max_queue))
     handler = logging.StreamHandler(sys.stderr)
     if as_json:
         class JsonFormatter(logging.Formatter):
@@ -57,8 +62,15 @@ def serve_cmd(host: str, port: int, api_key: str | None, keep_alive: str, max_lo
     logger.setLevel(logging.INFO)
     logger.propagate = False
     logger.info("store %s; listening on http://%s:%d", store.root, host if ":" not in host else f"[{host}]", port)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                timeout_graceful_shutdown=3)
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            # in-flight generations end at their next step (each stream gets its last line, done_reason
+            # "cancelled"), so the graceful shutdown finds the connections finished instead of cancelling them
+            app.fastapi.state.models.drain()
+            super().handle_exit(sig, frame)
+
+    Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                          timeout_graceful_shutdown=3)).run()
 
 
 def _check_port(host: str, port: int) -> None:

@@ -20,6 +20,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgekit.errors import EdgekitError
+from edgekit.serve.engine import Busy
 from edgekit.serve.middleware import ApiKey, BodyLimit, RequestLog, error_body
 from edgekit.serve.models import Models
 from edgekit.serve.store import ModelDamaged, ModelNotFound, Store
@@ -35,6 +36,8 @@ class Settings:
     keep_alive: float | None = 300.0
     max_loaded: int = 2
     body_limit: int = DEFAULT_BODY_LIMIT
+    parallel: int | None = None          # GGUF sequences per model (None: DEFAULT_PARALLEL)
+    max_queue: int | None = None         # requests waiting for a slot before 503 (None: DEFAULT_MAX_QUEUE)
 
 
 def status_of(err: EdgekitError) -> int:
@@ -61,11 +64,11 @@ def _validation_message(err: RequestValidationError) -> str:
 def create_app(store: Store | None = None, settings: Settings | None = None) -> Any:
     """The ASGI app wrapped in its middleware (log -> CORS -> API key -> body limit -> routes)."""
     from edgekit import __version__
-    from edgekit.serve import ollama_api, openai_api, store_api
+    from edgekit.serve import metrics, ollama_api, openai_api, store_api
 
     store = store or Store()
     settings = settings or Settings()
-    models = Models(store, settings.keep_alive, settings.max_loaded)
+    models = Models(store, settings.keep_alive, settings.max_loaded, settings.parallel, settings.max_queue)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -91,6 +94,10 @@ def create_app(store: Store | None = None, settings: Settings | None = None) -> 
 
     @app.exception_handler(EdgekitError)
     async def user_error(request: Request, err: EdgekitError) -> Response:
+        if isinstance(err, Busy):
+            response = error_response(request, 503, str(err))
+            response.headers["Retry-After"] = str(err.retry_after)
+            return response
         return error_response(request, status_of(err), str(err))
 
     @app.exception_handler(Exception)
@@ -101,6 +108,7 @@ def create_app(store: Store | None = None, settings: Settings | None = None) -> 
     app.include_router(ollama_api.router)
     app.include_router(store_api.router)
     app.include_router(openai_api.router)
+    app.include_router(metrics.router)
 
     wrapped: Any = BodyLimit(app, settings.body_limit)
     wrapped = ApiKey(wrapped, settings.api_key)

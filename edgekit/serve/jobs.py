@@ -50,6 +50,11 @@ class Job:
         loaded = await models.acquire(name, opts.num_ctx)
         state["model"] = loaded.name
         try:
+            loaded.runner.admit()
+        except BaseException:
+            models.release(loaded, keep_alive)
+            raise
+        try:
             prompt = build_prompt(loaded.runner, loaded.manifest.get("config", {}))
             if not prompt:
                 from edgekit.errors import EdgekitError
@@ -58,7 +63,10 @@ class Job:
             processors = await asyncio.get_running_loop().run_in_executor(
                 models.executor, loaded.runner.constraint, schema, json_mode)
             request = Request(prompt, opts.max_tokens, opts.sampling, opts.stop, processors)
+            if models.draining:
+                request.cancelled.set()
         except BaseException:
+            loaded.runner.leave()
             models.release(loaded, keep_alive)
             raise
         job = cls(models, loaded, request, keep_alive, state)
@@ -70,6 +78,7 @@ class Job:
         future = loop.run_in_executor(self.models.executor, lambda: self.loaded.runner.generate(self.request, on_text))
 
         def done(fut: asyncio.Future) -> None:
+            self.loaded.runner.leave(time.perf_counter() - self.started)
             self.models.release(self.loaded, self.keep_alive)
             if not fut.cancelled() and fut.exception() is None and fut.result() is not None:
                 g = fut.result()

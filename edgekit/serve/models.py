@@ -76,8 +76,13 @@ def _iso(t: float) -> str:
 
 
 class Models:
-    def __init__(self, store: Store, keep_alive: float | None = 300.0, max_loaded: int = 2) -> None:
+    def __init__(self, store: Store, keep_alive: float | None = 300.0, max_loaded: int = 2,
+                 parallel: int | None = None, max_queue: int | None = None) -> None:
+        from edgekit.serve.engine import DEFAULT_MAX_QUEUE
+
         self.store = store
+        self.parallel = parallel
+        self.max_queue = DEFAULT_MAX_QUEUE if max_queue is None else max_queue
         self.default_keep_alive = keep_alive
         self.max_loaded = max(1, max_loaded)
         self.loaded: dict[str, Loaded] = {}
@@ -85,6 +90,7 @@ class Models:
         # generation, loading and embedding threads; roomy so requests queued on one model never starve another
         self.executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="edgekit-worker")
         self._reaper: asyncio.Task | None = None
+        self.draining = False  # shutting down: requests still being set up end at once
 
     # -- resolving -------------------------------------------------------------------------------
     def manifest(self, name: str) -> dict[str, Any]:
@@ -121,7 +127,8 @@ class Models:
                 ctx = context or (manifest.get("config", {}).get("parameters") or {}).get("num_ctx")
                 artifact = self.store.artifact(manifest)
                 adapters = self.store.adapter_paths(manifest)
-                runner = await loop.run_in_executor(self.executor, lambda: Runner(artifact, ctx, adapters))
+                runner = await loop.run_in_executor(
+                    self.executor, lambda: Runner(artifact, ctx, adapters, self.parallel, self.max_queue))
                 current = Loaded(key, manifest["digest"], manifest, runner, self.store.size(manifest), context,
                                  self.default_keep_alive, load_seconds=time.perf_counter() - started)
                 self.loaded[key] = current
@@ -196,11 +203,17 @@ class Models:
             await self._unload(loaded)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
+    def drain(self) -> None:
+        """Stop every running and queued generation at its next step (shutdown); thread-safe."""
+        self.draining = True
+        for loaded in list(self.loaded.values()):
+            loaded.runner.drain()
+
     def ps(self) -> list[dict[str, Any]]:
         out = []
         for loaded in sorted(self.loaded.values(), key=lambda x: -x.last_used):
             out.append({"name": loaded.name, "model": loaded.name, "digest": loaded.digest.split(":")[-1],
                         "size": loaded.size, "size_vram": 0, "expires_at": loaded.expiry_iso(),
                         "context_length": loaded.runner.context_length, "users": loaded.users,
-                        "format": loaded.manifest.get("format")})
+                        "format": loaded.manifest.get("format"), "serving": loaded.runner.stats()})
         return out

@@ -1,0 +1,393 @@
+"""Continuous batching on llama.cpp: N sequences in one context, one ``llama_decode`` per step.
+
+A loop thread owns the context (every call into it happens there). Each step it builds one ``llama_batch``
+holding the next token of every decoding sequence and chunks of newly arrived prompts (each token tagged
+with its sequence's ``seq_id``), runs ``llama_decode`` once and hands each sequence the logits of its last
+token (``llama_get_logits_ith``). Requests join and leave between steps; nobody waits for a batch to drain.
+
+The requests run the shared generation loop (runtimes/generate.py) in their own threads against a
+:class:`Sequence`: an Engine whose ``prefill`` / ``decode`` submit tokens to the loop and wait for the step.
+Sampling, stop strings and streaming are thus the code a single client runs, and every row of a llama.cpp
+batch is computed independently of the others, so a request draws the same tokens alone or among seven.
+
+Slots keep their tokens after a request ends (prefix cache): a new request takes the free slot whose
+cached tokens share the longest prefix with its prompt and only the rest is evaluated (the slot's tail is
+dropped with ``llama_memory_seq_rm``). A cancelled request's cells are removed at the start of the next step.
+The KV cache is not unified (``kv_unified=False``): each slot owns ``num_ctx`` cells, as llama-server's do.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence as Seq
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from runtimes.engine import common_prefix
+
+STRAGGLER_WAIT = 0.02  # seconds a step waits for sequences that just got logits to send their next token
+BATCH_TOKENS = 512     # tokens per step (decode tokens first, then prompt chunks, first come first served)
+
+
+class Cancelled(Exception):
+    """The request's cancel event was set; its sequence left the batch."""
+
+
+@dataclass
+class Stats:
+    requests: int = 0             # sequences started
+    finished: int = 0
+    cancelled: int = 0            # sequences removed because their client left
+    cancel_lag_steps: int = 0     # most decode steps a cancelled sequence was still part of after its cancel
+    prompt_tokens: int = 0
+    prompt_evaluated: int = 0     # prompt tokens run through the model
+    prompt_reused: int = 0        # prompt tokens taken from a slot's cache
+    prefix_hits: int = 0          # requests that reused at least one cached token
+    generated: int = 0            # tokens decoded after a prompt
+    steps: int = 0                # llama_decode calls
+    batch_tokens: int = 0         # tokens over all steps
+    kv_cells: int = 0             # cells in use over all slots (llama_memory_seq_pos_max), after the last step
+    active: int = 0
+    waiting: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class _Slot:
+    def __init__(self, seq_id: int) -> None:
+        self.seq_id = seq_id
+        self.tokens: list[int] = []   # tokens whose K/V sit in this sequence's cells, in position order
+        self.owner: Sequence | None = None
+        self.last_used = 0.0
+
+
+class Sequence:
+    """One request's view of the batch: the subset of the Engine interface that the generation loop uses."""
+
+    kind = "gguf"
+
+    def __init__(self, batcher: Batcher, slot: _Slot, cancelled: threading.Event) -> None:
+        self._b, self.slot, self.cancelled = batcher, slot, cancelled
+        engine = batcher.engine
+        self.context_length = batcher.num_ctx
+        self.vocab_size, self.eos_ids = engine.vocab_size, engine.eos_ids
+        self.detokenize = engine.detokenize
+        self.evaluated_last = self.reused_last = 0
+        self.pending: list[int] = []      # tokens the loop still has to feed
+        self.trim: int | None = None      # drop the slot's cells from this position before feeding
+        self.logits: np.ndarray | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.lag = 0                      # steps this sequence ran after its cancel was set
+        self.submitted = 0.0
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.slot.tokens) + len(self.pending)
+
+    def prefill(self, tokens: Seq[int]) -> np.ndarray:
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise EdgekitError("empty prompt", "give at least one token of prompt")
+        if len(tokens) > self.context_length:
+            raise EdgekitError(f"the prompt has {len(tokens)} tokens, a slot holds {self.context_length}",
+                               "shorten the prompt, or raise num_ctx")
+        keep = common_prefix(self.slot.tokens, tokens)
+        if keep == len(tokens):  # the last token's logits are gone: run it again
+            keep -= 1
+        b = self._b
+        with b.cond:
+            b.stats.prompt_tokens += len(tokens)
+            b.stats.prompt_reused += keep
+            b.stats.prompt_evaluated += len(tokens) - keep
+            b.stats.prefix_hits += keep > 0
+        self.evaluated_last, self.reused_last = len(tokens) - keep, keep
+        return self._submit(tokens[keep:], trim=keep)
+
+    def decode(self, token: int) -> np.ndarray:
+        if self.n_tokens + 1 > self.context_length:
+            raise EdgekitError(f"the slot's {self.context_length} tokens are full", "raise num_ctx")
+        self.evaluated_last, self.reused_last = 1, self.n_tokens
+        with self._b.cond:
+            self._b.stats.generated += 1
+        return self._submit([int(token)])
+
+    def truncate(self, n: int) -> None:  # speculative decoding only; serve does not draft
+        raise NotImplementedError("a batched sequence does not truncate")
+
+    def _submit(self, tokens: list[int], trim: int | None = None) -> np.ndarray:
+        b = self._b
+        with b.cond:
+            if self.error is not None:
+                raise self.error
+            self.done.clear()
+            self.trim, self.pending, self.logits = trim, tokens, None
+            self.submitted = time.perf_counter()
+            b.stragglers.discard(self)
+            b.cond.notify_all()
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.logits is not None
+        return self.logits
+
+    def close(self) -> None:
+        """The request is over: the slot is free again, its tokens kept as a prefix cache (cancelled: freed)."""
+        self._b._release(self)
+
+
+class Batcher:
+    """The loop thread, the context and the slots. ``open()`` gives a request a Sequence (FIFO for slots)."""
+
+    def __init__(self, engine: Any, parallel: int, num_ctx: int, batch_tokens: int = BATCH_TOKENS) -> None:
+        import llama_cpp as lib
+
+        self.lib, self.engine = lib, engine
+        self.parallel, self.num_ctx = int(parallel), int(num_ctx)
+        self.batch_tokens = max(batch_tokens, self.parallel)
+        llm = engine.llm
+        params = lib.llama_context_default_params()
+        params.n_ctx = self.parallel * self.num_ctx
+        params.n_batch = params.n_ubatch = self.batch_tokens
+        params.n_seq_max = self.parallel
+        params.n_threads = params.n_threads_batch = engine.threads
+        params.flash_attn_type = llm.context_params.flash_attn_type  # the single-sequence engine's choice
+        params.type_k, params.type_v = llm.context_params.type_k, llm.context_params.type_v
+        params.kv_unified = False
+        params.no_perf = True
+        self.ctx = lib.llama_init_from_model(llm._model.model, params)
+        if not self.ctx:
+            raise EdgekitError(f"llama.cpp cannot make a context of {self.parallel} x {self.num_ctx} tokens",
+                               "lower --parallel or num_ctx")
+        if llm._lora_adapter is not None:
+            adapters = (lib.llama_adapter_lora_p_ctypes * 1)(llm._lora_adapter)
+            scales = (ctypes.c_float * 1)(llm.lora_scale)
+            if lib.llama_set_adapters_lora(self.ctx, adapters, 1, scales):
+                lib.llama_free(self.ctx)
+                raise EdgekitError("llama.cpp cannot apply the LoRA adapter to the batched context",
+                                   "convert the adapter against this base")
+        self.mem = lib.llama_get_memory(self.ctx)
+        self.batch = lib.llama_batch_init(self.batch_tokens, 0, 1)
+        self.slots = [_Slot(i) for i in range(self.parallel)]
+        self.stats = Stats()
+        self.cond = threading.Condition()
+        self.queue: deque[object] = deque()     # tickets of requests waiting for a slot, FIFO
+        self.stragglers: set[Sequence] = set()  # got logits last step, next token not yet submitted
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="edgekit-batcher", daemon=True)
+        self._thread.start()
+
+    # -- requests' side ------------------------------------------------------------------------
+    def open(self, prompt: Seq[int], cancelled: threading.Event) -> Sequence | None:
+        """A free slot for ``prompt`` (the one with the longest cached common prefix, then the least recently
+        used), waiting in FIFO order; None if ``cancelled`` is set while waiting."""
+        ticket = object()
+        with self.cond:
+            self.queue.append(ticket)
+            self.stats.waiting = len(self.queue)
+            try:
+                while True:
+                    if self._stop:
+                        raise EdgekitError("the server is shutting down", "retry against a running server")
+                    if cancelled.is_set():
+                        return None
+                    free = [s for s in self.slots if s.owner is None]
+                    if free and self.queue[0] is ticket:
+                        slot = max(free, key=lambda s: (common_prefix(s.tokens, prompt), -s.last_used))
+                        seq = Sequence(self, slot, cancelled)
+                        slot.owner = seq
+                        self.stats.requests += 1
+                        self.stats.active += 1
+                        return seq
+                    self.cond.wait(0.05)
+            finally:
+                self.queue.remove(ticket)
+                self.stats.waiting = len(self.queue)
+                self.cond.notify_all()
+
+    def _release(self, seq: Sequence) -> None:
+        with self.cond:
+            slot = seq.slot
+            if slot.owner is seq:
+                if seq.pending or seq.error is not None:
+                    # never fed, or fed in part: what sits in the cells is no longer known to be a usable prefix
+                    slot.tokens = slot.tokens if seq.error is None else []
+                    seq.pending = []
+                slot.owner = None
+                slot.last_used = time.monotonic()
+                self.stats.active -= 1
+                if isinstance(seq.error, Cancelled):
+                    self.stats.cancelled += 1
+                else:
+                    self.stats.finished += 1
+            self.stragglers.discard(seq)
+            self.cond.notify_all()
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _owned(self) -> list[Sequence]:
+        return [s.owner for s in self.slots if s.owner is not None]
+
+    def _loop(self) -> None:
+        lib = self.lib
+        while True:
+            with self.cond:
+                while not self._stop and not any(s.pending or s.cancelled.is_set() for s in self._owned()):
+                    self.cond.wait()
+                if self._stop:
+                    break
+                deadline = time.monotonic() + STRAGGLER_WAIT
+                while self.stragglers and not self._stop:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or any(s.cancelled.is_set() for s in self.stragglers):
+                        break
+                    self.cond.wait(left)
+                self.stragglers.clear()
+                self._reap()
+                plan = self._plan()
+            if not plan:
+                continue
+            rc = lib.llama_decode(self.ctx, self.batch)
+            with self.cond:
+                self.stats.steps += 1
+                self.stats.batch_tokens += self.batch.n_tokens
+                self._deliver(plan, rc)
+                self.stats.kv_cells = self._kv_cells()
+                self.cond.notify_all()
+        with self.cond:
+            for seq in self._owned():
+                seq.error = EdgekitError("the server is shutting down", "retry against a running server")
+                seq.done.set()
+
+    def _reap(self) -> None:
+        """Cancelled sequences leave the batch now: their cells are freed and their threads woken."""
+        for slot in self.slots:
+            seq = slot.owner
+            if seq is not None and seq.cancelled.is_set() and seq.error is None:
+                self.lib.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+                slot.tokens, seq.pending = [], []
+                seq.error = Cancelled()
+                self.stats.cancel_lag_steps = max(self.stats.cancel_lag_steps, seq.lag)
+                seq.done.set()
+
+    def _plan(self) -> list[tuple[Sequence, int, int]]:
+        """Fill the batch: every decoding sequence's token, then prompt chunks oldest first. Returns
+        (sequence, tokens taken, batch index of its logits row or -1)."""
+        lib, batch = self.lib, self.batch
+        seqs = [s for s in self._owned() if s.pending]
+        seqs.sort(key=lambda s: (len(s.pending) > 1 or s.trim is not None, s.submitted))
+        plan, n = [], 0
+        for seq in seqs:
+            room = self.batch_tokens - n
+            if room <= 0:
+                break
+            slot = seq.slot
+            if seq.trim is not None:
+                if seq.trim < len(slot.tokens):
+                    lib.llama_memory_seq_rm(self.mem, slot.seq_id, seq.trim, -1)
+                    del slot.tokens[seq.trim:]
+                seq.trim = None
+            take = seq.pending[:room]
+            pos = len(slot.tokens)
+            last = len(take) == len(seq.pending)
+            for i, tok in enumerate(take):
+                batch.token[n + i] = tok
+                batch.pos[n + i] = pos + i
+                batch.n_seq_id[n + i] = 1
+                batch.seq_id[n + i][0] = slot.seq_id
+                batch.logits[n + i] = last and i == len(take) - 1
+            n += len(take)
+            plan.append((seq, len(take), n - 1 if last else -1))
+        batch.n_tokens = n
+        return plan
+
+    def _deliver(self, plan: list[tuple[Sequence, int, int]], rc: int) -> None:
+        vocab = self.engine.vocab_size
+        for seq, taken, row in plan:
+            slot = seq.slot
+            if rc != 0:
+                # a failed decode leaves the sequence's cells unknown: drop them all and fail the request
+                self.lib.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+                slot.tokens, seq.pending = [], []
+                seq.error = EdgekitError(f"llama_decode failed ({rc}) on a batch of {self.batch.n_tokens} tokens",
+                                         "lower --parallel or num_ctx")
+                seq.done.set()
+                continue
+            slot.tokens.extend(seq.pending[:taken])
+            del seq.pending[:taken]
+            if row >= 0:
+                ptr = self.lib.llama_get_logits_ith(self.ctx, row)
+                seq.logits = np.ctypeslib.as_array(ptr, shape=(vocab,)).copy()
+                if seq.cancelled.is_set():  # cancelled while this step ran: it goes at the next one
+                    seq.lag = 1
+                self.stragglers.add(seq)
+                seq.done.set()
+
+    def _kv_cells(self) -> int:
+        total = 0
+        for slot in self.slots:
+            hi = self.lib.llama_memory_seq_pos_max(self.mem, slot.seq_id)
+            if hi >= 0:
+                total += hi - self.lib.llama_memory_seq_pos_min(self.mem, slot.seq_id) + 1
+        return total
+
+    # -- lifetime ------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        with self.cond:
+            out = self.stats.as_dict()
+            out.update(parallel=self.parallel, num_ctx=self.num_ctx,
+                       kv_cells_total=self.parallel * self.num_ctx, cached_tokens=[len(s.tokens) for s in self.slots])
+            return out
+
+    def close(self) -> None:
+        with self.cond:
+            self._stop = True
+            self.cond.notify_all()
+        self._thread.join()
+        if self.batch is not None:
+            self.lib.llama_batch_free(self.batch)
+            self.batch = None
+        if self.ctx:
+            self.lib.llama_free(self.ctx)
+            self.ctx = None
+
+
+def kv_bytes_per_token(path: Path) -> int | None:
+    """Bytes of K and V (f16) one token takes over all layers, from the GGUF header; None if unknown."""
+    from runtimes.llamacpp import header_values
+
+    v = header_values(Path(path), ("block_count", "embedding_length", "attention.head_count",
+                                   "attention.head_count_kv", "attention.key_length", "attention.value_length"))
+    try:
+        layers, embd, heads = int(v["block_count"]), int(v["embedding_length"]), int(v["attention.head_count"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    kv_heads = int(v.get("attention.head_count_kv") or heads)
+    k_len = int(v.get("attention.key_length") or embd // heads)
+    v_len = int(v.get("attention.value_length") or embd // heads)
+    return layers * kv_heads * (k_len + v_len) * 2
+
+
+def check_memory(path: Path, parallel: int, num_ctx: int, available: int | None = None) -> dict[str, int]:
+    """Refuse, in one line, a --parallel x num_ctx whose weights + KV cache exceed the free memory."""
+    import psutil
+
+    weights = Path(path).stat().st_size
+    per_token = kv_bytes_per_token(path) or 0
+    kv = per_token * parallel * num_ctx
+    free = psutil.virtual_memory().available if available is None else available
+    need = weights + kv
+    if need > free:
+        gb = 1 << 30
+        raise EdgekitError(f"--parallel {parallel} x num_ctx {num_ctx} needs {need / gb:.2f} GiB (weights "
+                           f"{weights / gb:.2f} GiB + KV cache {kv / gb:.2f} GiB, {per_token} bytes a token) but "
+                           f"{free / gb:.2f} GiB is free",
+                           "lower --parallel or num_ctx, or free memory")
+    return {"weights": weights, "kv": kv, "free": free}
