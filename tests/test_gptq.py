@@ -192,3 +192,31 @@ def test_moe_experts_get_gptq_codes_from_their_routed_tokens(random_model, tmp_p
         codes, params = cb.codes[f"model.layers.0.block_sparse_moe.experts.{e}.w1"]
         ours.extend(g.pack(codes, params, (codes.shape[0], codes.shape[1] * 32)).arrays["data"])
     assert sorted(map(bytes, stacked.reshape(-1, stacked.shape[-1]))) == sorted(map(bytes, ours))
+
+
+def test_coreml_holds_gptqs_codes(tiny_dir, tmp_path):
+    """GPTQ -> Core ML int4: the program's constexpr_blockwise_shift_scale ops hold GPTQ's codes and scales, and
+    decompress to GPTQ's own dequantized weight in the program's fp16."""
+    from converters.coreml import compressed
+    from quant import gptq, pipeline
+
+    seen = {}
+    real = gptq.run
+    gptq.run = lambda *a, **k: seen.setdefault("r", real(*a, **k))
+    try:
+        out = tmp_path / "c"
+        pipeline.run(str(tiny_dir), "coreml", "gptq", str(out), qtype="int4", group_size=32, progress=False, **CALIB)
+    finally:
+        gptq.run = real
+    cb = seen["r"][0]
+    stored = compressed.read_back(out / "model.mlpackage")
+    assert sorted(stored) == sorted(f"{k}.weight" for k in cb.codes) and len(cb.codes) == 4 * 7
+    g = grids.get("coreml:int4", block_size=32)
+    for hf_name, (codes, params) in cb.codes.items():
+        got = stored[f"{hf_name}.weight"]
+        ours = g.pack(codes, params, (codes.shape[0], codes.shape[1] * 32))
+        assert got["op"] == "constexpr_blockwise_shift_scale"
+        np.testing.assert_array_equal(got["inputs"]["data"], ours.arrays["data"], err_msg=hf_name)
+        np.testing.assert_array_equal(got["inputs"]["scale"], ours.arrays["scale"], err_msg=hf_name)
+        np.testing.assert_array_equal(got["dense"], g.dequantize(ours).astype(np.float16), err_msg=hf_name)
+    assert json.loads((out / "edgekit.json").read_text())["quant"]["method"] == "gptq"
