@@ -78,7 +78,7 @@ def run(artifact: str, reference_model: str | None = None, text_file: str | None
             nll.append(-logq[np.arange(len(targets)), targets])
             if ref is not None:
                 rows = slice(i * per, (i + 1) * per)
-                kld.append(metrics.kld_topk(ref, rows, logq))
+                kld.append(metrics.kld(ref, rows, logq))
                 top1.append(scored.argmax(axis=1) == ref["ids"][rows, 0])
             if tick is not None:
                 tick(1)
