@@ -25,13 +25,17 @@ def kld(ref: dict[str, np.ndarray], rows: slice, logq: np.ndarray) -> np.ndarray
     p_tail = np.clip(1.0 - p.sum(axis=1), 0.0, 1.0)
     codes = ref["tail"][rows]
     coded = codes > 0
+    step = TAIL_RANGE / 255
     lo = vals[:, -1:] - TAIL_RANGE
-    logp_t = np.where(coded, lo + codes * (TAIL_RANGE / 255) - lse[:, None], -np.inf)
-    p_t = np.exp(logp_t)
+    logp_t = np.where(coded, lo + codes * step - lse[:, None], 0.0)
+    p_t = np.where(coded, np.exp(logp_t), 0.0)
     mass = p_t.sum(axis=1)
     scale = np.where(mass > 0, p_tail / np.maximum(mass, 1e-300), 0.0)
     logp_t = logp_t + np.log(np.maximum(scale, 1e-300))[:, None]
-    tail = np.where(coded, p_t * scale[:, None] * (logp_t - logq), 0.0).sum(axis=1)
+    tail = (p_t * scale[:, None] * (logp_t - logq)).sum(axis=1)
+    # rounding the tail's log-probs by a uniform +-step/2 adds KL(P^ || P) ~ mass * step^2 / 24 (measured 2.6e-5 on
+    # tiny's self-divergence, which this brings to ~0): removed, so near-lossless artifacts do not show a floor
+    tail = tail - np.where(mass > 0, p_tail, 0.0) * step ** 2 / 24
     return np.maximum(head + tail, 0.0)
 
 

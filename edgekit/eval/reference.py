@@ -6,7 +6,8 @@ Why the byte per token: the top-k alone hold too little of the mass (edgekit-tin
 93%), and KL inside the tail is not small: top-256 plus one lumped tail bin gave 0.00135 where the full-vocabulary
 KLD is 0.00151 (tiny q4_0, 12 x 128). llama-perplexity keeps all log-probs as uint16 on a 16-nat range; here the
 top-k stay exact and the tail gets uint8 codes on the 16 nats below the k-th logit (step 16/255), renormalised to
-the tail's exact mass at use, which keeps the KLD within ~1% of the full-vocabulary one."""
+the tail's exact mass at use and with the rounding's expected KL removed (metrics.kld): on that case 0.0015135 vs
+the full-vocabulary 0.0015135, at one byte per vocabulary entry and scored token in the cache."""
 
 from __future__ import annotations
 
