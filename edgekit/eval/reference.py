@@ -76,8 +76,8 @@ def load_or_compute(ref: Path, windows: np.ndarray, ctx: int, source_factory: An
     try:
         first = ctx // 2
         for w in windows:
-            logits = source.window([int(t) for t in w])
-            parts.append(summarize(logits[first:ctx - 1], np.asarray(w[first + 1:ctx])))
+            logits = source.window([int(t) for t in w], first)
+            parts.append(summarize(logits[:ctx - 1 - first], np.asarray(w[first + 1:ctx])))
             if progress is not None:
                 progress(1)
     finally:
