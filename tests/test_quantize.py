@@ -142,7 +142,14 @@ def test_bad_inputs_fail_before_any_work(tiny_dir, smollm2_dir, q4_1, tmp_path):
     empty.write_text("  \n")
     short = tmp_path / "short.txt"
     short.write_text("A short calibration text.")
+    nofield = tmp_path / "nofield.jsonl"
+    nofield.write_text(json.dumps({"content": "a calibration line under the wrong key"}) + "\n")
     cases += [
+        (["imatrix", str(tiny_dir), "--calib", str(tmp_path / "nope.txt"), "-o", str(tmp_path / "x.imatrix")],
+         ["not found"]),
+        (["imatrix", str(tiny_dir), "--calib", str(empty), "-o", str(tmp_path / "x.imatrix")], ["empty"]),
+        (["quantize", str(tiny_dir), "--to", "gguf", "--method", "q4_k_m", "--calib", str(nofield), "-o", str(out)],
+         ["\"text\"", "JSONL"]),
         (["quantize", str(tiny_dir), "--to", "gguf", "--method", "q4_k_m", "--calib", str(empty), "-o", str(out)],
          ["empty"]),
         (["quantize", str(tiny_dir), "--to", "gguf", "--method", "q4_k_m", "--calib", str(short), "-o", str(out)],
@@ -159,7 +166,14 @@ def test_bad_inputs_fail_before_any_work(tiny_dir, smollm2_dir, q4_1, tmp_path):
                            512))
     cases.append((["quantize", str(tiny_dir), "--to", "gguf", "--method", "q4_k_m", "--imatrix", str(foreign),
                    "-o", str(out)], ["another model", "edgekit imatrix"]))
+    # names of a model with other tensors (a mixture-of-experts layer), none of tiny's
+    alien = tmp_path / "alien.imatrix"
+    write(alien, IMatrix({"blk.0.ffn_gate_exps.weight": np.ones(256, np.float32)}, {"blk.0.ffn_gate_exps.weight": 8},
+                         ["x"], 1, 512))
+    cases.append((["quantize", str(tiny_dir), "--to", "gguf", "--method", "iq4_xs", "--imatrix", str(alien),
+                   "-o", str(out)], ["another model", "edgekit imatrix"]))
+    inputs = ("empty.txt", "short.txt", "nofield.jsonl", "smollm2.imatrix", "alien.imatrix")
     for args, needles in cases:
         assert_one_line_error(cli(*args), *needles)
-        left = sorted(p.name for p in tmp_path.iterdir() if p.name not in ("empty.txt", "short.txt", "smollm2.imatrix"))
+        left = sorted(p.name for p in tmp_path.iterdir() if p.name not in inputs)
         assert left == [], (args, left)

@@ -1,4 +1,6 @@
-"""Full-vocabulary logits of one window of tokens, per artifact kind, each window from an empty cache."""
+"""Full-vocabulary logits of one window of tokens, per artifact kind, each window from an empty cache.
+
+``window(tokens, start)`` returns the logits of positions ``start`` onwards (the scored half)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from edgekit.errors import EdgekitError
 
 
 class GGUFLogits:
-    """llama.cpp through llama-cpp-python, logits for every position of the window."""
+    """llama.cpp through llama-cpp-python; as llama-perplexity, only the scored positions ask for logits, so the
+    output head runs on half the window."""
 
     def __init__(self, path: Path, ctx: int, threads: int | None = None) -> None:
         import llama_cpp
@@ -21,7 +24,7 @@ class GGUFLogits:
 
         n = threads or physical_cores()
         try:
-            self.llm = llama_cpp.Llama(str(path), n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True,
+            self.llm = llama_cpp.Llama(str(path), n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=False,
                                        n_threads=n, n_threads_batch=n, verbose=False)
         except (ValueError, RuntimeError, OSError) as err:
             raise EdgekitError(f"cannot load {path} with llama.cpp", "pass a GGUF written by edgekit") from err
@@ -31,10 +34,19 @@ class GGUFLogits:
         # as llama-perplexity: special tokens added as the vocabulary says (BOS), none parsed from the text
         return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
 
-    def window(self, tokens: list[int]) -> np.ndarray:
-        self.llm.reset()  # eval() then drops the cache past position 0: the window starts empty
-        self.llm.eval(tokens)
-        return np.array(self.llm.scores[:len(tokens)], dtype=np.float32)
+    def window(self, tokens: list[int], start: int = 0) -> np.ndarray:
+        import llama_cpp
+
+        llm = self.llm
+        llm._ctx.kv_cache_clear()  # every window starts from an empty cache
+        batch = llm._batch
+        batch.set_batch(batch=tokens, n_past=0, logits_all=False)
+        for i in range(len(tokens)):
+            batch.batch.logits[i] = i >= start
+        llm._ctx.decode(batch)
+        n = len(tokens) - start
+        out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm._ctx.ctx), shape=(n * self.vocab_size,))
+        return out.reshape(n, self.vocab_size).copy()
 
     def close(self) -> None:
         self.llm.close()
@@ -54,7 +66,7 @@ class ONNXLogits:
     def tokenize(self, text: str) -> list[int]:
         return self.engine.tokenize(text, add_special=True)
 
-    def window(self, tokens: list[int]) -> np.ndarray:
+    def window(self, tokens: list[int], start: int = 0) -> np.ndarray:
         e = self.engine
         e.reset()
         n = len(tokens)
@@ -67,7 +79,7 @@ class ONNXLogits:
             feeds[f"past_key_values.{i}.key"] = e._past[2 * i].numpy()
             feeds[f"past_key_values.{i}.value"] = e._past[2 * i + 1].numpy()
         logits = e._sess.run(["logits"], feeds)[0]
-        return np.asarray(logits[0], dtype=np.float32)
+        return np.asarray(logits[0, start:], dtype=np.float32)
 
     def close(self) -> None:
         self.engine.close()
@@ -88,11 +100,11 @@ class HFLogits:
     def tokenize(self, text: str) -> list[int]:
         return self.tok(text).input_ids
 
-    def window(self, tokens: list[int]) -> np.ndarray:
+    def window(self, tokens: list[int], start: int = 0) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            out = self.model(torch.as_tensor([tokens]), use_cache=False).logits[0]
+            out = self.model(torch.as_tensor([tokens]), use_cache=False, logits_to_keep=len(tokens) - start).logits[0]
         return out.float().numpy()
 
     def close(self) -> None:

@@ -72,13 +72,13 @@ def run(artifact: str, reference_model: str | None = None, text_file: str | None
         first, per = ctx // 2, ctx // 2 - 1
         nll, kld, top1 = [], [], []
         for i, w in enumerate(wins):
-            scored = source.window([int(t) for t in w])[first:ctx - 1]
+            scored = source.window([int(t) for t in w], first)[:ctx - 1 - first]
             logq = metrics.log_softmax(scored)
             targets = w[first + 1:ctx]
             nll.append(-logq[np.arange(len(targets)), targets])
             if ref is not None:
                 rows = slice(i * per, (i + 1) * per)
-                kld.append(metrics.kld_topk(ref, rows, logq))
+                kld.append(metrics.kld(ref, rows, logq))
                 top1.append(scored.argmax(axis=1) == ref["ids"][rows, 0])
             if tick is not None:
                 tick(1)
