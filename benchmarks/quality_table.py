@@ -51,6 +51,10 @@ ROWS = [  # label, command args after MODEL (None: plain convert f16)
                                    "--sym"]),
     ("onnx int4 b128 sym (gptq act-order)", ["--to", "onnx", "--method", "gptq", "--type", "int4", "--group-size",
                                              "128", "--sym", "--act-order"]),
+    ("q4_0 (awq)", ["--to", "gguf", "--method", "awq", "--type", "q4_0"]),
+    ("onnx int4 b32 sym (awq)", ["--to", "onnx", "--method", "awq", "--type", "int4", "--group-size", "32"]),
+    ("onnx int4 b128 sym (awq)", ["--to", "onnx", "--method", "awq", "--type", "int4", "--group-size", "128"]),
+    ("q4_k_m (awq, then + imatrix)", ["--to", "gguf", "--method", "awq", "--then", "q4_k_m"]),
     ("onnx nf4 b64", ["--to", "onnx", "--method", "nf4"]),
 ]
 # SmolLM2: its importance matrix from 16 x 256 calibration tokens (the default 64 x 512 costs minutes on 2 cores)

@@ -22,7 +22,7 @@ is skipped.
   wall time, peak RSS and the per-linear ||WX - ŴX||² ratio GPTQ / RTN from the manifest; ``--gptq-1b`` adds the
   1B-shaped checkpoint (peak RSS against its fp16 size: the pass is layer by layer).
 
-    python benchmarks/quantize.py [--skip-1b] [--awq-only] [--awq-samples=128]
+    python benchmarks/quantize.py [--skip-1b] [--awq | --awq-only] [--awq-samples=128]
     python benchmarks/quantize.py --gptq [--gptq-1b]
 """
 
@@ -157,11 +157,13 @@ def main(argv: list[str]) -> int:
         with tempfile.TemporaryDirectory(dir=CACHE) as d:
             gptq_bench(Path(d), "--gptq-1b" in argv)
         return 0
-    with tempfile.TemporaryDirectory(dir=CACHE) as d:
-        n = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("--awq-samples=")), 128)
-        awq_smollm2(Path(d), n)
+    if "--awq" in argv or "--awq-only" in argv:  # minutes of calibration: asked for, not part of the default run
+        with tempfile.TemporaryDirectory(dir=CACHE) as d:
+            n = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("--awq-samples=")), 128)
+            awq_smollm2(Path(d), n)
         if "--awq-only" in argv:
             return 0
+    with tempfile.TemporaryDirectory(dir=CACHE) as d:
         eval_vs_perplexity(Path(d))
         if "--skip-1b" not in argv:
             quantize_1b(Path(d))

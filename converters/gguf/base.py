@@ -120,11 +120,17 @@ class TokenizerCheckLater:
         except BaseException as exc:  # re-raised on the main thread in patch()
             self.error = exc
 
+    def wait(self) -> None:
+        """Until the check has ended: while llama.cpp loads the vocabulary, fd 1 and 2 point at /dev/null
+        (llama-cpp-python's suppress_stdout_stderr), so an error printed before then would be lost."""
+        if self.thread is not None:
+            self.thread.join()
+
     def patch(self, path: Path, search_bytes: int) -> dict[str, Any]:
         from edgekit import tokenizer_check
 
         assert self.thread is not None, "start() runs when the metadata is written"
-        self.thread.join()
+        self.wait()
         if self.error is not None:
             raise self.error
         assert self.record is not None
@@ -201,13 +207,18 @@ def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle
             data_placeholder = secrets.token_hex(32)
 
             def finish(path: Path, kv_end: int) -> None:
+                check.wait()  # before an error from the source hash can be printed
                 sha.patch(path, kv_end)  # also refuses NaN / infinite weights, found while hashing the source
                 check.patch(path, kv_end)
 
             # the data hash (for `edgekit verify`) covers the tensor data and is computed by write_gguf as it writes;
             # the tokenizer check runs on the metadata while the tensors are written
-            result = write_gguf(dest, force, fam.arch_name, planned, ckpt, metadata, progress, finish,
-                                data_hash_placeholder=data_placeholder, header=check.start)
+            try:
+                result = write_gguf(dest, force, fam.arch_name, planned, ckpt, metadata, progress, finish,
+                                    data_hash_placeholder=data_placeholder, header=check.start)
+            except BaseException:
+                check.wait()
+                raise
             summary.update(result)
             summary.update({"tokenizer": vocab.summary(), "chat_template": vocab.chat_template is not None,
                             "source_sha256": sha.value, "stop_token_ids": stops, "tokenizer_check": check.record})
