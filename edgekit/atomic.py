@@ -49,20 +49,27 @@ def artifact_kind(path: Path) -> str | None:
     present = {p.relative_to(path).as_posix() for p in path.rglob("*") if not p.is_dir() or p.is_symlink()}
     if not present:
         return "directory"  # empty: nothing to lose
-    try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-        listed = set(manifest.get("files") or {}) | {MANIFEST}
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None
-    return "directory" if present <= listed else None
+    listed = _listed(path)
+    return "directory" if listed is not None and present <= listed else None
+
+
+def _listed(path: Path) -> set[str] | None:
+    """The files edgekit's manifest in directory ``path`` lists (an artifact's edgekit.json or a mobile
+    bundle's bundle.json), the manifest included; None when neither is there and readable."""
+    from edgekit.package.schema import BUNDLE_FILE
+
+    for name in (MANIFEST, BUNDLE_FILE):
+        try:
+            manifest = json.loads((path / name).read_text(encoding="utf-8"))
+            return set(manifest.get("files") or {}) | {name}
+        except (OSError, ValueError, AttributeError, TypeError):
+            continue
+    return None
 
 
 def _foreign(path: Path) -> str:
     """A few names in directory ``path`` that edgekit's manifest does not list, for the refusal message."""
-    try:
-        listed = set(json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("files") or {}) | {MANIFEST}
-    except (OSError, ValueError, AttributeError, TypeError):
-        listed = set()
+    listed = _listed(path) or set()
     names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
                    if (not p.is_dir() or p.is_symlink()) and p.relative_to(path).as_posix() not in listed)
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")

@@ -287,3 +287,15 @@ def test_ios_reference_equals_edgekit_run_on_macos(tiny_dir, tmp_path):
         run = ok(cli(*args, "--chat") if chat else cli(*args, "--raw"))  # -p alone would use the chat template
         ref = reference(out, PROMPT, chat)
         assert ref["tokens"] == run["tokens"], (chat, ref["text"], run["text"])
+
+
+def test_package_force_replaces_its_own_bundle_only(tiny_android, tiny_static, tmp_path):
+    """A bundle edgekit wrote (every file listed in bundle.json) is replaced by --force, as `make demo` run twice
+    does; one holding a file bundle.json does not list is refused and left as it was."""
+    b = _copy(tiny_android, tmp_path)
+    ok(cli("package", str(tiny_static), "--platform", "android", "-o", str(b), "--force", "--json"))
+    assert inproc("package", "verify", str(b)).returncode == 0
+    (b / "notes.txt").write_text("mine")
+    assert_one_line_error(inproc("package", str(tiny_static), "--platform", "android", "-o", str(b), "--force"),
+                          "did not write", "notes.txt")
+    assert (b / "notes.txt").read_text() == "mine"
