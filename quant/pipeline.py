@@ -38,8 +38,6 @@ def resolve(fmt: str, method: str, qtype: str | None, group_size: int | None, sy
             raise EdgekitError(f"--type/--group-size/--sym/--asym do not apply to {method}",
                                "llama.cpp's mix fixes its own types and blocks")
         return {"kind": "kquant", "grid": f"gguf:{method}"}
-    if fmt == "coreml":
-        return _coreml(method, qtype, group_size, symmetric)
     if fmt == "gguf":
         if method == "nf4":
             raise EdgekitError("nf4 is not a GGUF type",
@@ -51,30 +49,29 @@ def resolve(fmt: str, method: str, qtype: str | None, group_size: int | None, sy
             raise EdgekitError(f"GGUF {t} has a fixed block of 32 and its own symmetry",
                                "drop --group-size/--sym/--asym (q4_0/q5_0 are symmetric, q4_1/q5_1 asymmetric)")
         return {"kind": "seam", "grid": f"gguf:{t}", "params": {}}
+    return _per_block(fmt, method, qtype, group_size, symmetric)
+
+
+# per-block formats: (nf4 grid, what the int grids are called, whether nf4 refuses --sym/--asym). ONNX: MatMulNBits
+# and MatMulBnb4; Core ML (iOS 18): constexpr_blockwise_shift_scale and NF4 as a 16-entry table per block
+# (constexpr_lut_to_dense), where a symmetry flag has nothing to act on
+_PER_BLOCK = {"onnx": ("onnx:nf4", "an ONNX MatMulNBits type", False),
+              "coreml": ("coreml:palette4", "a Core ML per-block type", True)}
+
+
+def _per_block(fmt: str, method: str, qtype: str | None, group_size: int | None,
+               symmetric: bool | None) -> dict[str, Any]:
+    nf4_grid, int_kind, nf4_refuses_sym = _PER_BLOCK[fmt]
     if method == "nf4":
         if qtype not in (None, "nf4"):
             raise EdgekitError(f"--type {qtype} does not apply to nf4", "drop --type")
-        return {"kind": "seam", "grid": "onnx:nf4", "params": {"block_size": group_size or 64}}
-    t = qtype or "int4"
-    if t not in ONNX_TYPES:
-        raise EdgekitError(f"--type {t} is not an ONNX MatMulNBits type", "use --type int4 or --type int8")
-    return {"kind": "seam", "grid": f"onnx:{t}",
-            "params": {"block_size": group_size or 32, "symmetric": True if symmetric is None else symmetric}}
-
-
-def _coreml(method: str, qtype: str | None, group_size: int | None, symmetric: bool | None) -> dict[str, Any]:
-    """Core ML (iOS 18): rtn int4/int8 per block (constexpr_blockwise_shift_scale), nf4 as a 16-entry table per
-    block (constexpr_lut_to_dense)."""
-    if method == "nf4":
-        if qtype not in (None, "nf4"):
-            raise EdgekitError(f"--type {qtype} does not apply to nf4", "drop --type")
-        if symmetric is not None:
+        if nf4_refuses_sym and symmetric is not None:
             raise EdgekitError("--sym/--asym do not apply to nf4 (a table per block)", "drop --sym/--asym")
-        return {"kind": "seam", "grid": "coreml:palette4", "params": {"block_size": group_size or 64}}
+        return {"kind": "seam", "grid": nf4_grid, "params": {"block_size": group_size or 64}}
     t = qtype or "int4"
     if t not in ONNX_TYPES:
-        raise EdgekitError(f"--type {t} is not a Core ML per-block type", "use --type int4 or --type int8")
-    return {"kind": "seam", "grid": f"coreml:{t}",
+        raise EdgekitError(f"--type {t} is not {int_kind}", "use --type int4 or --type int8")
+    return {"kind": "seam", "grid": f"{fmt}:{t}",
             "params": {"block_size": group_size or 32, "symmetric": True if symmetric is None else symmetric}}
 
 
