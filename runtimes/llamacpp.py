@@ -193,7 +193,6 @@ class LlamaCppEngine(Engine):
         self._prepend_first = meta.get(PREPEND_FIRST_KEY) == "true"
         self._vocab = vocab
         self._pieces: dict[int, bytes] = {}
-        self._piece_buf = ctypes.create_string_buffer(256)
 
     def _engine_default_attention(self) -> None:
         """llama.cpp's own default is flash attention "auto" (on where the backend supports it, as llama-cli and
@@ -224,7 +223,9 @@ class LlamaCppEngine(Engine):
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
         if piece is None:
-            buf = self._piece_buf
+            # a buffer per miss, not one per engine: the server's request threads detokenize through one engine,
+            # and a shared buffer let one thread cache another's piece for good (a wrong word in every later answer)
+            buf = ctypes.create_string_buffer(256)
             n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
             if n < 0:  # longer than the buffer: llama.cpp returns minus the size it needs
                 buf = ctypes.create_string_buffer(-n)

@@ -122,3 +122,64 @@ def store_models(home: Path, arts: dict[str, Path]) -> None:
 
 def ndjson(response: httpx.Response) -> list[dict]:
     return [json.loads(line) for line in response.text.splitlines() if line.strip()]
+
+
+def replay(engine, prompt: list[int], params, served: list[int] | str, max_tokens: int, tol: float = 1e-3) -> int:
+    """Check that ``served`` (the generated ids, or their text) is what ``params`` sample after ``prompt`` on the
+    single-sequence ``engine``, up to float noise; returns the number of steps where it took another token than
+    that engine does, each one a near-tie. Fails at the first step no near-tie explains.
+
+    A batch of several sequences is summed in another order than one sequence alone (edgekit-tiny f32: logits
+    differ by ~3e-5); where two tokens' logits (greedy), or the seeded draw and a boundary of the cumulative
+    probabilities (sampled), are closer than ``tol``, either token is right, and which one a CPU's kernels give
+    is not ours to pin (the smallest top-2 gap in the batching test's greedy runs is 1.3e-4).
+    The draw is replayed as ``Sampler`` makes it: ``Generator.choice`` takes one ``random()`` per step and
+    searches the normalised cumulative probabilities with it.
+    """
+    import numpy as np
+
+    from runtimes.generate import REPLACEMENT, StreamDecoder
+    from runtimes.sampling import apply_penalties, distribution
+
+    def text_of(ids: list[int]) -> str:
+        stream = StreamDecoder(engine.detokenize, prompt)
+        return "".join(stream.push(t) for t in ids) + stream.flush()
+
+    rng = np.random.default_rng(params.seed)
+    engine.reset()
+    logits = engine.prefill(prompt)
+    history, gen, deviations = list(prompt), [], 0
+    for step in range(max_tokens):
+        if params.greedy:
+            x = apply_penalties(np.asarray(logits, dtype=np.float32), history, params)
+            own = int(np.argmax(x))
+            near = np.flatnonzero(x >= x[own] - tol)
+            near = near[np.argsort(-x[near], kind="stable")]
+        else:
+            ids, probs = distribution(logits, history, params)
+            cdf = np.cumsum(probs)
+            cdf /= cdf[-1]
+            u = rng.random()
+            own = int(ids[np.searchsorted(cdf, u, side="right")])
+            lo = np.concatenate([[0.0], cdf[:-1]])
+            near = ids[(lo - tol <= u) & (u <= cdf + tol)]
+        allowed = [own, *(int(t) for t in near if t != own)]
+        if isinstance(served, str):
+            so_far = text_of(gen)
+            pick = next((t for t in allowed if (t in engine.eos_ids and so_far == served) or
+                         (t not in engine.eos_ids and served.startswith(text_of([*gen, t]).rstrip(REPLACEMENT)))),
+                        None)
+        else:
+            want = served[step] if step < len(served) else None
+            pick = next((t for t in allowed if t == want or (want is None and t in engine.eos_ids)), None)
+        assert pick is not None, (f"step {step}: served {served!r} took a token no near-tie explains "
+                                  f"(engine: {own}, within {tol}: {allowed})")
+        if pick in engine.eos_ids:
+            break
+        deviations += pick != own
+        gen.append(pick)
+        history.append(pick)
+        if len(gen) < max_tokens:
+            logits = engine.decode(pick)
+    assert (text_of(gen) if isinstance(served, str) else gen) == served
+    return deviations

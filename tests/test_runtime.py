@@ -143,6 +143,35 @@ def test_stream_utf8_split_across_tokens_llamacpp():
     check_stream(ids, engine.detokenize, TEXT)
 
 
+def test_llamacpp_detokenize_from_many_threads_at_once():
+    """The server's request threads detokenize through one engine; each must get its own tokens' text."""
+    pytest.importorskip("llama_cpp")
+    import threading
+
+    import runtimes
+    from edgekit.models import smollm2
+
+    path = smollm2.gguf_path()
+    reference = runtimes.load(path, context=64, threads=1)
+    engine = runtimes.load(path, context=64, threads=1)
+    vocab = range(0, reference.vocab_size, 7)
+    want = {t: reference.detokenize([t]) for t in vocab}
+    got: dict[int, str] = {}
+    start = threading.Barrier(8)
+
+    def run(k: int) -> None:
+        start.wait()
+        for t in list(vocab)[k::8]:
+            got[t] = engine.detokenize([t])
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == want
+
+
 def test_stop_string_hold_back():
     assert _held_back("abc Uni", ["United"]) == 3
     assert _held_back("abc U", ["United", "xU"]) == 1
