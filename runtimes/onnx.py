@@ -18,6 +18,7 @@ Tokenizer: the ``tokenizers`` library on tokenizer.json; chat template via edgek
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from edgekit.tokenizer import read_json
 from runtimes.devices import Selection, physical_cores
 from runtimes.engine import Engine
 from runtimes.hftokenizer import HFTokenizer
+from runtimes.onnxgraph import session_source
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
        "tensor(int32)": np.int32}
@@ -56,6 +58,34 @@ def is_static(path: Path) -> bool:
     return all(d.HasField("dim_value") for d in ids.type.tensor_type.shape.dim)
 
 
+def _runnable_others() -> float:
+    """Other runnable threads on this machine right now: the median of a few reads of /proc/loadavg's running
+    count (minus this thread), else the 1-minute load average where /proc is missing (macOS, Windows)."""
+    try:
+        counts = []
+        for _ in range(5):
+            counts.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]) - 1)
+            time.sleep(0.002)
+        return float(sorted(counts)[len(counts) // 2])
+    except (OSError, IndexError, ValueError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
+def spinning(threads: int, cpus: int | None = None, others: float | None = None) -> bool:
+    """Whether onnxruntime's pool threads should spin between ops. OMP_WAIT_POLICY=ACTIVE / PASSIVE decides when
+    set (read, never set: the same switch OpenMP and llama.cpp obey). Otherwise spin when every pool thread has a
+    CPU nobody else wants: a decode step is ~1700 small ops, and waking sleeping threads for each costs ~1/3 of
+    the step on an idle machine, while spinning threads on busy CPUs lose 2-3x (measured with
+    benchmarks/runtime.py; onnxruntime-genai never spins, a plain onnxruntime loop always does)."""
+    policy = os.environ.get("OMP_WAIT_POLICY", "").upper()
+    if policy in ("ACTIVE", "PASSIVE"):
+        return policy == "ACTIVE"
+    cpus = cpus if cpus is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1
+    others = _runnable_others() if others is None else others
+    return threads <= cpus - others
+
+
 def _session(path: Path, selection: Selection, threads: int | None) -> Any:
     import onnxruntime as ort
 
@@ -63,15 +93,14 @@ def _session(path: Path, selection: Selection, threads: int | None) -> Any:
     so.intra_op_num_threads = threads or physical_cores()
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "ACTIVE":
-        # Pool threads wait without spinning, as onnxruntime-genai's generation loop runs them: with spinning, a
-        # decode step (dozens of small ops) loses 2-3x as soon as anything else wants the cores (measured:
-        # benchmarks/runtime.py, notes in README), for a few percent gained on an idle host. A user who wants
-        # spinning says so the way OpenMP (llama.cpp) is told: OMP_WAIT_POLICY=ACTIVE. Read, never set.
+    if not spinning(so.intra_op_num_threads):
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), so, providers=selection.providers)
-    except Exception as err:  # onnxruntime raises its own Fail / InvalidGraph / NoSuchFile types
+        source, config = session_source(path)
+        for key, value in config.items():
+            so.add_session_config_entry(key, value)
+        return ort.InferenceSession(source, so, providers=selection.providers)
+    except Exception as err:  # onnx / onnxruntime raise their own DecodeError / Fail / InvalidGraph / NoSuchFile types
         raise EdgekitError(f"onnxruntime cannot load {path}: {str(err).splitlines()[0][:200]}",
                            "re-create the directory with edgekit convert --to onnx") from None
 
