@@ -73,6 +73,8 @@ def side_edgekit(artifact: str, ids: list[int], n: int, threads: int) -> dict:
     # prompt_seconds: the prefill alone; eval_seconds: first sample + (n - 1) decodes + n samples
     res = {"prefill_tps": len(ids) / out.prompt_seconds, "decode_tps": (n - 1) / out.eval_seconds,
            "tokens": out.tokens}
+    if hasattr(engine, "spinning"):  # ONNX: whether the pool threads spin (chosen from the load at start)
+        res["spinning"] = engine.spinning
     if artifact.endswith(".gguf"):
         # llama-bench's tg128 decodes from an empty cache: the same work here is n tokens after a 1-token prompt
         # (end of text banned so all n are made; the ban is one more pass over the logits per token, ours to pay)
@@ -222,6 +224,8 @@ def measure(sides: list[str], artifact: Path, ids: list[int], n: int, threads: i
                                       round(max(x["decode_tps"] for x in rs), 1)]
         if name == "llama-bench":
             res[name]["build"] = rs[0].get("build")
+        if "spinning" in rs[0]:
+            res[name]["spinning"] = [x["spinning"] for x in rs]
     tokens = {name: rs[0]["tokens"][:n - 1] for name, rs in runs.items() if "tokens" in rs[0]}
     first = tokens[sides[0]]
     res["same_tokens"] = {name: t == first for name, t in tokens.items()}

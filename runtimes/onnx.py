@@ -86,14 +86,14 @@ def spinning(threads: int, cpus: int | None = None, others: float | None = None)
     return threads <= cpus - others
 
 
-def _session(path: Path, selection: Selection, threads: int | None) -> Any:
+def _session(path: Path, selection: Selection, threads: int, spin: bool) -> Any:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or physical_cores()
+    so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    if not spinning(so.intra_op_num_threads):
+    if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         source, config = session_source(path)
@@ -162,7 +162,8 @@ class OnnxEngine(Engine):
         self.bos_token, self.eos_token, self.bos_id = tok.bos_token, tok.eos_token, tok.bos_id
         self.eos_ids, self.chat_template = tok.eos_ids, tok.chat_template
         self.threads = threads or physical_cores()
-        sess = _session(_model_path(path), selection, threads)
+        self.spinning = spinning(self.threads)  # once: a second session's check would count the first one's pool
+        sess = _session(_model_path(path), selection, self.threads, self.spinning)
         inputs = {i.name: i for i in sess.get_inputs()}
         self.layers = sum(1 for n in inputs if n.startswith("past_key_values.") and n.endswith(".key"))
         if not self.layers or "logits" not in {o.name for o in sess.get_outputs()}:
@@ -183,7 +184,7 @@ class OnnxEngine(Engine):
             self.v = np.zeros_like(self.k)
             self._chunk = _StaticRunner(sess, self.k, self.v)
             decode_file = directory / "decode.onnx"
-            self._one = _StaticRunner(_session(decode_file, selection, threads), self.k, self.v) \
+            self._one = _StaticRunner(_session(decode_file, selection, self.threads, self.spinning), self.k, self.v) \
                 if decode_file.exists() and path.is_dir() else self._chunk
         else:
             import onnxruntime as ort
