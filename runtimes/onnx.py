@@ -4,8 +4,9 @@ The I/O contract is converters/onnx's (optimum's names). Two graph kinds:
 
 * dynamic (``model.onnx`` with symbolic dims): ``present`` = past + new, made by the graph's Concat.
   The present OrtValues are bound straight back as the next call's past (IO binding), so the cache
-  never goes through numpy between steps; the Concat inside the graph is the only copy, and it is
-  the graph's contract.
+  never goes through numpy between steps; the Concat inside the graph is the only copy (the exporter's
+  output Identity nodes, one more copy each, are removed at load: runtimes/onnxgraph.py), and it is the
+  graph's contract.
 * static (``--static``): ``model.onnx`` takes C-token chunks, ``decode.onnx`` one token, KV inputs are
   fixed buffers of ``context`` slots and ``present`` holds only the chunk's new K/V. The buffers are
   preallocated numpy arrays bound once as OrtValues (zero-copy on the CPU provider); each step binds
