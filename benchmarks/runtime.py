@@ -11,7 +11,8 @@ greedy:
   message when it is absent). llama-bench's tg starts from an empty cache while the others decode after the
   prompt, so each is compared like for like: edgekit also decodes N tokens after a 1-token prompt ("from
   empty", set against tg N), and llama-bench also runs ``tg@d{P}`` (``-d P``, set against edgekit's decode
-  after the prompt).
+  after the prompt). Every GGUF side is timed as llama-bench times itself: a warm-up with the whole prompt, then
+  ``GGUF_REPS`` runs in the process (llama-bench ``-r``), their median.
 * ONNX (SmolLM2 fp32 and fp16 exports): edgekit, a plain onnxruntime loop that feeds numpy arrays and grows
   the KV cache each step (what a user without IO binding writes), and onnxruntime-genai.
 
