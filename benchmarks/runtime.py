@@ -11,7 +11,8 @@ greedy:
   message when it is absent). llama-bench's tg starts from an empty cache while the others decode after the
   prompt, so each is compared like for like: edgekit also decodes N tokens after a 1-token prompt ("from
   empty", set against tg N), and llama-bench also runs ``tg@d{P}`` (``-d P``, set against edgekit's decode
-  after the prompt).
+  after the prompt). Every GGUF side is timed as llama-bench times itself: a warm-up with the whole prompt, then
+  ``GGUF_REPS`` runs in the process (llama-bench ``-r``), their median.
 * ONNX (SmolLM2 fp32 and fp16 exports): edgekit, a plain onnxruntime loop that feeds numpy arrays and grows
   the KV cache each step (what a user without IO binding writes), and onnxruntime-genai.
 
@@ -40,6 +41,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# repetitions timed inside each GGUF side's process (llama-bench -r): the median of them is that round's figure, so
+# one scheduling hiccup on a loaded host does not decide a round
+GGUF_REPS = 3
 TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
         "want of a wife. However little known the feelings or views of such a man may be on his first entering a "
         "neighbourhood, this truth is so well fixed in the minds of the surrounding families, that he is considered "
@@ -61,6 +65,8 @@ def _clock(stream) -> tuple[float, float, list[int]]:
 
 
 def side_edgekit(artifact: str, ids: list[int], n: int, threads: int) -> dict:
+    if artifact.endswith(".gguf"):
+        return side_edgekit_gguf(artifact, ids, n, threads)
     sys.path.insert(0, str(ROOT))
     import runtimes
     from runtimes.generate import generate
@@ -75,19 +81,41 @@ def side_edgekit(artifact: str, ids: list[int], n: int, threads: int) -> dict:
            "tokens": out.tokens}
     if hasattr(engine, "spinning"):  # ONNX: whether the pool threads spin (chosen from the load at start)
         res["spinning"] = engine.spinning
-    if artifact.endswith(".gguf"):
-        # llama-bench's tg128 decodes from an empty cache: the same work here is n tokens after a 1-token prompt
-        # (end of text banned so all n are made; the ban is one more pass over the logits per token, ours to pay)
-        eos = sorted(engine.eos_ids)
+    return res
 
-        def no_eos(logits, history):
-            logits = logits.copy()
-            logits[eos] = -float("inf")
-            return logits
 
+def side_edgekit_gguf(artifact: str, ids: list[int], n: int, threads: int) -> dict:
+    """As llama-bench times itself: warm-up with the whole prompt (weights paged in, compute buffers touched at
+    full size), then ``GGUF_REPS`` timed runs, medians; plus decode from an empty cache (its tg)."""
+    sys.path.insert(0, str(ROOT))
+    import runtimes
+    from runtimes.generate import generate
+
+    engine = runtimes.load(artifact, threads=threads)
+    generate(engine, ids, max_tokens=8)
+    runs = []
+    for _ in range(GGUF_REPS):
         engine.reset()
-        empty = generate(engine, ids[:1], max_tokens=n, processors=[no_eos])
-        res["decode_empty_tps"] = (n - 1) / empty.eval_seconds
+        out = generate(engine, ids, max_tokens=n)
+        assert out.eval_count == n, "hit end of text: pick a longer-running prompt"
+        # prompt_seconds: the prefill alone; eval_seconds: first sample + (n - 1) decodes + n samples
+        runs.append({"prefill_tps": len(ids) / out.prompt_seconds, "decode_tps": (n - 1) / out.eval_seconds})
+    res: dict = {k: statistics.median(r[k] for r in runs) for k in ("prefill_tps", "decode_tps")}
+    res["tokens"] = out.tokens
+    # llama-bench's tg128 decodes from an empty cache: the same work here is n tokens after a 1-token prompt
+    # (end of text banned so all n are made; the ban is one more pass over the logits per token, ours to pay)
+    eos = sorted(engine.eos_ids)
+
+    def no_eos(logits, history):
+        logits = logits.copy()
+        logits[eos] = -float("inf")
+        return logits
+
+    empty = []
+    for _ in range(GGUF_REPS):
+        engine.reset()
+        empty.append((n - 1) / generate(engine, ids[:1], max_tokens=n, processors=[no_eos]).eval_seconds)
+    res["decode_empty_tps"] = statistics.median(empty)
     return res
 
 
@@ -95,17 +123,20 @@ def side_llama_cpp_python(artifact: str, ids: list[int], n: int, threads: int) -
     import llama_cpp
 
     llm = llama_cpp.Llama(artifact, n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
-    llm.create_completion(ids[:16], max_tokens=8, temperature=0)  # warm-up
-    llm.reset()
+    llm.create_completion(ids, max_tokens=8, temperature=0)  # warm-up, as llama-bench's: the whole prompt once
 
     def stream():
         for _ in llm.create_completion(ids, max_tokens=n, temperature=0, top_k=1, stream=True):
             yield 0
 
-    first, rest, chunks = _clock(stream())
-    got = llm.input_ids[len(ids):llm.n_tokens].tolist()  # the last sampled token is never evaluated
-    assert len(got) >= n - 1 and len(chunks) >= n - 2, (len(got), len(chunks))
-    return {"prefill_tps": len(ids) / first, "decode_tps": (len(chunks) - 1) / rest, "tokens": got}
+    runs = []
+    for _ in range(GGUF_REPS):
+        llm.reset()
+        first, rest, chunks = _clock(stream())
+        got = llm.input_ids[len(ids):llm.n_tokens].tolist()  # the last sampled token is never evaluated
+        assert len(got) >= n - 1 and len(chunks) >= n - 2, (len(got), len(chunks))
+        runs.append({"prefill_tps": len(ids) / first, "decode_tps": (len(chunks) - 1) / rest})
+    return {**{k: statistics.median(r[k] for r in runs) for k in ("prefill_tps", "decode_tps")}, "tokens": got}
 
 
 def side_onnxruntime(artifact: str, ids: list[int], n: int, threads: int) -> dict:
@@ -181,21 +212,24 @@ def llama_bench_path() -> Path | None:
 
 
 def run_llama_bench(exe: Path, artifact: Path, n_prompt: int, n: int, threads: int) -> dict:
-    """pp{n_prompt}, tg{n} (empty cache) and tg{n}@d{n_prompt} (after n_prompt tokens), one repetition each."""
+    """pp{n_prompt}, tg{n} (empty cache) and tg{n}@d{n_prompt} (after n_prompt tokens), ``GGUF_REPS`` repetitions
+    each after llama-bench's own warm-up; the median of its samples, as the other GGUF sides report theirs."""
     out = {}
     for key, args in (("pp_tg", ["-p", str(n_prompt), "-n", str(n)]), ("depth", ["-p", "0", "-n", str(n),
                                                                                 "-d", str(n_prompt)])):
-        proc = subprocess.run([str(exe), "-m", str(artifact), *args, "-t", str(threads), "-r", "1", "-o", "json"],
+        proc = subprocess.run([str(exe), "-m", str(artifact), *args, "-t", str(threads), "-r", str(GGUF_REPS),
+                               "-o", "json"],
                               capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:
             if key == "depth":  # an older llama-bench without -d
                 continue
             raise RuntimeError(f"llama-bench failed: {proc.stderr[-2000:]}")
         for row in json.loads(proc.stdout):
+            tps = statistics.median(row["samples_ts"]) if row.get("samples_ts") else row["avg_ts"]
             if row.get("n_prompt") and not row.get("n_gen"):
-                out["prefill_tps"] = row["avg_ts"]
+                out["prefill_tps"] = tps
             elif row.get("n_gen") and not row.get("n_prompt"):
-                out["decode_tps" if key == "pp_tg" else "decode_depth_tps"] = row["avg_ts"]
+                out["decode_tps" if key == "pp_tg" else "decode_depth_tps"] = tps
             out.setdefault("build", {k: row.get(k) for k in ("build_commit", "build_number", "backends", "cpu_info")})
     return out
 
