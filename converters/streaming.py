@@ -134,6 +134,22 @@ class Encoder:
         self.pool.shutdown(cancel_futures=True)
 
 
+def return_freed_chunks() -> None:
+    """Have glibc's malloc hand every block of 128 KiB or more back to the OS when freed. By default the
+    threshold rises to the largest block freed so far (up to 32 MiB), after which chunk buffers come from
+    the heap and its high-water mark stays resident (~4 MB more peak RSS for the 1B f16 export). Process-wide;
+    a no-op where there is no mallopt. Hand-written: no library exposes malloc's options."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).mallopt(-3, 128 << 10)  # M_MMAP_THRESHOLD; setting it also stops its dynamic rise
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _rows_per_chunk(row: int) -> int:
     return max(1, _CHUNK // max(1, row))
 

@@ -28,6 +28,7 @@ from converters.gguf.model import Model
 from converters.gguf.stream import plan, write_gguf
 from converters.gguf.types import FILE_TYPES, resolve_outtype
 from converters.seam import NONE, Seam
+from converters.streaming import return_freed_chunks
 from edgekit import integrity, validate
 from edgekit.atomic import check_destination
 from edgekit.checkpoint import Checkpoint, open_checkpoint
@@ -154,6 +155,7 @@ def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle
     from edgekit.tokenizer import describe
 
     started = time.perf_counter()
+    return_freed_chunks()  # before the vocabulary and the chunk buffers come and go
     if adapter_only and not adapter:
         raise EdgekitError("--adapter-only needs --adapter DIR", "pass the PEFT LoRA adapter directory")
     # with --adapter-only the base tensors are never read (only names and shapes), so merging costs nothing
