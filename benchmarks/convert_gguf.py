@@ -123,7 +123,7 @@ def main(outtypes: list[str], rounds: int) -> int:
     copy = page_in(model)
     size = (model / "model.safetensors").stat().st_size
     print(f"model: {model} ({size / 1e9:.2f} GB fp16); plain copy of the weights: {copy:.1f} s; "
-          f"median of {rounds} alternating rounds, peak RSS the largest seen")
+          f"median of {rounds} alternating rounds, peak RSS the largest seen; load average {os.getloadavg()[0]:.1f}")
     edgekit = str(Path(sys.executable).with_name("edgekit"))
     with tempfile.TemporaryDirectory(dir=CACHE) as d:
         for outtype in outtypes:
@@ -133,7 +133,9 @@ def main(outtypes: list[str], rounds: int) -> int:
                 out = Path(d) / f"llamacpp-{outtype}.gguf"
                 sides["llamacpp"] = ([sys.executable, str(script), str(model), "--outtype", outtype, "--outfile",
                                       str(out)], out)
-            print(json.dumps({"outtype": outtype, **compare(sides, rounds)}), flush=True)
+            row = compare(sides, rounds)
+            # the machine's load while it ran: ratios measured under load are not the quiet figures
+            print(json.dumps({"outtype": outtype, **row, "loadavg_1m": round(os.getloadavg()[0], 1)}), flush=True)
     if not have_llama:
         print("llama.cpp: skipped (set LLAMA_CPP_DIR to a llama.cpp checkout holding convert_hf_to_gguf.py; "
               "the llama-cpp-python sdist has one under vendor/llama.cpp)")

@@ -30,6 +30,7 @@ RECREATE = "re-create it with edgekit convert (or restore it from where it came)
 # GGUF value types (gguf-py's GGUFValueType): scalar struct codes; 8 = string, 9 = array
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _U64 = struct.Struct("<Q")
+_READ_BYTES = 1 << 20  # per read of a kernel-copied range: large enough for sha256's speed, small in RSS
 _MAX_COUNT = 1 << 24  # more keys, tensors or array items than any model has: a corrupt count
 
 
@@ -184,8 +185,8 @@ class InlineSha256:
 
     :meth:`feed` takes a buffer the caller will not change again (an encoded numpy chunk is kept
     alive, not copied, until hashed); :meth:`feed_file` takes a byte range of a file the writer copied
-    by the kernel (never through this process), hashed from the page cache through short-lived mmaps
-    so the mapped pages never pile up in the resident set. At most ``depth`` items wait: bounded memory.
+    by the kernel (never through this process), read back from the page cache into one reused buffer
+    (a mapping's touched pages would count in the resident set). At most ``depth`` items wait: bounded memory.
     """
 
     def __init__(self, depth: int = 8) -> None:
@@ -225,10 +226,13 @@ class InlineSha256:
         self.items.put(item)
 
     def _run(self) -> None:
+        buf: memoryview | None = None  # for kernel-copied ranges, allocated at the first one
         try:
             while (item := self.items.get()) is not None and not self.cancelled:
                 if isinstance(item, tuple):
-                    _hash_file_range(self.h, *item)
+                    if buf is None:
+                        buf = memoryview(bytearray(_READ_BYTES))
+                    _hash_file_range(self.h, *item, buf)
                 else:
                     self.h.update(item)
         except BaseException as exc:  # re-raised on the writer's thread by the next feed() or finish()
@@ -237,21 +241,22 @@ class InlineSha256:
                 pass
 
 
-def _hash_file_range(h: Any, path: Path, start: int, end: int, window: int = 64 << 20) -> None:
-    """Feed ``path[start:end]`` to ``h`` straight from the page cache (mmap windows, each unmapped after use)."""
-    import mmap
+def _hash_file_range(h: Any, path: Path, start: int, end: int, buf: memoryview) -> None:
+    """Feed ``path[start:end]`` to ``h`` by positioned reads into ``buf`` (one reused buffer): the bytes
+    come from the page cache and no page of the file is ever mapped, so nothing piles up in the resident set."""
+    import os
 
-    with path.open("rb") as fh:
+    fd = os.open(path, os.O_RDONLY)
+    try:
         pos = start
         while pos < end:
-            base = pos - pos % mmap.ALLOCATIONGRANULARITY
-            length = min(end, base + window) - base
-            with mmap.mmap(fh.fileno(), length, offset=base, access=mmap.ACCESS_READ) as m:
-                if hasattr(m, "madvise"):
-                    m.madvise(mmap.MADV_SEQUENTIAL)
-                with memoryview(m) as view:
-                    h.update(view[pos - base:length])
-            pos = base + length
+            n = os.preadv(fd, [buf[:min(len(buf), end - pos)]], pos)
+            if n <= 0:
+                raise OSError(f"{path} ended at byte {pos}, before {end}")
+            h.update(buf[:n])
+            pos += n
+    finally:
+        os.close(fd)
 
 
 def patch_gguf_data_hash(path: Path, kv_end: int, placeholder: str, value: str | None = None) -> str:

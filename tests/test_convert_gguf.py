@@ -192,10 +192,10 @@ def _recast(src: Path, dst: Path, dtype: str) -> Path:
 
 @pytest.mark.parametrize("arch", ["llama", "mixtral"])
 def test_chunked_and_copied_tensors_equal_whole_ones(arch, random_model, tmp_path, monkeypatch):
-    """Row chunks across threads, kernel copies and their read/write fallback give the same bytes as
-    encoding each tensor whole, for f32 and bf16 checkpoints and every output type."""
+    """Row chunks across threads, kernel copies and their read/write fallback, and Q/K rows gathered in
+    chunks give the same bytes as encoding each tensor whole, for f32 and bf16 checkpoints and every output type."""
     from converters import streaming
-    from converters.gguf import base
+    from converters.gguf import base, stream
 
     sources = {"f32": random_model(arch), "bf16": _recast(random_model(arch), tmp_path / "bf16", "bfloat16")}
 
@@ -213,6 +213,13 @@ def test_chunked_and_copied_tensors_equal_whole_ones(arch, random_model, tmp_pat
                 m.setattr(streaming.os, "copy_file_range", _no_copy_file_range, raising=False)
                 chunked = run(src, outtype, "chunked.gguf")
             assert chunked == whole, (kind, outtype)
+            if outtype in ("f16", "q8_0"):  # q/k reordered as whole tensors, not gathered by rows
+                found, row_order = [], stream._row_order
+                with monkeypatch.context() as m:
+                    m.setattr(stream, "_row_order", lambda *a, f=found, r=row_order: f.append(r(*a)))
+                    assert run(src, outtype, "whole-qk.gguf") == whole, (kind, outtype)
+                n_layers = json.loads((src / "config.json").read_text())["num_hidden_layers"]
+                assert sum(r is not None for r in found) == 2 * n_layers  # every q and k was gathered above
 
 
 def _no_copy_file_range(*args):

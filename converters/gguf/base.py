@@ -28,6 +28,7 @@ from converters.gguf.model import Model
 from converters.gguf.stream import plan, write_gguf
 from converters.gguf.types import FILE_TYPES, resolve_outtype
 from converters.seam import NONE, Seam
+from converters.streaming import return_freed_chunks
 from edgekit import integrity, validate
 from edgekit.atomic import check_destination
 from edgekit.checkpoint import Checkpoint, open_checkpoint
@@ -89,12 +90,17 @@ class TokenizerCheckLater:
     """edgekit.tokenizer_check: llama.cpp reads the vocabulary from the written metadata, so the value is
     written as a fixed-width placeholder and patched in place, like :class:`Sha256Later`.
 
-    The check runs on a thread while the tensors are written (:meth:`start`), on a copy of the file's
-    metadata with its tensor count set to 0: llama.cpp's vocab_only load reads the same keys, and
-    neither maps nor checks weights that are still being written.
+    The check runs while the tensors are written (:meth:`start`), in a child process, on a copy of the file's
+    metadata with its tensor count set to 0: llama.cpp's vocab_only load reads the same keys, and neither
+    maps nor checks weights that are still being written. A child, because llama.cpp's library and its
+    vocabulary (~13 MB) would otherwise stay resident beside the streaming writer, llama-cpp-python points
+    fd 1 and 2 at /dev/null while it loads (hiding whatever the converter prints then), and a vocabulary
+    llama.cpp aborts on becomes a verdict instead of the converter's death.
     """
 
     WIDTH = 1024
+    _CHILD = ("import json, sys; from pathlib import Path; from edgekit.tokenizer_check import check_gguf; "
+              "print(json.dumps(check_gguf(Path(sys.argv[1]), json.load(sys.stdin))))")
 
     def __init__(self, probe: dict[str, Any]) -> None:
         self.probe = probe
@@ -108,21 +114,31 @@ class TokenizerCheckLater:
         self.thread.start()
 
     def _run(self, head: bytes) -> None:
+        import os
+        import subprocess
+        import sys
         import tempfile
-
-        from edgekit import tokenizer_check
 
         try:
             with tempfile.TemporaryDirectory(prefix="edgekit-vocab-") as d:
                 meta_only = Path(d) / "vocab.gguf"
                 meta_only.write_bytes(head[:8] + (0).to_bytes(8, "little") + head[16:])  # n_tensors: 0
-                self.record = tokenizer_check.check_gguf(meta_only, self.probe)
+                del head
+                root = str(Path(__file__).resolve().parents[2])  # this package, importable as the parent sees it
+                env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH"))
+                                                                   if p)}
+                proc = subprocess.run([sys.executable, "-c", self._CHILD, str(meta_only)], input=json.dumps(self.probe),
+                                      capture_output=True, text=True, env=env)
+            try:
+                self.record = json.loads(proc.stdout)
+            except ValueError:
+                last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+                self.record = {"ok": False, "tokens": 0, "detail": f"llama.cpp's vocabulary check failed: {last[:300]}"}
         except BaseException as exc:  # re-raised on the main thread in patch()
             self.error = exc
 
     def wait(self) -> None:
-        """Until the check has ended: while llama.cpp loads the vocabulary, fd 1 and 2 point at /dev/null
-        (llama-cpp-python's suppress_stdout_stderr), so an error printed before then would be lost."""
+        """Until the check has ended (its child process is waited for, its temporary copy removed)."""
         if self.thread is not None:
             self.thread.join()
 
@@ -154,6 +170,7 @@ def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle
     from edgekit.tokenizer import describe
 
     started = time.perf_counter()
+    return_freed_chunks()  # before the vocabulary and the chunk buffers come and go
     if adapter_only and not adapter:
         raise EdgekitError("--adapter-only needs --adapter DIR", "pass the PEFT LoRA adapter directory")
     # with --adapter-only the base tensors are never read (only names and shapes), so merging costs nothing

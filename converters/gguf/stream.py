@@ -10,7 +10,9 @@ through), so the header is written before any weight is read and only one tensor
 - any other untouched stored tensor is read in row chunks, each converted (numpy; BF16 and Q8_0 by
   ``gguf.quants``) on a pool of one thread per core (:mod:`converters.streaming`, the path the ONNX
   external data takes too);
-- a tensor the family transforms (Q/K rope order, stacked experts...) is built whole in numpy, then
+- a tensor the family only reorders by rows (Q/K rope order; found by :func:`_row_order`) is read and
+  gathered in small row chunks on the same pool, never whole;
+- any other tensor the family transforms (stacked experts, norm offsets...) is built whole in numpy, then
   encoded in the same chunks.
 
 The tensor seam (:mod:`converters.seam`) sits in :func:`plan`: each tensor's GGML type is chosen
@@ -66,13 +68,14 @@ class Plan:
     job: Job
     shape: tuple[int, ...]
     qtype: Q
-    stored: Stored | None  # the job returns this stored tensor unchanged (and no seam transform claims it)
+    stored: Stored | None  # the job returns this stored tensor unchanged or reordered by rows (no seam transform)
     info: tseam.TensorInfo | None = None
     transform: tseam.Transform | None = None
+    rows: np.ndarray | None = None  # the stored row of each output row, when the job only reorders rows
 
     @property
     def copied(self) -> bool:
-        return self.stored is not None and _SAME_BYTES.get(self.stored.dtype) == self.qtype
+        return self.stored is not None and self.rows is None and _SAME_BYTES.get(self.stored.dtype) == self.qtype
 
 
 class Source:
@@ -118,14 +121,39 @@ def plan(jobs: Iterable[Job], ckpt: Any, outtype: Q, seam: tseam.Seam = tseam.NO
             raise EdgekitError(f"storage type {seam.storage_for(info, default)!r} for {job.name} is not a GGML type",
                                f"choose one of: {', '.join(t.name for t in Q)}") from None
         transform = seam.transform_for(info)
-        stored = None
-        if len(inputs) == 1 and result is inputs[0] and transform is None:
+        stored, rows = None, None
+        if len(inputs) == 1 and transform is None:
+            rows = None if result is inputs[0] else _row_order(job, shape, inputs[0].shape)
             name = job.inputs[0]
             where = ckpt.byte_range(name)
-            if where is not None and ckpt.tensors[name].dtype in _JOB_DTYPES:
+            if (result is inputs[0] or rows is not None) and where is not None \
+                    and ckpt.tensors[name].dtype in _JOB_DTYPES:
                 stored = Stored(*where, ckpt.tensors[name].dtype)
-        out.append(Plan(job, shape, qtype, stored, info, transform))
+            else:
+                rows = None
+        out.append(Plan(job, shape, qtype, stored, info, transform, rows))
     return out
+
+
+def _row_order(job: Job, shape: tuple[int, ...], in_shape: tuple[int, ...]) -> np.ndarray | None:
+    """The input row each output row comes from, if ``job`` only reorders the rows of its matrix (llama.cpp's
+    Q/K rope order), else None. Found by running the job on a probe matrix whose first column numbers the
+    rows and whose other columns are random: a job that changes any value, mixes columns or changes the
+    shape does not give back whole rows of the probe."""
+    if len(shape) != 2 or tuple(in_shape) != shape:
+        return None
+    rng = np.random.default_rng(0)
+    probe = np.column_stack([np.arange(shape[0], dtype=np.float64), rng.standard_normal((shape[0], 3))])
+    try:
+        out = np.asarray(job.fn(probe))
+    except Exception:  # the job needs the real width or dtype: not a plain reordering
+        return None
+    if out.shape != probe.shape or out.dtype != probe.dtype:
+        return None
+    rows = out[:, 0].astype(np.int64)
+    if not np.array_equal(np.sort(rows), np.arange(shape[0])) or not np.array_equal(out, probe[rows]):
+        return None
+    return rows
 
 
 def _encode(rows: np.ndarray, qtype: Q) -> np.ndarray:
@@ -152,7 +180,7 @@ class Planned:
             fout.copy_range(p.stored.file, p.stored.start, p.stored.end)
         elif p.stored is not None:
             self.encoder.write_stored(fout, p.stored.file, p.stored.start, p.stored.dtype, p.shape,
-                                      partial(_encode, qtype=p.qtype))
+                                      partial(_encode, qtype=p.qtype), rows=p.rows)
         else:
             t = self.real.run(p.job)
             if tuple(t.shape) != p.shape:
