@@ -110,6 +110,67 @@ def check_hf_directory(source: Path, artifact_dir: Path) -> dict[str, Any]:
     return record
 
 
+class Pending:
+    """:func:`check_hf_directory` under way, in a child process unless transformers is loaded already:
+    importing transformers beside torch costs ~3 s of CPU that the parent's weight conversion needs; the
+    child hides torch, so transformers loads only its tokenizer half (~1.3 s), on its own interpreter lock.
+    In this process it runs on a thread. :meth:`result` waits for the record."""
+
+    def __init__(self, source: Path, artifact_dir: Path, child: bool | None = None) -> None:
+        import os
+        import subprocess
+        import sys
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self.record: dict[str, Any] | None = None
+        self.proc: subprocess.Popen[str] | None = None
+        self.job: Future[dict[str, Any]] | None = None
+        if child is None:
+            child = "transformers" not in sys.modules  # once loaded, checking here costs little
+        if not child:
+            pool = ThreadPoolExecutor(max_workers=1)
+            self.job = pool.submit(check_hf_directory, source, artifact_dir)
+            pool.shutdown(wait=False)
+            return
+        root = str(Path(__file__).resolve().parents[1])  # this package, importable as the parent sees it
+        env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error",
+               "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        self.proc = subprocess.Popen([sys.executable, "-m", __name__, str(source), str(artifact_dir)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def result(self) -> dict[str, Any]:
+        from edgekit.errors import EdgekitError
+
+        if self.record is None and self.job is not None:
+            self.record = self.job.result()
+        if self.record is None:
+            assert self.proc is not None
+            out, err = self.proc.communicate()
+            try:
+                self.record = json.loads(out.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                last = (err.strip().splitlines() or [f"exit code {self.proc.returncode}"])[-1]
+                raise EdgekitError(f"checking the tokenizer failed: {last[:200]}",
+                                   "check that transformers loads it: AutoTokenizer.from_pretrained(DIR)") from None
+        return self.record
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+            try:
+                self.job.result()  # a running check finishes: it may still write into the artifact directory
+            except BaseException:  # the error that cancels the export is the one to report
+                pass
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+def start_hf_directory(source: Path, artifact_dir: Path, child: bool | None = None) -> Pending:
+    """Begin :func:`check_hf_directory` (``child`` forces where; default: a child unless transformers is loaded)."""
+    return Pending(source, artifact_dir, child)
+
+
 def as_metadata(record: dict[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":"))
 
@@ -136,3 +197,17 @@ def check_gguf(path: Path, ref: dict[str, Any]) -> dict[str, Any]:
         return compare(ref, lambda text, special: tokenize(llm, text, special, prepend_first), "llama.cpp")
     finally:
         llm.close()
+
+
+def _main(source: str, artifact_dir: str) -> int:
+    import sys
+
+    sys.modules["torch"] = None  # type: ignore[assignment]  # transformers then skips its torch half
+    print(json.dumps(check_hf_directory(Path(source), Path(artifact_dir))))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(*sys.argv[1:3]))

@@ -95,3 +95,29 @@ def test_streamed_initializers_are_bit_identical(arch, stored, dtype, random_mod
 
     manifest = json.loads((out / "edgekit.json").read_text())
     assert manifest["files"]["model.onnx.data"]["sha256"] == file_sha256(out / "model.onnx.data")
+
+
+@pytest.mark.parametrize("stored", ["float16", "float32"])
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_chunk_casts_of_transposed_weights_are_numpys(stored, dtype):
+    from converters.onnx.graph import _cast
+
+    rng = np.random.default_rng(0)
+    for shape, rows in (((1000, 600), 300), ((300, 520), 520), ((64, 9), 9)):
+        w = rng.standard_normal(shape).astype(stored) * 300  # past fp16's range too: inf where it overflows
+        for chunk in (w.T[:rows], w.T[rows // 3:rows], w):
+            got = _cast(chunk, np.dtype(dtype))
+            assert got.flags.c_contiguous and got.dtype == dtype
+            assert got.tobytes() == np.ascontiguousarray(chunk, dtype=dtype).tobytes()
+
+
+def test_tokenizer_check_in_a_child_process_gives_the_same_record(tiny_dir, tmp_path):
+    from edgekit import tokenizer_check
+
+    records = []
+    for child in (True, False):
+        out = tmp_path / f"child-{child}"
+        out.mkdir()
+        shutil.copy(tiny_dir / "tokenizer.json", out)
+        records.append(tokenizer_check.start_hf_directory(tiny_dir, out, child=child).result())
+    assert records[0] == records[1] and records[0]["ok"] is True and records[0]["tokens"] > 0

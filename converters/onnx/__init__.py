@@ -111,12 +111,10 @@ def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int
     from concurrent.futures import ThreadPoolExecutor
 
     from converters.onnx import genai, mobile
-    from converters.onnx.decoder import DecoderBuilder, Variant, Weights
-    from converters.onnx.graph import OPSET, Graph, WeightFile
-    from converters.seam import NONE
+    from converters.onnx.decoder import Variant
+    from converters.onnx.graph import OPSET
     from edgekit import manifest as mf
     from edgekit import tokenizer_check
-    from edgekit.rope import tables
     from edgekit.tokenizer import chat_template, copy_files, describe, stop_token_ids
 
     np_dtype = np.dtype(np.float16 if dtype == "fp16" else np.float32)
@@ -129,15 +127,67 @@ def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int
             graphs["decode.onnx"] = Variant(np_dtype, static=True, tokens=1, context=n)
     else:
         graphs["model.onnx"] = Variant(np_dtype)
+    copy_files(ckpt.path, out)
+    # what needs no weights runs beside the export: the tokenizer check on the files just copied (a child
+    # process, started first: it is the slowest to start), the source's sha256 (which also refuses NaN /
+    # infinite weights) on a thread
+    check_job = tokenizer_check.start_hf_directory(ckpt.path, out)
+    side = ThreadPoolExecutor(max_workers=1)
+    source_sha = side.submit(ckpt.sha256)
+    try:
+        weights = _stream(ckpt, spec, out, graphs, dtype, sizes, context, progress, seam)
+        if not sizes:
+            (out / "genai_config.json").write_text(json.dumps(genai.config(spec, context), indent=4) + "\n")
+        usability = {name: mobile.usability(out / name) for name in graphs}
+        if ort:
+            mobile.to_ort(out)
+        check = check_job.result()
+    except BaseException:
+        check_job.cancel()  # before the temporary directory goes: the check may write tokenizer.json there
+        side.shutdown(wait=True, cancel_futures=True)
+        raise
+    onnx_info = {
+        "opset": OPSET, "dtype": dtype, "static": bool(sizes), "graphs": {
+            name: {"tokens": v.tokens or None, "context": v.context or None} for name, v in graphs.items()},
+        "inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key",
+                   "past_key_values.{i}.value"],
+        "outputs": ["logits", "present.{i}.key", "present.{i}.value"],
+        "kv_shape": ["batch", spec.num_kv_heads, "seq", spec.head_dim],
+        "present": "new chunk only (host writes it at slot = position)" if sizes else "past + new",
+        "index_dtype": "int32" if sizes else "int64",
+        "genai_config": not sizes,
+    }
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    try:
+        source_sha256 = source_sha.result()
+    finally:
+        side.shutdown(wait=False)
+    manifest = mf.build(
+        format="onnx", source=str(ckpt.path), source_sha256=source_sha256, hashed={weights.path: weights.sha256},
+        quant={"method": "none", "dtype": dtype}, tokenizer=describe(ckpt.path), chat_template=chat_template(ckpt.path),
+        context_length=context, files=files, root=out,
+        adapter=str(ckpt.adapter.path) if ckpt.adapter is not None else None,
+        architecture=spec.architecture, onnx=onnx_info, mobile_usability=usability,
+        stop_token_ids=stop_token_ids(ckpt.path), tokenizer_check=check,
+    )
+    mf.write(out, manifest)
+    return {"architecture": spec.architecture, "graphs": list(graphs), "context_length": context,
+            "mobile_usability": {g: {ep: {k: r[k] for k in ("partitions", "supported_share", "verdict")}
+                                     for ep, r in u.items()} for g, u in usability.items()},
+            "stop_token_ids": manifest["stop_token_ids"], "tokenizer_check": check, "_files": manifest["files"]}
+
+
+def _stream(ckpt: Any, spec: Any, out: Path, graphs: dict[str, Any], dtype: str, sizes: tuple[int, int] | None,
+            context: int, progress: bool, seam: Any) -> Any:
+    """Build every graph while its weights stream into model.onnx.data; returns the closed WeightFile."""
+    from converters.onnx.decoder import DecoderBuilder, Weights
+    from converters.onnx.graph import Graph, WeightFile
+    from converters.seam import NONE
+    from edgekit.rope import tables
+
     # the static graph gathers positions up to context + chunk - 1; the dynamic one up to the model's limit
     rope_len = (sizes[0] + sizes[1]) if sizes else spec.context_length
     rope = tables(ckpt.config, spec, rope_len) if spec.rope is not None else None
-    copy_files(ckpt.path, out)
-    # what needs no weights runs beside the export: the source's sha256 (which also refuses NaN / infinite
-    # weights) and the tokenizer check, on the tokenizer files just copied
-    side = ThreadPoolExecutor(max_workers=2)
-    source_sha = side.submit(ckpt.sha256)
-    check_job = side.submit(tokenizer_check.check_hf_directory, ckpt.path, out)
     weights = WeightFile(out / "model.onnx.data")
     reader = Weights(ckpt)
     bar = None
@@ -157,43 +207,8 @@ def _write(ckpt: Any, spec: Any, out: Path, *, dtype: str, sizes: tuple[int, int
         weights.close()
     except BaseException:
         weights.abort()
-        side.shutdown(wait=True, cancel_futures=True)
         raise
     finally:
         if bar:
             bar.close()
-    if not sizes:
-        (out / "genai_config.json").write_text(json.dumps(genai.config(spec, context), indent=4) + "\n")
-    usability = {name: mobile.usability(out / name) for name in graphs}
-    if ort:
-        mobile.to_ort(out)
-    onnx_info = {
-        "opset": OPSET, "dtype": dtype, "static": bool(sizes), "graphs": {
-            name: {"tokens": v.tokens or None, "context": v.context or None} for name, v in graphs.items()},
-        "inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key",
-                   "past_key_values.{i}.value"],
-        "outputs": ["logits", "present.{i}.key", "present.{i}.value"],
-        "kv_shape": ["batch", spec.num_kv_heads, "seq", spec.head_dim],
-        "present": "new chunk only (host writes it at slot = position)" if sizes else "past + new",
-        "index_dtype": "int32" if sizes else "int64",
-        "genai_config": not sizes,
-    }
-    check = check_job.result()
-    files = sorted(p for p in out.rglob("*") if p.is_file())
-    try:
-        source_sha256 = source_sha.result()
-    finally:
-        side.shutdown(wait=False)
-    manifest = mf.build(
-        format="onnx", source=str(ckpt.path), source_sha256=source_sha256, hashed={weights.path: weights.sha256},
-        quant={"method": "none", "dtype": dtype}, tokenizer=describe(ckpt.path), chat_template=chat_template(ckpt.path),
-        context_length=context, files=files, root=out,
-        adapter=str(ckpt.adapter.path) if ckpt.adapter is not None else None,
-        architecture=spec.architecture, onnx=onnx_info, mobile_usability=usability,
-        stop_token_ids=stop_token_ids(ckpt.path), tokenizer_check=check,
-    )
-    mf.write(out, manifest)
-    return {"architecture": spec.architecture, "graphs": list(graphs), "context_length": context,
-            "mobile_usability": {g: {ep: {k: r[k] for k in ("partitions", "supported_share", "verdict")}
-                                     for ep, r in u.items()} for g, u in usability.items()},
-            "stop_token_ids": manifest["stop_token_ids"], "tokenizer_check": check, "_files": manifest["files"]}
+    return weights

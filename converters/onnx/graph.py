@@ -91,10 +91,14 @@ class WeightFile:
         self.encoder.close()
 
 
-def _cast(rows: np.ndarray, dtype: np.dtype, tile: int = 256) -> np.ndarray:
+def _cast(rows: np.ndarray, dtype: np.dtype, tile: int | None = None) -> np.ndarray:
     """``rows`` as a C-contiguous ``dtype`` array. A transposed view (MatMul's (in, out) of an (out, in)
-    weight) is copied a block of ``tile`` columns at a time, so the strided reads stay in cache (twice
-    numpy's speed for the whole view at once); the values are the same casts either way."""
+    weight) is copied a block of ``tile`` columns at a time, so the strided reads stay in cache; the values
+    are the same casts either way. Measured per 4M-element chunk against the whole view at once: a cast
+    is fastest in blocks of 256 columns (twice numpy's speed); a plain transpose (fp16 export of an fp16
+    checkpoint) in blocks of 16 bytes' width, 3x faster again than 256 columns."""
+    if tile is None:
+        tile = max(1, 16 // rows.dtype.itemsize) if rows.dtype == dtype else 256
     if rows.ndim != 2 or rows.strides[0] >= rows.strides[1] or rows.shape[1] <= tile:
         return np.ascontiguousarray(rows, dtype=dtype)
     out = np.empty(rows.shape, dtype)
