@@ -22,6 +22,9 @@ is skipped.
   wall time, peak RSS and the per-linear ||WX - ŴX||² ratio GPTQ / RTN from the manifest; ``--gptq-1b`` adds the
   1B-shaped checkpoint (peak RSS against its fp16 size: the pass is layer by layer).
 
+The GPTQ and AWQ rows also give ``edgekit_cpu_s`` (CPU seconds of the whole process tree, which a loaded machine
+does not inflate as it does wall time) and the 1-minute load average.
+
     python benchmarks/quantize.py [--skip-1b] [--awq | --awq-only] [--awq-samples=128]
     python benchmarks/quantize.py --gptq [--gptq-1b]
 """

@@ -1,8 +1,8 @@
 """``edgekit quantize --method awq`` from start to end: checks, calibration tokens, AWQ on the float32 HF model
 (:mod:`quant.awq`), the equivalent scaled checkpoint written beside the destination, then the ordinary
 quantize path on it (``--then rtn`` onto the grid AWQ searched against, ``--then nf4``, or a llama.cpp
-k-quant with edgekit's importance matrix, AWQ having searched against Q4_1, the k-quants' closest linear
-grid), and the manifest: method, grid, calibration source and sha256, alpha per layer and group.
+k-quant with edgekit's importance matrix, AWQ having searched against that k-quant's own round trip,
+:mod:`quant.awq_kgrid`), and the manifest: method, grid, calibration source and sha256, alpha per layer and group.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def run(model: str, fmt: str, output: str | None, *, then: str | None = None, qt
     if imatrix_file:
         raise EdgekitError("--imatrix does not apply to awq", "drop --imatrix: the importance matrix is computed "
                            "from the scaled model and --calib")
-    if clip is None:  # clipping on q4_1 as a stand-in for a k-quant's grid measured worse (tiny: KLD +6%)
+    if clip is None:  # off before k-quants: measured worse (tiny: KLD +6%) when the search ran on a q4_1 stand-in
         clip = plan["kind"] != "kquant"
     if plan["kind"] == "seam" and no_imatrix:
         raise EdgekitError("--no-imatrix applies to --then k-quants only", "drop --no-imatrix")
