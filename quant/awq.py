@@ -2,13 +2,15 @@
 
 Per decoder layer and per *group* (linears that read the same input, and the operation that produces it):
 ``s = mean|x| ** alpha`` per input channel (normalised so max*min = 1), ``alpha`` searched on a grid
-against the group's output error on calibration data, ``|| X Wᵀ - (X/s) Q(W·s)ᵀ ||²`` with ``Q`` the
-target grid's own round trip (:func:`quant.grids.get`), so the error searched is the error the device
-sees. The chosen ``s`` is folded: the producer (RMSNorm / LayerNorm weight and bias, gemma's ``1 + w``,
-or the rows of the preceding linear: v -> o, up -> down) is divided by ``s`` and the consumers' input
-columns multiplied by it, so before quantization the model computes the same function. The fold rules
-follow AutoAWQ's: v -> o only when v's outputs are o's inputs one to one (no GQA), no fold across a
-non-linear activation (gpt2's c_fc -> c_proj), a MoE router reads the scaled norm too and is scaled with
+against the error on calibration data with ``Q(W·s)/s`` in place of ``W``, ``Q`` the target grid's own round
+trip (:func:`quant.grids.get`, or llama.cpp's k-quant in :mod:`quant.awq_kgrid`), so the error searched is the
+error the device sees: for a norm-fed group (q/k/v, gate/up) the error of the whole attention / MLP block's
+output (AutoAWQ's ``module2inspect``), for v -> o and up -> down that of the linear's own output
+``|| X Wᵀ - (X/s) Q(W·s)ᵀ ||²``, which is the block's. The chosen ``s`` is folded: the producer (RMSNorm / LayerNorm
+weight and bias, gemma's ``1 + w``, or the rows of the preceding linear: v -> o, up -> down) is divided by
+``s`` and the consumers' input columns multiplied by it, so before quantization the model computes the same
+function. The fold rules follow AutoAWQ's: v -> o only when v's outputs are o's inputs one to one (no GQA), no fold
+across a non-linear activation (gpt2's c_fc -> c_proj), a MoE router reads the scaled norm too and is scaled with
 the experts, every expert's up -> down with the tokens routed to it. Optional clip search (AutoAWQ's
 auto_clip): per block, the clamp ``±max`` (shrinking by 1/20 steps down to half) whose grid round trip
 gives the least output error on sampled tokens; not for q/k (their errors pass through q·kᵀ).
@@ -35,6 +37,7 @@ from edgekit.errors import EdgekitError
 
 ALPHAS = tuple(i / 20 for i in range(20))  # AutoAWQ's grid: 0, 0.05, ..., 0.95
 CLIP_STEPS, CLIP_MAX_SHRINK = 20, 0.5
+BLOCK_TOKENS = 2048  # calibration tokens the block-output search runs the attention / MLP on, per alpha
 
 
 class Mat:
@@ -219,36 +222,95 @@ def plan(layer: torch.nn.Module, family: Any, spec: Any, layer_index: int) -> La
 
 # ---- the grid's round trip ------------------------------------------------------------------------------
 
-def round_trip(grid: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """w [out, in] -> the weight the runtime computes after the grid's quantize and dequantize."""
+def round_trip(grid: Any) -> Callable[..., torch.Tensor]:
+    """(w [out, in], importance [in] or None) -> the weight the runtime computes after the grid's quantize and
+    dequantize; the importance (mean x² per input column) reaches only a grid that weighs by it, as llama.cpp's
+    k-quants do with an importance matrix."""
+    weighted = getattr(grid, "weighted", False)
 
-    def rt(w: torch.Tensor) -> torch.Tensor:
+    def rt(w: torch.Tensor, importance: torch.Tensor | None = None) -> torch.Tensor:
         a = w.detach().float().numpy()
-        return torch.from_numpy(np.ascontiguousarray(grid.dequantize(grid.quantize(a)), dtype=np.float32))
+        if weighted and importance is not None:
+            q = grid.quantize(a, importance.detach().float().numpy())
+        else:
+            q = grid.quantize(a)
+        return torch.from_numpy(np.ascontiguousarray(grid.dequantize(q), dtype=np.float32))
 
     return rt
 
 
 # ---- search ---------------------------------------------------------------------------------------------
 
-def search_scale(x_mean: torch.Tensor, gram: torch.Tensor, mats: list[Mat], rt: Callable, alphas=ALPHAS
-                 ) -> tuple[float, torch.Tensor, list[float]]:
+def search_scale(x_mean: torch.Tensor, gram: torch.Tensor, mats: list[Mat], rt: Callable, alphas=ALPHAS,
+                 block: Callable[[list[torch.Tensor]], float] | None = None) -> tuple[float, torch.Tensor, list[float]]:
     """(best alpha, its scales, error per alpha) for a group with input statistics ``x_mean`` = mean|x| per
-    channel and ``gram`` = XᵀX / n of sampled input rows: the output error ``||X Wᵀ - (X/s) Q(W·s)ᵀ||² / n``
-    is ``Σ (ΔW G) ⊙ ΔW`` with ``ΔW = W - Q(W·s)/s``, which costs out·in² instead of n·out·in."""
+    channel and ``gram`` = XᵀX / n of sampled input rows. With ``block`` (AutoAWQ's ``module2inspect``): the
+    error is ``block(the group's weights as the grid leaves them, Q(W·s)/s)``, the squared error of the whole
+    attention or MLP output; without: the group's own output error ``||X Wᵀ - (X/s) Q(W·s)ᵀ||² / n`` as
+    ``Σ (ΔW G) ⊙ ΔW`` with ``ΔW = W - Q(W·s)/s``, which costs out·in² instead of n·out·in."""
     ws = [m.weight() for m in mats]
+    diag = torch.diagonal(gram)
     errors, best = [], (float("inf"), 0.0, torch.ones_like(x_mean))
     for a in alphas:
         s = x_mean.clamp(min=1e-4).pow(a)  # AutoAWQ's floor keeps dead channels from blowing up
         s = s / (s.max() * s.min()).sqrt()
-        err = 0.0
-        for w in ws:
-            d = w - rt(w * s) / s
-            err += float(((d @ gram) * d).sum())
+        qs = [rt(w * s, diag / s ** 2) / s for w in ws]
+        if block is not None:
+            err = block(qs)
+        else:
+            err = 0.0
+            for w, q in zip(ws, qs, strict=True):
+                d = w - q
+                err += float(((d @ gram) * d).sum())
         errors.append(err)
         if err < best[0]:
             best = (err, a, s)
     return best[1], best[2], errors
+
+
+class Block:
+    """A sub-module of the decoder layer (attention or MLP) and the calls it received on calibration batches,
+    up to ``cap`` tokens: ``error(mats, weights)`` is the squared error of its output with ``weights`` in place
+    of ``mats``' against its output with the current weights (AutoAWQ's loss on the block's output)."""
+
+    def __init__(self, module: torch.nn.Module, cap: int) -> None:
+        self.module, self.cap, self.calls, self.tokens = module, cap, [], 0
+        self.handle = module.register_forward_pre_hook(self._pre, with_kwargs=True)
+        self.ref: list[torch.Tensor] | None = None
+
+    def _pre(self, _module: Any, args: tuple, kwargs: dict) -> None:
+        if self.tokens >= self.cap:
+            return
+        x = args[0] if args else kwargs.get("hidden_states", next(iter(kwargs.values())))
+        self.calls.append((args, kwargs))
+        self.tokens += int(np.prod(x.shape[:-1]))
+
+    def reset(self) -> None:
+        self.calls, self.tokens, self.ref = [], 0, None
+
+    def _outputs(self) -> list[torch.Tensor]:
+        outs = []
+        with torch.inference_mode():
+            for args, kwargs in self.calls:
+                o = self.module(*args, **kwargs)
+                outs.append((o[0] if isinstance(o, tuple) else o).float())
+        return outs
+
+    def error(self, mats: list[Mat], weights: list[torch.Tensor]) -> float:
+        if self.ref is None:
+            self.ref = self._outputs()
+        saved = [m.weight().clone() for m in mats]
+        try:
+            for m, w in zip(mats, weights, strict=True):
+                m.assign(w)
+            return float(sum(((o - r) ** 2).sum() for o, r in zip(self._outputs(), self.ref, strict=True)))
+        finally:
+            for m, w in zip(mats, saved, strict=True):
+                m.assign(w)
+
+    def close(self) -> None:
+        self.handle.remove()
+        self.reset()
 
 
 def search_clip(w: torch.Tensor, gram: torch.Tensor, grid: Any, rt: Callable) -> torch.Tensor:
@@ -259,13 +321,14 @@ def search_clip(w: torch.Tensor, gram: torch.Tensor, grid: Any, rt: Callable) ->
     nb = n_in // block
     wb = w.reshape(n_out, nb, block)
     gb = torch.stack([gram[i * block:(i + 1) * block, i * block:(i + 1) * block] for i in range(nb)])
+    diag = torch.diagonal(gram)
     top = wb.abs().amax(dim=-1, keepdim=True)  # [out, nb, 1]
     best_err = torch.full((n_out, nb), float("inf"))
     best_max = top.clone()
     for i in range(int(CLIP_MAX_SHRINK * CLIP_STEPS)):
         m = top * (1 - i / CLIP_STEPS)
         cw = torch.max(torch.min(wb, m), -m)
-        d = rt(cw.reshape(n_out, n_in)).reshape(n_out, nb, block) - wb
+        d = rt(cw.reshape(n_out, n_in), diag).reshape(n_out, nb, block) - wb
         err = torch.einsum("ogb,gbc,ogc->og", d, gb, d)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
@@ -280,10 +343,12 @@ def sample_rows(x: torch.Tensor, n: int) -> torch.Tensor:
     return x[torch.linspace(0, x.shape[0] - 1, n).long()]
 
 
-def fold_group(g: Group, x_mean: torch.Tensor, gram: torch.Tensor, rt: Callable, alphas=ALPHAS
-               ) -> tuple[float, torch.Tensor, list[float]]:
-    """Search the group's alpha and fold its scales: the producer's outputs / s, the consumers' inputs * s."""
-    a, s, errs = search_scale(x_mean, gram, g.quantized, rt, alphas)
+def fold_group(g: Group, x_mean: torch.Tensor, gram: torch.Tensor, rt: Callable, alphas=ALPHAS,
+               block: Block | None = None) -> tuple[float, torch.Tensor, list[float]]:
+    """Search the group's alpha (on ``block``'s output when given) and fold its scales: the producer's
+    outputs / s, the consumers' inputs * s."""
+    loss = (lambda ws: block.error(g.quantized, ws)) if block is not None and block.calls else None
+    a, s, errs = search_scale(x_mean, gram, g.quantized, rt, alphas, loss)
     if isinstance(g.prev, Norm):
         g.prev.scale_outputs(s)
     else:
@@ -335,9 +400,11 @@ class AWQ:
     grid's round trip in place so the next layer's inputs come from this layer quantized."""
 
     def __init__(self, family: Any, spec: Any, grid: Any, *, clip: bool = True, alphas=ALPHAS,
-                 search_rows: int = 4096, keep: Callable[[Any], None] | None = None) -> None:
+                 search_rows: int = 4096, block_tokens: int = BLOCK_TOKENS,
+                 keep: Callable[[Any], None] | None = None) -> None:
         self.family, self.spec, self.grid, self.clip, self.alphas = family, spec, grid, clip, alphas
-        self.search_rows, self.keep = search_rows, keep
+        self.search_rows, self.block_tokens, self.keep = search_rows, block_tokens, keep
+        self.blocks: dict[str, Block] = {}
         self.rt = round_trip(grid)
         self.alpha: list[dict[str, float]] = []
         self.clipped = 0
@@ -349,6 +416,14 @@ class AWQ:
         self.key_of = {id(m.param): k for k, ms in self.plan.observers.items() for m in ms}
         self.done: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # key -> (gram, s)
         self.alpha.append({})
+        # the norm-fed groups are searched on their block's output (attention, MLP), as AutoAWQ; v -> o and
+        # up -> down have their linear's output as the block output already (the Gram form computes it exactly)
+        self.blocks = {}
+        if self.block_tokens:
+            for g in self.plan.groups:
+                if isinstance(g.prev, Norm):
+                    self.blocks[g.key] = Block(ctx.module.get_submodule(g.quantized[0].name.split(".")[0]),
+                                               self.block_tokens)
 
     def observe(self, lin: Any, x: torch.Tensor) -> None:
         key = self.key_of.get(id(lin.module.weight))
@@ -363,11 +438,19 @@ class AWQ:
             st = self.seen[g.key].stats()
             if st is None:
                 continue
-            a, s, _ = fold_group(g, st[0], st[1], self.rt, self.alphas)
+            block = self.blocks.pop(g.key, None)
+            try:
+                a, s, _ = fold_group(g, st[0], st[1], self.rt, self.alphas, block)
+            finally:
+                if block is not None:
+                    block.close()
             self.done[g.key] = (st[1], s)
             self.alpha[-1][g.key] = a
 
     def end_layer(self, ctx: Any) -> None:
+        for block in self.blocks.values():  # a group no token reached
+            block.close()
+        self.blocks = {}
         if self.clip:
             for g in self.plan.groups:
                 if g.key in self.done:
@@ -441,7 +524,8 @@ class Result:
 
 
 def run(model_dir: str | Path, tokens: np.ndarray, grid: Any, out: Path | None = None, *, clip: bool = True,
-        alphas=ALPHAS, search_rows: int = 4096, batch_size: int = 4, progress: bool = True) -> Result:
+        alphas=ALPHAS, search_rows: int = 4096, block_tokens: int = BLOCK_TOKENS, batch_size: int = 4,
+        progress: bool = True) -> Result:
     """AWQ over ``model_dir`` one decoder layer at a time (:func:`quant.layerwise.run`); the scaled float32
     checkpoint goes to ``out`` when given."""
     import time
@@ -455,7 +539,7 @@ def run(model_dir: str | Path, tokens: np.ndarray, grid: Any, out: Path | None =
     ckpt = open_checkpoint(str(model_dir))
     writer = ScaledCheckpoint(ckpt, out) if out is not None else None
     cb = AWQ(family_of(ckpt.config.get("model_type")), from_config(ckpt.config), grid, clip=clip, alphas=alphas,
-             search_rows=search_rows, keep=writer.layer if writer else None)
+             search_rows=search_rows, block_tokens=block_tokens, keep=writer.layer if writer else None)
     layerwise.run(str(model_dir), tokens, cb, batch_size=batch_size, progress=progress)
     if writer is not None:
         writer.finish()

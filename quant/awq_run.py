@@ -1,8 +1,8 @@
 """``edgekit quantize --method awq`` from start to end: checks, calibration tokens, AWQ on the float32 HF model
 (:mod:`quant.awq`), the equivalent scaled checkpoint written beside the destination, then the ordinary
 quantize path on it (``--then rtn`` onto the grid AWQ searched against, ``--then nf4``, or a llama.cpp
-k-quant with edgekit's importance matrix, AWQ having searched against Q4_1, the k-quants' closest linear
-grid), and the manifest: method, grid, calibration source and sha256, alpha per layer and group.
+k-quant with edgekit's importance matrix, AWQ having searched against that k-quant's own round trip,
+:mod:`quant.awq_kgrid`), and the manifest: method, grid, calibration source and sha256, alpha per layer and group.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from edgekit.errors import EdgekitError
 from quant import calibration, kquant
 
 DEFAULT_SAMPLES, DEFAULT_SEQLEN = 128, 512
-KQUANT_SEARCH_GRID = "gguf:q4_1"  # q4_K is asymmetric blocks of 32 (with 6-bit block scales): q4_1's shape
+KQUANT_SEARCH_GRID = "gguf:q4_1"  # for IQ/TQ types (no round trip here): q4_1, asymmetric blocks of 32
 THEN = ("rtn", "nf4", *kquant.METHODS)
 
 
@@ -33,7 +33,10 @@ def target(fmt: str, then: str, qtype: str | None, group_size: int | None, symme
                            f"after awq: rtn, nf4 or a llama.cpp type ({', '.join(kquant.METHODS)})")
     p = resolve(fmt, then, qtype, group_size, symmetric)
     if p["kind"] == "kquant":
-        return p, KQUANT_SEARCH_GRID, {}
+        from quant import awq_kgrid
+
+        kgrid = awq_kgrid.for_method(then)
+        return p, f"ggml:{kgrid.name}" if kgrid else KQUANT_SEARCH_GRID, {}
     return p, p["grid"], dict(p["params"])
 
 
@@ -55,7 +58,7 @@ def run(model: str, fmt: str, output: str | None, *, then: str | None = None, qt
     if imatrix_file:
         raise EdgekitError("--imatrix does not apply to awq", "drop --imatrix: the importance matrix is computed "
                            "from the scaled model and --calib")
-    if clip is None:  # clipping on q4_1 as a stand-in for a k-quant's grid measured worse (tiny: KLD +6%)
+    if clip is None:  # off before k-quants: measured worse (tiny: KLD +6%) when the search ran on a q4_1 stand-in
         clip = plan["kind"] != "kquant"
     if plan["kind"] == "seam" and no_imatrix:
         raise EdgekitError("--no-imatrix applies to --then k-quants only", "drop --no-imatrix")
@@ -64,7 +67,12 @@ def run(model: str, fmt: str, output: str | None, *, then: str | None = None, qt
     family_of(ckpt.config.get("model_type"))  # an unsupported architecture fails before any work
     if plan["kind"] == "seam":
         pipeline._check_blocks(ckpt, plan)
-    grid = grid_of(search_grid, **params)
+    if search_grid.startswith("ggml:"):  # the k-quant's own round trip (llama.cpp's quantizer)
+        from quant.awq_kgrid import KQuant
+
+        grid = KQuant(search_grid.split(":", 1)[1])
+    else:
+        grid = grid_of(search_grid, **params)
     label = f"awq-{then}" if plan["kind"] == "kquant" else f"awq-{plan['grid'].split(':')[1]}"
     suffix = ".gguf" if fmt == "gguf" else "-onnx"
     dest = Path(output).expanduser() if output else Path.cwd() / f"{ckpt.path.name}-{label}{suffix}"

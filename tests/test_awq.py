@@ -133,3 +133,25 @@ def test_awq_loses_less_than_rtn_on_the_same_grid(awq_q4_0, tiny_dir, tmp_path):
     e_awq = ok("eval", str(awq_q4_0[0]), "--reference", str(tiny_dir), *EVAL)
     e_rtn = ok("eval", str(rtn), "--reference", str(tiny_dir), *EVAL)
     assert e_awq["kld_mean"] < e_rtn["kld_mean"], (e_awq, e_rtn)
+
+
+
+def test_kquant_search_grid_is_llamacpps_own(tiny_dir, tmp_path):
+    """AWQ before --then q4_k_m searches on llama.cpp's own q4_K round trip: the bytes llama.cpp's quantizer writes
+    for a tensor (q4_k_m without an importance matrix) equal quant.awq_kgrid's quantize of it."""
+    from edgekit.checkpoint import open_checkpoint
+    from quant.awq_kgrid import KQuant
+    from quant.awq_run import target
+
+    assert target("gguf", "q4_k_m", None, None, None)[1] == "ggml:Q4_K"
+    out = tmp_path / "k.gguf"
+    ok("quantize", str(tiny_dir), "--to", "gguf", "--method", "q4_k_m", "--no-imatrix", "-o", str(out))
+    t = {x.name: x for x in gguf.GGUFReader(str(out)).tensors}
+    ckpt = open_checkpoint(str(tiny_dir))
+    for blk, hf_name, gguf_name in ((1, "mlp.gate_proj", "ffn_gate"), (2, "mlp.up_proj", "ffn_up")):
+        stored = t[f"blk.{blk}.{gguf_name}.weight"]
+        assert stored.tensor_type == gguf.GGMLQuantizationType.Q4_K
+        qtype, ours = KQuant("Q4_K").quantize(np.asarray(ckpt.array(f"model.layers.{blk}.{hf_name}.weight"),
+                                                         dtype=np.float32))
+        assert qtype == gguf.GGMLQuantizationType.Q4_K
+        assert np.asarray(stored.data).tobytes() == ours.tobytes()
