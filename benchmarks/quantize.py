@@ -2,7 +2,9 @@
 
 - ``edgekit quantize --to gguf --method q4_k_m --no-imatrix`` vs llama.cpp's ``convert_hf_to_gguf.py --outtype f16``
   followed by ``llama-quantize ... Q4_K_M`` (times summed, peak RSS the larger), on the 1B-shaped checkpoint of
-  benchmarks/convert_gguf.py;
+  benchmarks/convert_gguf.py. Peak RSS is the sampled sum over the whole process tree. edgekit runs
+  ``llama_model_quantize`` in 64 MiB slabs of rows (llama-quantize's ``--max-buffer-size``; same bytes), the
+  reference at its defaults (a whole tensor at once), as a user runs it;
 - ``edgekit quantize --to onnx --method rtn --type int4`` on the same checkpoint (edgekit alone: onnxruntime has
   no exporter from a Hugging Face checkpoint to compare with);
 - ``edgekit eval`` vs ``llama-perplexity`` on the same GGUF (edgekit-tiny q4_0) and text (held-out Persuasion),

@@ -42,13 +42,18 @@ _FTYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
            "IQ1_S": 24, "IQ4_NL": 25, "IQ3_S": 26, "IQ3_M": 27, "IQ2_S": 28, "IQ2_M": 29, "IQ4_XS": 30,
            "IQ1_M": 31, "TQ1_0": 36, "TQ2_0": 37}
 GGML_TYPE_F16 = 1
+# rows of one tensor held in memory at once (source, float32 copy and output). llama.cpp's default (8 GiB) holds a
+# whole tensor: for a 32000 x 2048 head that is 262 MB of float32 alone. Rows quantize independently, so slabs
+# give the same bytes; 64 MiB keeps every slab large enough that the extra thread rounds do not show in the time
+MAX_BUFFER = 64 << 20
 
 
 def quantize(src: Path, dest: Path, method: str, imatrix: dict[str, np.ndarray] | None = None, *,
              keep_head: bool = False, keep_embed: bool = False, kv: dict[str, str] | None = None,
-             threads: int = 0, progress: bool = True) -> dict[str, Any]:
+             threads: int = 0, progress: bool = True, max_buffer: int = MAX_BUFFER) -> dict[str, Any]:
     """Quantize the GGUF ``src`` into ``dest`` with llama.cpp's ``method`` mix; ``imatrix`` maps GGUF tensor
-    names to per-column importances (sums / count). ``kv``: string metadata added to the output."""
+    names to per-column importances (sums / count). ``kv``: string metadata added to the output. ``max_buffer``:
+    bytes of tensor rows processed at once (llama-quantize's ``--max-buffer-size``)."""
     import llama_cpp
 
     if method in NEEDS_IMATRIX and not imatrix:
@@ -56,6 +61,7 @@ def quantize(src: Path, dest: Path, method: str, imatrix: dict[str, np.ndarray] 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype(method)
     params.nthread = threads
+    params.max_buf_size = max_buffer
     if keep_head:
         params.output_tensor_type = GGML_TYPE_F16
     if keep_embed:

@@ -81,3 +81,28 @@ def test_imatrix_agrees_with_llama_imatrix(ggufs, tiny_dir, tmp_path):
         a, b = ours[name].astype(np.float64), theirs[name].astype(np.float64)
         cos = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
         assert cos >= 0.99, (name, cos)
+
+
+def test_kquant_bytes_equal_llama_quantize(tiny_dir, tmp_path):
+    """q4_k_m through edgekit (llama_model_quantize in slabs of rows, not llama.cpp's whole-tensor buffers) writes
+    the very tensors llama-quantize writes from the same F16 GGUF, with the default buffer and with slabs of a few
+    rows (smaller than every tiny tensor)."""
+    import gguf
+
+    from quant import kquant
+
+    f16, ours, small, theirs = (tmp_path / f"{n}.gguf" for n in ("f16", "ours", "small", "theirs"))
+    ok("convert", str(tiny_dir), "--to", "gguf", "--outtype", "f16", "-o", str(f16))
+    ok("quantize", str(tiny_dir), "--to", "gguf", "--method", "q4_k_m", "--no-imatrix", "-o", str(ours))
+    kquant.quantize(f16, small, "q4_k_m", progress=False, max_buffer=16 << 10)
+    r = subprocess.run([str(llama_tools.require("llama-quantize")), str(f16), str(theirs), "Q4_K_M"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    def tensors(path: Path) -> dict[str, tuple[int, bytes]]:
+        return {t.name: (int(t.tensor_type), bytes(t.data.tobytes())) for t in gguf.GGUFReader(str(path)).tensors}
+
+    want = tensors(theirs)
+    assert len({t for t, _ in want.values()}) > 2  # a mix: q4_K, q6_K and f32 norms at least
+    assert tensors(ours) == want
+    assert tensors(small) == want
