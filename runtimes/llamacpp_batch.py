@@ -246,7 +246,7 @@ class Sequence:
         except BaseException as e:  # non-finite logits: the request fails as generate() would
             self._fail(e)
             return
-        self.out.put(token)
+        self._b.outbox.append((self, token))
         if self.stopped or token in self.eos_ids:
             self.stopped = True
             return
@@ -260,6 +260,7 @@ class Sequence:
         stats.generated += 1
 
     def _fail(self, error: BaseException) -> None:
+        self._b._send()  # tokens sampled before the failure go first
         self.error = error
         self.pending = []
         if self.sampler is not None:
@@ -309,6 +310,9 @@ class Batcher:
         self.queue: deque[object] = deque()     # tickets of requests waiting for a slot, FIFO
         self.stragglers: set[Sequence] = set()  # got logits last step, next token not yet submitted
         self._inflight: set[Sequence] = set()   # sequences with tokens in the running step
+        # tokens sampled this step, sent once the next batch is built: a woken request thread would take the GIL
+        # from the loop while it samples the others; sent just before llama_decode, their text work runs beside it
+        self.outbox: list[tuple[Sequence, int]] = []
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="edgekit-batcher", daemon=True)
         self._thread.start()
@@ -380,10 +384,13 @@ class Batcher:
             with self.cond:
                 while not self._stop and not any((s.pending and not s.stopped) or
                                                  (s.cancelled.is_set() and s.error is None) for s in self._owned()):
+                    self._send()  # nothing to decode: the last tokens go now
                     self.cond.wait()
                 if self._stop:
                     break
                 deadline = time.monotonic() + STRAGGLER_WAIT
+                if self.stragglers:
+                    self._send()
                 while self.stragglers and not self._stop:
                     left = deadline - time.monotonic()
                     if left <= 0 or any(s.cancelled.is_set() for s in self.stragglers):
@@ -393,6 +400,7 @@ class Batcher:
                 self._reap()
                 plan = self._plan()
                 self._inflight = {seq for seq, _, _ in plan}
+                self._send()
             if not plan:
                 continue
             rc = lib.llama_decode(self.ctx, self.batch)
@@ -407,8 +415,14 @@ class Batcher:
                 self.stats.kv_cells = self._kv_cells()
                 self.cond.notify_all()
         with self.cond:
+            self._send()
             for seq in self._owned():
                 seq._fail(EdgekitError("the server is shutting down", "retry against a running server"))
+
+    def _send(self) -> None:
+        for seq, token in self.outbox:
+            seq.out.put(token)
+        self.outbox.clear()
 
     def _reap(self) -> None:
         """Cancelled sequences leave the batch now: their cells are freed and their threads woken."""
