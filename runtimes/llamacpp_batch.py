@@ -170,6 +170,8 @@ class Sequence:
         t0 = time.perf_counter()
         tail, keep = self._prompt(prompt)
         with b.cond:
+            if self.error is not None:  # reaped (cancelled) between open() and now
+                raise self.error
             self.sampler, self.history, self.room = Sampler(params), [int(t) for t in prompt], max_tokens
             self.stopped = max_tokens <= 0
             self.trim, self.pending = keep, tail
