@@ -20,9 +20,12 @@ Then the concurrency table (issue 16): 1, 2, 4, 8 clients, each sending ``--requ
 sequence. Per level: requests/s, aggregate generated tokens/s (chunks over the level's wall time),
 TTFT p50/p99 and inter-token latency p50/p99 (gaps between chunks) at the client. Goals: aggregate tok/s
 at 8 clients >= 0.9x llama-server's and >= 3x llama_cpp.server's; p99 TTFT at 8 <= 1.2x llama-server's.
+The sides run one at a time (they share the cores), ``--rounds`` times in turn (reference, edgekit, reference,
+edgekit, ...) so that both see the same load on a busy machine; the ratios are given per round and for the
+sums over rounds. ``--sides`` picks some of them (``edgekit,llama-server,llama_cpp.server``).
 
     python benchmarks/serve.py [--threads N] [--tokens 128] [--repeats 3] [--only single|concurrency]
-                               [--clients 1,2,4,8] [--requests 2] [--slot-ctx 1024]
+                               [--clients 1,2,4,8] [--requests 2] [--slot-ctx 1024] [--rounds 1] [--sides ...]
 """
 
 from __future__ import annotations
@@ -110,6 +113,9 @@ def main() -> None:
     ap.add_argument("--clients", default="1,2,4,8")
     ap.add_argument("--requests", type=int, default=2, help="requests per client at each concurrency level")
     ap.add_argument("--slot-ctx", type=int, default=1024, help="context tokens per sequence (concurrency table)")
+    ap.add_argument("--rounds", type=int, default=1, help="concurrency table: times each side runs, in turn")
+    ap.add_argument("--sides", default="llama-server,edgekit,llama_cpp.server",
+                    help="concurrency table: which servers, comma-separated, run in this order each round")
     args = ap.parse_args()
     if args.only != "concurrency":
         single_client(args)
@@ -260,59 +266,80 @@ def concurrency(args: argparse.Namespace) -> None:
     subprocess.run([sys.executable, "-m", "edgekit.cli", "create", "smol", "-f", str(home / "Modelfile")], env=env,
                    check=True, capture_output=True)
     sides: dict[str, tuple[list[str], str, dict, str]] = {}  # name -> (command, probe url, env, model)
-    port = free_port()
-    sides[f"edgekit serve --parallel {np_}"] = (
-        [sys.executable, "-m", "edgekit.cli", "serve", "--port", str(port), "--keep-alive", "-1", "--parallel",
-         str(np_)], f"http://127.0.0.1:{port}", {**env, "OMP_NUM_THREADS": str(threads)}, "smol")
-    binary = llama_server_binary()
-    if binary is None:
-        print("llama-server not found (~/.cache/edgekit/llama.cpp-*/bin or $LLAMA_SERVER): its column is skipped; "
-              "make llama-tools builds it")
-    else:
+    wanted = [x.strip() for x in args.sides.split(",") if x.strip()]
+    ours = f"edgekit serve --parallel {np_}"
+    ref = f"llama-server -np {np_} -cb"
+    for want in wanted:
         port = free_port()
-        sides[f"llama-server -np {np_} -cb"] = (
-            [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", str(np_), "-cb",
-             "-c", str(np_ * args.slot_ctx), "-t", str(threads), "-tb", str(threads), "--no-webui"],
-            f"http://127.0.0.1:{port}", dict(os.environ), "x")
-    port = free_port()
-    sides["llama_cpp.server"] = (
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--n_ctx", str(args.slot_ctx),
-         "--n_threads", str(threads), "--n_threads_batch", str(threads), "--port", str(port), "--host", "127.0.0.1",
-         "--verbose", "False", "--interrupt_requests", "False"],  # by default a new request aborts the running one
-        f"http://127.0.0.1:{port}", dict(os.environ), "x")
-    results: dict[str, dict[int, dict]] = {}
+        if want == "edgekit":
+            sides[ours] = (
+                [sys.executable, "-m", "edgekit.cli", "serve", "--port", str(port), "--keep-alive", "-1", "--parallel",
+                 str(np_)], f"http://127.0.0.1:{port}", {**env, "OMP_NUM_THREADS": str(threads)}, "smol")
+        elif want == "llama-server":
+            binary = llama_server_binary()
+            if binary is None:
+                print("llama-server not found (~/.cache/edgekit/llama.cpp-*/bin or $LLAMA_SERVER): its column is "
+                      "skipped; make llama-tools builds it")
+                continue
+            sides[ref] = (
+                [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", str(np_), "-cb",
+                 "-c", str(np_ * args.slot_ctx), "-t", str(threads), "-tb", str(threads), "--no-webui"],
+                f"http://127.0.0.1:{port}", dict(os.environ), "x")
+        elif want == "llama_cpp.server":
+            sides["llama_cpp.server"] = (
+                [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--n_ctx", str(args.slot_ctx),
+                 "--n_threads", str(threads), "--n_threads_batch", str(threads), "--port", str(port), "--host",
+                 "127.0.0.1", "--verbose", "False",
+                 "--interrupt_requests", "False"],  # by default a new request aborts the running one
+                f"http://127.0.0.1:{port}", dict(os.environ), "x")
+        else:
+            raise SystemExit(f"serve.py: error: unknown side {want!r}; use edgekit, llama-server, llama_cpp.server")
+    rounds: list[dict[str, dict[int, dict]]] = []
     try:
-        for name, (cmd, url, side_env, model) in sides.items():  # one server at a time: they share the cores
-            proc = subprocess.Popen(cmd, env=side_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                wait_up(url + "/v1/models", proc)
-                load_level(url, model, min(np_, 2), 1, 8, "warm")  # load the model, page the weights in
-                results[name] = {c: load_level(url, model, c, args.requests, args.tokens, f"{name[:3]}{c}")
-                                 for c in levels}
-            finally:
-                proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=15)
-                if proc.poll() is None:
-                    proc.kill()
+        for r in range(args.rounds):
+            results: dict[str, dict[int, dict]] = {}
+            for name, (cmd, url, side_env, model) in sides.items():  # one server at a time: they share the cores
+                proc = subprocess.Popen(cmd, env=side_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                try:
+                    wait_up(url + "/v1/models", proc)
+                    load_level(url, model, min(np_, 2), 1, 8, "warm")  # load the model, page the weights in
+                    results[name] = {c: load_level(url, model, c, args.requests, args.tokens, f"{name[:3]}{r}{c}")
+                                     for c in levels}
+                    print(f"round {r + 1} {name}: done, load average {os.getloadavg()[0]:.1f}", flush=True)
+                finally:
+                    proc.terminate()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=15)
+                    if proc.poll() is None:
+                        proc.kill()
+            rounds.append(results)
     finally:
         import shutil
 
         shutil.rmtree(home, ignore_errors=True)
     print(f"\nSmolLM2-135M-Instruct Q4_1 GGUF, {threads} threads, {args.slot_ctx} tokens a sequence, "
-          f"{args.tokens} tokens a request, greedy, {args.requests} requests a client")
-    print(f"{'side':<30} {'clients':>7} {'req/s':>7} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} "
+          f"{args.tokens} tokens a request, greedy, {args.requests} requests a client, {args.rounds} round(s), "
+          f"load average now {os.getloadavg()[0]:.1f}")
+    print(f"{'round':>5} {'side':<30} {'clients':>7} {'req/s':>7} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} "
           f"{'ITL p50':>8} {'ITL p99':>8}   (ms)")
-    for name, rows in results.items():
-        for c, r in rows.items():
-            print(f"{name:<30} {c:>7} {r['req_s']:>7.2f} {r['tok_s']:>8.1f} {1000 * r['ttft50']:>9.1f} "
-                  f"{1000 * r['ttft99']:>9.1f} {1000 * r['itl50']:>8.1f} {1000 * r['itl99']:>8.1f}")
-    ek = results[next(iter(sides))][np_]
-    for name, goal in ((f"llama-server -np {np_} -cb", 0.9), ("llama_cpp.server", 3.0)):
-        if name in results:
-            other = results[name][np_]
-            print(f"at {np_} clients vs {name}: aggregate tok/s {ek['tok_s'] / other['tok_s']:.2f}x (goal >= {goal}x)"
-                  + (f", p99 TTFT {ek['ttft99'] / other['ttft99']:.2f}x (goal <= 1.2x)" if goal < 1 else ""))
+    for r, results in enumerate(rounds):
+        for name, rows in results.items():
+            for c, x in rows.items():
+                print(f"{r + 1:>5} {name:<30} {c:>7} {x['req_s']:>7.2f} {x['tok_s']:>8.1f} {1000 * x['ttft50']:>9.1f} "
+                      f"{1000 * x['ttft99']:>9.1f} {1000 * x['itl50']:>8.1f} {1000 * x['itl99']:>8.1f}")
+    if ours not in sides:
+        return
+    for name, goal in ((ref, 0.9), ("llama_cpp.server", 3.0)):
+        if name not in sides:
+            continue
+        per_round = [res[ours][np_]["tok_s"] / res[name][np_]["tok_s"] for res in rounds]
+        total = sum(res[ours][np_]["tok_s"] for res in rounds) / sum(res[name][np_]["tok_s"] for res in rounds)
+        line = (f"at {np_} clients vs {name}: aggregate tok/s {total:.2f}x (rounds "
+                f"{', '.join(f'{x:.2f}x' for x in per_round)}; goal >= {goal}x)")
+        if goal < 1:
+            ttft = [res[ours][np_]["ttft99"] / res[name][np_]["ttft99"] for res in rounds]
+            line += f", p99 TTFT {statistics.median(ttft):.2f}x (median of rounds; goal <= 1.2x)"
+        print(line)
 
 
 if __name__ == "__main__":

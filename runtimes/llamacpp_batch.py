@@ -5,10 +5,15 @@ holding the next token of every decoding sequence and chunks of newly arrived pr
 with its sequence's ``seq_id``), runs ``llama_decode`` once and hands each sequence the logits of its last
 token (``llama_get_logits_ith``). Requests join and leave between steps; nobody waits for a batch to drain.
 
-The requests run the shared generation loop (runtimes/generate.py) in their own threads against a
-:class:`Sequence`: an Engine whose ``prefill`` / ``decode`` submit tokens to the loop and wait for the step.
-Sampling, stop strings and streaming are thus the code a single client runs, and every row of a llama.cpp
-batch is computed independently of the others, so a request draws the same tokens alone or among seven.
+A request without logits processors samples in the loop (:meth:`Sequence.run`): right after
+``llama_decode`` the loop calls the request's own ``Sampler`` on its logits row read in place and feeds the token
+at the next step, with no hand-off to the request thread between steps; the request thread only turns the
+tokens it is sent into text (stream decoding, stop strings, streaming) while the next step runs. A request with
+processors (JSON constraints, Python-heavy) runs the shared generation loop (runtimes/generate.py) in its own
+thread against a :class:`Sequence`: an Engine whose ``prefill`` / ``decode`` submit tokens to the loop and wait
+for the step. Either way the sampler, its seeded draws and the stop logic are the single client's, and every row
+of a llama.cpp batch is computed independently of the others, so a request draws the same tokens alone or
+among seven.
 
 Slots keep their tokens after a request ends (prefix cache): a new request takes the free slot whose
 cached tokens share the longest prefix with its prompt and only the rest is evaluated (the slot's tail is
@@ -19,6 +24,7 @@ The KV cache is not unified (``kv_unified=False``): each slot owns ``num_ctx`` c
 from __future__ import annotations
 
 import ctypes
+import queue
 import threading
 import time
 from collections import deque
@@ -31,6 +37,8 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 from runtimes.engine import common_prefix
+from runtimes.generate import Generation, StreamDecoder, _held_back
+from runtimes.sampling import Sampler, SamplingParams
 
 STRAGGLER_WAIT = 0.02  # seconds a step waits for sequences that just got logits to send their next token
 BATCH_TOKENS = 512     # tokens per step (decode tokens first, then prompt chunks, first come first served)
@@ -88,12 +96,24 @@ class Sequence:
         self.done = threading.Event()
         self.lag = 0                      # steps this sequence ran after its cancel was set
         self.submitted = 0.0
+        # sampling in the loop (run()): the loop samples and feeds; tokens reach the request thread by ``out``
+        self.sampler: Sampler | None = None
+        self.history: list[int] = []      # prompt + sampled tokens (the sampler's penalty window)
+        self.room = 0                     # tokens the loop may still sample (eos not counted)
+        self.stopped = False              # the loop feeds no more tokens (eos, max_tokens, full, or the text said so)
+        self.out: queue.SimpleQueue[int | BaseException] = queue.SimpleQueue()
+        self.closing = False              # close() came while a token of ours was in the running step
 
     @property
     def n_tokens(self) -> int:
         return len(self.slot.tokens) + len(self.pending)
 
     def prefill(self, tokens: Seq[int]) -> np.ndarray:
+        tail, keep = self._prompt(tokens)
+        return self._submit(tail, trim=keep)
+
+    def _prompt(self, tokens: Seq[int]) -> tuple[list[int], int]:
+        """The tokens to evaluate after the slot's cached prefix, and the prefix length kept (counted)."""
         tokens = [int(t) for t in tokens]
         if not tokens:
             raise EdgekitError("empty prompt", "give at least one token of prompt")
@@ -110,7 +130,7 @@ class Sequence:
             b.stats.prompt_evaluated += len(tokens) - keep
             b.stats.prefix_hits += keep > 0
         self.evaluated_last, self.reused_last = len(tokens) - keep, keep
-        return self._submit(tokens[keep:], trim=keep)
+        return tokens[keep:], keep
 
     def decode(self, token: int) -> np.ndarray:
         if self.n_tokens + 1 > self.context_length:
@@ -138,6 +158,116 @@ class Sequence:
             raise self.error
         assert self.logits is not None
         return self.logits
+
+    def run(self, prompt: Seq[int], params: SamplingParams, *, max_tokens: int, stop: Seq[str] = (),
+            on_text: Any = None, cancel: Any = None) -> Generation:
+        """runtimes.generate.generate without processors or drafts, with the sampling done by the loop: same
+        tokens, text, stops and finish reasons. Written here because the generation loop samples in the caller's
+        thread, and handing every sequence's logits to its thread each step is what made 8 clients slow."""
+        b = self._b
+        stops = [x for x in stop if x]
+        out = Generation(prompt_tokens=len(prompt))
+        t0 = time.perf_counter()
+        tail, keep = self._prompt(prompt)
+        with b.cond:
+            if self.error is not None:  # reaped (cancelled) between open() and now
+                raise self.error
+            self.sampler, self.history, self.room = Sampler(params), [int(t) for t in prompt], max_tokens
+            self.stopped = max_tokens <= 0
+            self.trim, self.pending = keep, tail
+            self.submitted = time.perf_counter()
+            b.cond.notify_all()
+        out.prompt_evaluated = self.evaluated_last
+        stream = StreamDecoder(self.detokenize, prompt)
+        text, emitted, n_history = "", 0, len(prompt)
+        finish, cut = "length", False
+        t1 = None
+
+        def emit(upto: int) -> None:
+            nonlocal emitted
+            if upto > emitted:
+                if on_text is not None:
+                    on_text(text[emitted:upto])
+                emitted = upto
+
+        try:
+            while len(out.tokens) < max_tokens:
+                if cancel is not None and cancel():
+                    finish = "cancelled"
+                    break
+                item = self.out.get()
+                if t1 is None:
+                    t1 = time.perf_counter()
+                if isinstance(item, Cancelled):
+                    finish = "cancelled"
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                token = item
+                # from here as generate()'s take()
+                if token in self.eos_ids:
+                    finish = "stop"
+                    break
+                out.tokens.append(token)
+                n_history += 1
+                text += stream.push(token)
+                if stops:
+                    start = max(0, emitted - max(map(len, stops)))
+                    hits = [i for i in (text.find(x, start) for x in stops) if i >= 0]
+                    if hits:
+                        text = text[:min(hits)]
+                        finish, cut = "stop", True
+                        break
+                    emit(len(text) - _held_back(text, stops))
+                else:
+                    emit(len(text))
+                if len(out.tokens) >= max_tokens:
+                    break
+                if n_history - 1 >= self.context_length:
+                    finish = "context"
+                    break
+        finally:
+            with b.cond:
+                self.stopped = True
+        if not cut:
+            text += stream.flush()
+        emit(len(text))
+        t2 = time.perf_counter()
+        t1 = t1 or t2
+        out.text, out.eval_count, out.finish_reason = text, len(out.tokens), finish
+        out.prompt_seconds, out.eval_seconds = t1 - t0, t2 - t1
+        out.prompt_tps = out.prompt_evaluated / out.prompt_seconds if out.prompt_seconds > 0 else 0.0
+        out.eval_tps = out.eval_count / out.eval_seconds if out.eval_seconds > 0 else 0.0
+        return out
+
+    def _sample(self, logits: np.ndarray, stats: Stats) -> None:
+        """Loop side of run(): draw from this step's row (read in place, before the next decode overwrites it),
+        send the token, and queue it for the next step unless the generation ends with it."""
+        try:
+            token = self.sampler(logits, self.history)
+        except BaseException as e:  # non-finite logits: the request fails as generate() would
+            self._fail(e)
+            return
+        self._b.outbox.append((self, token))
+        if self.stopped or token in self.eos_ids:
+            self.stopped = True
+            return
+        self.history.append(token)
+        self.room -= 1
+        if self.room <= 0 or len(self.history) - 1 >= self.context_length:
+            self.stopped = True
+            return
+        self.pending = [token]
+        self.submitted = time.perf_counter()
+        stats.generated += 1
+
+    def _fail(self, error: BaseException) -> None:
+        self._b._send()  # tokens sampled before the failure go first
+        self.error = error
+        self.pending = []
+        if self.sampler is not None:
+            self.out.put(error)
+        self.done.set()
 
     def close(self) -> None:
         """The request is over: the slot is free again, its tokens kept as a prefix cache (cancelled: freed)."""
@@ -181,6 +311,10 @@ class Batcher:
         self.cond = threading.Condition()
         self.queue: deque[object] = deque()     # tickets of requests waiting for a slot, FIFO
         self.stragglers: set[Sequence] = set()  # got logits last step, next token not yet submitted
+        self._inflight: set[Sequence] = set()   # sequences with tokens in the running step
+        # tokens sampled this step, sent once the next batch is built: a woken request thread would take the GIL
+        # from the loop while it samples the others; sent just before llama_decode, their text work runs beside it
+        self.outbox: list[tuple[Sequence, int]] = []
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="edgekit-batcher", daemon=True)
         self._thread.start()
@@ -215,21 +349,32 @@ class Batcher:
 
     def _release(self, seq: Sequence) -> None:
         with self.cond:
-            slot = seq.slot
-            if slot.owner is seq:
-                if seq.pending or seq.error is not None:
-                    # never fed, or fed in part: what sits in the cells is no longer known to be a usable prefix
-                    slot.tokens = slot.tokens if seq.error is None else []
-                    seq.pending = []
-                slot.owner = None
-                slot.last_used = time.monotonic()
-                self.stats.active -= 1
-                if isinstance(seq.error, Cancelled):
-                    self.stats.cancelled += 1
-                else:
-                    self.stats.finished += 1
-            self.stragglers.discard(seq)
+            self._close(seq)
+
+    def _close(self, seq: Sequence) -> None:
+        seq.closing = True
+        if seq in self._inflight or (seq.cancelled.is_set() and seq.error is None):
+            # a token of its is in the running step, or its cells are to be freed: the loop frees the slot then
             self.cond.notify_all()
+            return
+        self._free(seq)
+
+    def _free(self, seq: Sequence) -> None:
+        slot = seq.slot
+        if slot.owner is seq:
+            if seq.pending or seq.error is not None:
+                # never fed, or fed in part: what sits in the cells is no longer known to be a usable prefix
+                slot.tokens = slot.tokens if seq.error is None else []
+                seq.pending = []
+            slot.owner = None
+            slot.last_used = time.monotonic()
+            self.stats.active -= 1
+            if isinstance(seq.error, Cancelled):
+                self.stats.cancelled += 1
+            else:
+                self.stats.finished += 1
+        self.stragglers.discard(seq)
+        self.cond.notify_all()
 
     # -- the loop ------------------------------------------------------------------------------
     def _owned(self) -> list[Sequence]:
@@ -239,11 +384,15 @@ class Batcher:
         lib = self.lib
         while True:
             with self.cond:
-                while not self._stop and not any(s.pending or s.cancelled.is_set() for s in self._owned()):
+                while not self._stop and not any((s.pending and not s.stopped) or
+                                                 (s.cancelled.is_set() and s.error is None) for s in self._owned()):
+                    self._send()  # nothing to decode: the last tokens go now
                     self.cond.wait()
                 if self._stop:
                     break
                 deadline = time.monotonic() + STRAGGLER_WAIT
+                if self.stragglers:
+                    self._send()
                 while self.stragglers and not self._stop:
                     left = deadline - time.monotonic()
                     if left <= 0 or any(s.cancelled.is_set() for s in self.stragglers):
@@ -252,6 +401,8 @@ class Batcher:
                 self.stragglers.clear()
                 self._reap()
                 plan = self._plan()
+                self._inflight = {seq for seq, _, _ in plan}
+                self._send()
             if not plan:
                 continue
             rc = lib.llama_decode(self.ctx, self.batch)
@@ -259,12 +410,21 @@ class Batcher:
                 self.stats.steps += 1
                 self.stats.batch_tokens += self.batch.n_tokens
                 self._deliver(plan, rc)
+                self._inflight = set()
+                for seq, _, _ in plan:
+                    if seq.closing:
+                        self._close(seq)
                 self.stats.kv_cells = self._kv_cells()
                 self.cond.notify_all()
         with self.cond:
+            self._send()
             for seq in self._owned():
-                seq.error = EdgekitError("the server is shutting down", "retry against a running server")
-                seq.done.set()
+                seq._fail(EdgekitError("the server is shutting down", "retry against a running server"))
+
+    def _send(self) -> None:
+        for seq, token in self.outbox:
+            seq.out.put(token)
+        self.outbox.clear()
 
     def _reap(self) -> None:
         """Cancelled sequences leave the batch now: their cells are freed and their threads woken."""
@@ -272,15 +432,19 @@ class Batcher:
             seq = slot.owner
             if seq is not None and seq.cancelled.is_set() and seq.error is None:
                 self.lib.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
-                slot.tokens, seq.pending = [], []
-                seq.error = Cancelled()
+                slot.tokens = []
                 self.stats.cancel_lag_steps = max(self.stats.cancel_lag_steps, seq.lag)
-                seq.done.set()
+                seq._fail(Cancelled())
+                if seq.closing:
+                    self._free(seq)
 
-    def _plan(self) -> list[tuple[Sequence, int, int]]:
+    def _plan(self) -> list[tuple[Sequence, list[int], int]]:
         """Fill the batch: every decoding sequence's token, then prompt chunks oldest first. Returns
         (sequence, tokens taken, batch index of its logits row or -1)."""
         lib, batch = self.lib, self.batch
+        for s in self._owned():
+            if s.stopped:
+                s.pending = []
         seqs = [s for s in self._owned() if s.pending]
         seqs.sort(key=lambda s: (len(s.pending) > 1 or s.trim is not None, s.submitted))
         plan, n = [], 0
@@ -304,31 +468,38 @@ class Batcher:
                 batch.seq_id[n + i][0] = slot.seq_id
                 batch.logits[n + i] = last and i == len(take) - 1
             n += len(take)
-            plan.append((seq, len(take), n - 1 if last else -1))
+            del seq.pending[:len(take)]
+            plan.append((seq, take, n - 1 if last else -1))
         batch.n_tokens = n
         return plan
 
-    def _deliver(self, plan: list[tuple[Sequence, int, int]], rc: int) -> None:
+    def _deliver(self, plan: list[tuple[Sequence, list[int], int]], rc: int) -> None:
         vocab = self.engine.vocab_size
         for seq, taken, row in plan:
             slot = seq.slot
             if rc != 0:
                 # a failed decode leaves the sequence's cells unknown: drop them all and fail the request
                 self.lib.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
-                slot.tokens, seq.pending = [], []
-                seq.error = EdgekitError(f"llama_decode failed ({rc}) on a batch of {self.batch.n_tokens} tokens",
-                                         "lower --parallel or num_ctx")
-                seq.done.set()
+                slot.tokens = []
+                seq._fail(EdgekitError(f"llama_decode failed ({rc}) on a batch of {self.batch.n_tokens} tokens",
+                                       "lower --parallel or num_ctx"))
                 continue
-            slot.tokens.extend(seq.pending[:taken])
-            del seq.pending[:taken]
-            if row >= 0:
-                ptr = self.lib.llama_get_logits_ith(self.ctx, row)
-                seq.logits = np.ctypeslib.as_array(ptr, shape=(vocab,)).copy()
-                if seq.cancelled.is_set():  # cancelled while this step ran: it goes at the next one
-                    seq.lag = 1
-                self.stragglers.add(seq)
-                seq.done.set()
+            slot.tokens.extend(taken)
+            if row < 0 or seq.error is not None:
+                continue
+            logits = np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self.ctx, row), shape=(vocab,))
+            if seq.cancelled.is_set():  # cancelled while this step ran: it goes at the next one
+                seq.lag = 1
+            if seq.sampler is not None:
+                if not seq.stopped:
+                    seq._sample(logits, self.stats)
+                    if seq.error is not None:  # the cells hold tokens its slot will no longer list
+                        self.lib.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+                        slot.tokens = []
+                continue
+            seq.logits = logits.copy()  # the request thread reads it after the next decode has overwritten the row
+            self.stragglers.add(seq)
+            seq.done.set()
 
     def _kv_cells(self) -> int:
         total = 0

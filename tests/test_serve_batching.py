@@ -366,8 +366,8 @@ def test_sigterm_mid_load_ends_cleanly(arts, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_q4_1_batched_equals_single_sequence():
-    """On a real quantized model (Q4_1 matmuls): 8 sequences decoded together, greedy and seeded, give the
-    tokens the single-sequence engine gives, row for row."""
+    """On a real quantized model (Q4_1 matmuls): 8 sequences decoded together, greedy and seeded, sampled by the
+    batch loop or by their own thread, give the tokens the single-sequence engine gives, row for row."""
     import runtimes
     from edgekit.models import smollm2
     from runtimes.generate import generate
@@ -390,8 +390,11 @@ def test_smollm2_q4_1_batched_equals_single_sequence():
     def run(i: int) -> None:
         tokens = small.tokenize(prompts[i])
         seq = batcher.open(tokens, threading.Event())
-        try:
-            got[i] = generate(seq, tokens, params[i], max_tokens=32).tokens
+        try:  # both paths in one batch: the loop samples (run) and the request thread samples (generate)
+            if i % 4 < 2:
+                got[i] = seq.run(tokens, params[i], max_tokens=32).tokens
+            else:
+                got[i] = generate(seq, tokens, params[i], max_tokens=32).tokens
         finally:
             seq.close()
 

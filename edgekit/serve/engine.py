@@ -242,6 +242,9 @@ class Runner:
         if seq is None:
             return None
         try:
+            if not req.processors:  # the batch loop samples: no hand-off to this thread between steps
+                return seq.run(req.prompt, req.sampling, max_tokens=min(req.max_tokens, room), stop=req.stop,
+                               on_text=on_text, cancel=req.cancelled.is_set)
             return generate(seq, req.prompt, req.sampling, max_tokens=min(req.max_tokens, room), stop=req.stop,
                             on_text=on_text, processors=req.processors, cancel=req.cancelled.is_set)
         except Cancelled:  # left the batch at a step boundary; the text so far was streamed already
