@@ -65,10 +65,13 @@ SMOLLM2_ROWS = [
     ("q4_0 (rtn)", ["--to", "gguf", "--method", "rtn", "--type", "q4_0"]),
     ("q4_1 (rtn), origin grid", ["--to", "gguf", "--method", "rtn", "--type", "q4_1"]),
     ("q4_k_m", ["--to", "gguf", "--method", "q4_k_m", "--no-imatrix"]),
+    ("q4_0 + imatrix", ["--to", "gguf", "--method", "q4_0", *_SMOL_CALIB]),
     ("q4_k_m + imatrix", ["--to", "gguf", "--method", "q4_k_m", *_SMOL_CALIB]),
+    ("iq4_xs + imatrix", ["--to", "gguf", "--method", "iq4_xs", *_SMOL_CALIB]),
     ("onnx int4 b32 sym", ["--to", "onnx", "--method", "rtn", "--type", "int4", "--group-size", "32", "--sym"]),
     ("onnx int4 b32 asym", ["--to", "onnx", "--method", "rtn", "--type", "int4", "--group-size", "32", "--asym"]),
     ("onnx int4 b64 asym", ["--to", "onnx", "--method", "rtn", "--type", "int4", "--group-size", "64", "--asym"]),
+    ("onnx int8 b32", ["--to", "onnx", "--method", "rtn", "--type", "int8"]),
     ("onnx nf4 b64", ["--to", "onnx", "--method", "nf4"]),
 ]
 
