@@ -86,6 +86,61 @@ class Generation:
         return asdict(self)
 
 
+class TokenText:
+    """What the caller sees of a generation as its tokens arrive: text streamed to ``on_text`` with the tail that
+    could start a stop string held back, the tokens kept in ``out``, and why it ended (``finish``). One place for
+    generate() and the server's batch loop (runtimes/llamacpp_batch.py), so both stop, stream and end alike."""
+
+    def __init__(self, detokenize: Callable[[Sequence[int]], str], prompt: Sequence[int], out: Generation, *,
+                 stop: Sequence[str] = (), on_text: Callable[[str], None] | None = None,
+                 eos_ids: frozenset[int] = frozenset(), max_tokens: int, context_length: int) -> None:
+        self.out, self.on_text, self.eos_ids = out, on_text, eos_ids
+        self.stream = StreamDecoder(detokenize, prompt)
+        self.stops = [s for s in stop if s]
+        self.max_tokens, self.context_length = max_tokens, context_length
+        self.n_history = len(prompt)
+        self.text, self.emitted = "", 0
+        self.finish, self.cut = "length", False
+
+    def _emit(self, upto: int) -> None:
+        if upto > self.emitted:
+            if self.on_text is not None:
+                self.on_text(self.text[self.emitted:upto])
+            self.emitted = upto
+
+    def take(self, token: int) -> bool:
+        """Emit ``token``; True when generation ends with it."""
+        if token in self.eos_ids:
+            self.finish = "stop"
+            return True
+        self.out.tokens.append(token)
+        self.n_history += 1
+        self.text += self.stream.push(token)
+        if self.stops:
+            start = max(0, self.emitted - max(map(len, self.stops)))
+            hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+            if hits:
+                self.text = self.text[:min(hits)]
+                self.finish, self.cut = "stop", True
+                return True
+            self._emit(len(self.text) - _held_back(self.text, self.stops))
+        else:
+            self._emit(len(self.text))
+        if len(self.out.tokens) >= self.max_tokens:
+            return True
+        if self.n_history - 1 >= self.context_length:  # the token cannot be fed: the window is full
+            self.finish = "context"
+            return True
+        return False
+
+    def close(self) -> str:
+        """Emit the held-back tail, now known not to start a stop string; the whole text."""
+        if not self.cut:
+            self.text += self.stream.flush()
+        self._emit(len(self.text))
+        return self.text
+
+
 def generate(engine: Engine, prompt: Sequence[int], params: SamplingParams | None = None, *, max_tokens: int = 256,
              stop: Sequence[str] = (), on_text: Callable[[str], None] | None = None,
              draft: Drafter | None = None, processors: Sequence[Callable] = (),
@@ -103,7 +158,6 @@ def generate(engine: Engine, prompt: Sequence[int], params: SamplingParams | Non
     """
     params = params or SamplingParams()
     sampler = Sampler(params, processors)
-    stops = [s for s in stop if s]
     out = Generation(prompt_tokens=len(prompt))
     t0 = time.perf_counter()
     logits = engine.prefill(prompt)
@@ -111,48 +165,21 @@ def generate(engine: Engine, prompt: Sequence[int], params: SamplingParams | Non
     out.prompt_evaluated = engine.evaluated_last
     out.prompt_seconds = t1 - t0
     history = list(prompt)
-    stream = StreamDecoder(engine.detokenize, prompt)
-    text, emitted = "", 0
-    finish, cut = "length", False
+    sink = TokenText(engine.detokenize, prompt, out, stop=stop, on_text=on_text, eos_ids=engine.eos_ids,
+                     max_tokens=max_tokens, context_length=engine.context_length)
     drafted = accepted = forwards = 0
-
-    def emit(upto: int) -> None:
-        nonlocal emitted
-        if upto > emitted:
-            if on_text is not None:
-                on_text(text[emitted:upto])
-            emitted = upto
 
     def take(token: int) -> bool:
         """Emit ``token``; True when generation ends with it."""
-        nonlocal text, finish, cut
-        if token in engine.eos_ids:
-            finish = "stop"
-            return True
-        out.tokens.append(token)
-        history.append(token)
-        text += stream.push(token)
-        if stops:
-            start = max(0, emitted - max(map(len, stops)))
-            hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
-            if hits:
-                text = text[:min(hits)]
-                finish, cut = "stop", True
-                return True
-            emit(len(text) - _held_back(text, stops))
-        else:
-            emit(len(text))
-        if len(out.tokens) >= max_tokens:
-            return True
-        if len(history) - 1 >= engine.context_length:  # the token cannot be fed: the window is full
-            finish = "context"
-            return True
-        return False
+        done = sink.take(token)
+        if token not in engine.eos_ids:
+            history.append(token)
+        return done
 
     carry: int | None = None  # a token already sampled (at a rejected guess) and not yet emitted
     while len(out.tokens) < max_tokens:
         if cancel is not None and cancel():
-            finish = "cancelled"
+            sink.finish = "cancelled"
             break
         token = sampler(logits, history) if carry is None else carry
         carry = None
@@ -176,16 +203,14 @@ def generate(engine: Engine, prompt: Sequence[int], params: SamplingParams | Non
             accepted += 1
             if take(t):
                 break
-        if len(out.tokens) >= max_tokens or finish != "length":
+        if len(out.tokens) >= max_tokens or sink.finish != "length":
             break
-    if not cut:
-        text += stream.flush()
-    emit(len(text))  # the held-back tail, now known not to start a stop string
+    text = sink.close()
     t2 = time.perf_counter()
     out.text = text
     out.eval_count = len(out.tokens)
     out.eval_seconds = t2 - t1
-    out.finish_reason = finish
+    out.finish_reason = sink.finish
     out.prompt_tps = out.prompt_evaluated / out.prompt_seconds if out.prompt_seconds > 0 else 0.0
     out.eval_tps = out.eval_count / out.eval_seconds if out.eval_seconds > 0 else 0.0
     if draft is not None:

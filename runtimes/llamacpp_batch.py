@@ -37,7 +37,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 from runtimes.engine import common_prefix
-from runtimes.generate import Generation, StreamDecoder, _held_back
+from runtimes.generate import Generation, TokenText
 from runtimes.sampling import Sampler, SamplingParams
 
 STRAGGLER_WAIT = 0.02  # seconds a step waits for sequences that just got logits to send their next token
@@ -162,10 +162,10 @@ class Sequence:
     def run(self, prompt: Seq[int], params: SamplingParams, *, max_tokens: int, stop: Seq[str] = (),
             on_text: Any = None, cancel: Any = None) -> Generation:
         """runtimes.generate.generate without processors or drafts, with the sampling done by the loop: same
-        tokens, text, stops and finish reasons. Written here because the generation loop samples in the caller's
-        thread, and handing every sequence's logits to its thread each step is what made 8 clients slow."""
+        tokens, and (through the same TokenText) the same text, stops and finish reasons. Its own loop because
+        generate() samples in the caller's thread, and handing every sequence's logits to its thread each step is
+        what made 8 clients slow."""
         b = self._b
-        stops = [x for x in stop if x]
         out = Generation(prompt_tokens=len(prompt))
         t0 = time.perf_counter()
         tail, keep = self._prompt(prompt)
@@ -178,63 +178,32 @@ class Sequence:
             self.submitted = time.perf_counter()
             b.cond.notify_all()
         out.prompt_evaluated = self.evaluated_last
-        stream = StreamDecoder(self.detokenize, prompt)
-        text, emitted, n_history = "", 0, len(prompt)
-        finish, cut = "length", False
+        sink = TokenText(self.detokenize, prompt, out, stop=stop, on_text=on_text, eos_ids=self.eos_ids,
+                         max_tokens=max_tokens, context_length=self.context_length)
         t1 = None
-
-        def emit(upto: int) -> None:
-            nonlocal emitted
-            if upto > emitted:
-                if on_text is not None:
-                    on_text(text[emitted:upto])
-                emitted = upto
 
         try:
             while len(out.tokens) < max_tokens:
                 if cancel is not None and cancel():
-                    finish = "cancelled"
+                    sink.finish = "cancelled"
                     break
                 item = self.out.get()
                 if t1 is None:
                     t1 = time.perf_counter()
                 if isinstance(item, Cancelled):
-                    finish = "cancelled"
+                    sink.finish = "cancelled"
                     break
                 if isinstance(item, BaseException):
                     raise item
-                token = item
-                # from here as generate()'s take()
-                if token in self.eos_ids:
-                    finish = "stop"
-                    break
-                out.tokens.append(token)
-                n_history += 1
-                text += stream.push(token)
-                if stops:
-                    start = max(0, emitted - max(map(len, stops)))
-                    hits = [i for i in (text.find(x, start) for x in stops) if i >= 0]
-                    if hits:
-                        text = text[:min(hits)]
-                        finish, cut = "stop", True
-                        break
-                    emit(len(text) - _held_back(text, stops))
-                else:
-                    emit(len(text))
-                if len(out.tokens) >= max_tokens:
-                    break
-                if n_history - 1 >= self.context_length:
-                    finish = "context"
+                if sink.take(item):
                     break
         finally:
             with b.cond:
                 self.stopped = True
-        if not cut:
-            text += stream.flush()
-        emit(len(text))
+        text = sink.close()
         t2 = time.perf_counter()
         t1 = t1 or t2
-        out.text, out.eval_count, out.finish_reason = text, len(out.tokens), finish
+        out.text, out.eval_count, out.finish_reason = text, len(out.tokens), sink.finish
         out.prompt_seconds, out.eval_seconds = t1 - t0, t2 - t1
         out.prompt_tps = out.prompt_evaluated / out.prompt_seconds if out.prompt_seconds > 0 else 0.0
         out.eval_tps = out.eval_count / out.eval_seconds if out.eval_seconds > 0 else 0.0
