@@ -117,10 +117,11 @@ class Pending:
     In this process it runs on a thread. :meth:`result` waits for the record."""
 
     def __init__(self, source: Path, artifact_dir: Path, child: bool | None = None) -> None:
-        import os
         import subprocess
         import sys
         from concurrent.futures import Future, ThreadPoolExecutor
+
+        from edgekit.child import env as child_env
 
         self.record: dict[str, Any] | None = None
         self.proc: subprocess.Popen[str] | None = None
@@ -132,11 +133,9 @@ class Pending:
             self.job = pool.submit(check_hf_directory, source, artifact_dir)
             pool.shutdown(wait=False)
             return
-        root = str(Path(__file__).resolve().parents[1])  # this package, importable as the parent sees it
-        env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error",
-               "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         self.proc = subprocess.Popen([sys.executable, "-m", __name__, str(source), str(artifact_dir)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=child_env(TRANSFORMERS_VERBOSITY="error"))
 
     def result(self) -> dict[str, Any]:
         from edgekit.errors import EdgekitError

@@ -29,7 +29,7 @@ from converters.gguf.stream import plan, write_gguf
 from converters.gguf.types import FILE_TYPES, resolve_outtype
 from converters.seam import NONE, Seam
 from converters.streaming import return_freed_chunks
-from edgekit import integrity, validate
+from edgekit import child, integrity, validate
 from edgekit.atomic import check_destination
 from edgekit.checkpoint import Checkpoint, open_checkpoint
 from edgekit.errors import EdgekitError
@@ -114,7 +114,6 @@ class TokenizerCheckLater:
         self.thread.start()
 
     def _run(self, head: bytes) -> None:
-        import os
         import subprocess
         import sys
         import tempfile
@@ -124,11 +123,8 @@ class TokenizerCheckLater:
                 meta_only = Path(d) / "vocab.gguf"
                 meta_only.write_bytes(head[:8] + (0).to_bytes(8, "little") + head[16:])  # n_tensors: 0
                 del head
-                root = str(Path(__file__).resolve().parents[2])  # this package, importable as the parent sees it
-                env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH"))
-                                                                   if p)}
                 proc = subprocess.run([sys.executable, "-c", self._CHILD, str(meta_only)], input=json.dumps(self.probe),
-                                      capture_output=True, text=True, env=env)
+                                      capture_output=True, text=True, env=child.env())
             try:
                 self.record = json.loads(proc.stdout)
             except ValueError:

@@ -12,13 +12,13 @@ process with torch hidden from it (transformers then loads only its tokenizer ha
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit.child import env as child_env
 from edgekit.errors import EdgekitError
 
 PROBE = "Hello world"  # what BOS/EOS the tokenizer adds is read off its encoding of this text
@@ -85,12 +85,8 @@ class Pending:
             self.facts: TokenizerFacts | None = measure(directory)
             return
         self.facts = None
-        # the child needs this package importable exactly as the parent sees it
-        root = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error",
-               "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         self.proc = subprocess.Popen([sys.executable, "-m", __name__, str(directory)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env)
+                                     stderr=subprocess.PIPE, text=True, env=child_env(TRANSFORMERS_VERBOSITY="error"))
 
     def result(self) -> TokenizerFacts:
         if self.facts is not None:
