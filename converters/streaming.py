@@ -1,7 +1,7 @@
 """Streaming tensors into a file: the one write path of the GGUF writer and the ONNX external data.
 
 - :class:`Sink` is the output file as the writers see it: every byte written through it also goes,
-  in order, to an optional inline sha256 (:class:`edgekit.integrity.InlineSha256`), so no artifact is
+  in order, to an optional inline digest (:class:`edgekit.integrity.InlineDigest`), so no artifact is
   read back to be hashed; kernel-copied ranges are hashed from their source's page cache.
 - :class:`Encoder` converts row chunks on a pool of one thread per core (numpy releases the GIL;
   chunks keep the converted copies small) and writes them in order, a few chunks ahead at most.
@@ -59,9 +59,9 @@ def copy_bytes(fout: BinaryIO, src: Path, start: int, end: int) -> None:
 class Sink:
     """The output file as the tensor writers see it: every byte written through it (GGUFWriter's own
     tensor infos and padding too) also goes, in order, to the optional inline hash
-    (:class:`edgekit.integrity.InlineSha256`); kernel-copied ranges are hashed from their source."""
+    (:class:`edgekit.integrity.InlineDigest`); kernel-copied ranges are hashed from their source."""
 
-    def __init__(self, raw: BinaryIO, hasher: integrity.InlineSha256 | None = None) -> None:
+    def __init__(self, raw: BinaryIO, hasher: integrity.InlineDigest | None = None) -> None:
         self.raw, self.hasher = raw, hasher
 
     def write(self, data: Any) -> int:

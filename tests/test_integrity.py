@@ -35,7 +35,7 @@ def test_verify_intact_gguf_and_run_verify(gguf_file):
     proc = run_cli("verify", str(gguf_file))
     assert proc.returncode == 0 and proc.stdout.startswith("ok:"), proc.stderr
     info = json.loads(run_cli("verify", str(gguf_file), "--json").stdout)
-    assert info["ok"] and info["checked"] == "sha256" and info["format"] == "gguf"
+    assert info["ok"] and info["checked"] == "blake3" and info["format"] == "gguf"
     run = run_cli("run", str(gguf_file), "-p", "It is a truth", "-n", "4", "--verify", "--json")
     assert run.returncode == 0 and json.loads(run.stdout)["eval_count"] >= 1, run.stderr
 
@@ -49,8 +49,31 @@ def test_garbage_in_gguf_tensor_data(gguf_file, tmp_path):
     assert proc.stdout.strip() == ""
     sampled = run_cli("run", str(bad), "-p", "It is a truth", "-n", "20", "--temperature", "0.7")
     assert_one_line_error(sampled, "non-finite logits")
-    assert_one_line_error(run_cli("verify", str(bad)), "damaged", "sha256")
+    assert_one_line_error(run_cli("verify", str(bad)), "damaged", "blake3")
     assert_one_line_error(run_cli("run", str(bad), "-p", "x", "--verify"), "damaged")
+
+
+def test_data_digest_is_blake3_and_older_sha256_files_still_verify(gguf_file, tmp_path):
+    import hashlib
+
+    import blake3
+
+    from edgekit.integrity import gguf_layout
+
+    data = gguf_file.read_bytes()
+    layout = gguf_layout(gguf_file)
+    assert layout.strings["edgekit.data_blake3"] == blake3.blake3(data[layout.kv_end:]).hexdigest()
+    assert "edgekit.data_sha256" not in layout.strings
+    # what edgekit wrote before the BLAKE3 record: the same file with the sha256 key and value (equal lengths)
+    old = tmp_path / "old.gguf"
+    recorded = layout.strings["edgekit.data_blake3"].encode()
+    sha256 = hashlib.sha256(data[layout.kv_end:]).hexdigest().encode()
+    head = data[:layout.kv_end].replace(b"edgekit.data_blake3", b"edgekit.data_sha256")
+    old.write_bytes(head.replace(recorded, sha256) + data[layout.kv_end:])
+    info = json.loads(run_cli("verify", str(old), "--json").stdout)
+    assert info["ok"] and info["checked"] == "sha256", info
+    _garble(old)
+    assert_one_line_error(run_cli("verify", str(old)), "damaged", "sha256")
 
 
 def test_truncated_gguf_fails_the_cheap_check(gguf_file, tmp_path):
@@ -68,7 +91,7 @@ def test_foreign_gguf_without_hash_cannot_be_verified(gguf_file, tmp_path):
     out = tmp_path / "foreign.gguf"
     w = gguf.GGUFWriter(out, "llama")
     for name, field in src.fields.items():
-        if name.startswith("GGUF.") or name in ("general.architecture", "edgekit.data_sha256"):
+        if name.startswith("GGUF.") or name in ("general.architecture", "edgekit.data_blake3"):
             continue
         vtype = field.types[0]
         value = field.contents()
@@ -83,7 +106,7 @@ def test_foreign_gguf_without_hash_cannot_be_verified(gguf_file, tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    assert_one_line_error(run_cli("verify", str(out)), "records no edgekit.data_sha256")
+    assert_one_line_error(run_cli("verify", str(out)), "records no edgekit.data_blake3 or edgekit.data_sha256")
     ok = run_cli("run", str(out), "-p", "It is a truth", "-n", "3")
     assert ok.returncode == 0, ok.stderr
 

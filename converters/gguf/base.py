@@ -212,7 +212,7 @@ def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle
                 w.add_quantization_version(gguf.GGML_QUANT_VERSION)
                 vocab.write(w)
                 mf.write_gguf(w, manifest)
-                w.add_string(integrity.DATA_SHA256_KEY, data_placeholder)
+                w.add_string(integrity.DATA_KEY, data_placeholder)
                 if stops:  # a JSON string, not an array: llama-cpp-python's metadata dict leaves arrays out
                     w.add_string("edgekit.stop_token_ids", json.dumps(stops))
                 w.add_string("edgekit.tokenizer_check", check.placeholder)

@@ -217,9 +217,9 @@ def write_gguf(dest: Path, force: bool, arch_name: str, planned: list[Plan], ckp
     ``header(head)`` gets the file's bytes up to the end of the metadata as soon as they are written
     (work that needs only the metadata runs while the tensors stream); ``finish(path, metadata_end)``
     runs on the complete temporary file before it is renamed. With ``data_hash_placeholder`` (a metadata
-    string value), the sha256 of everything after the metadata is computed inline as it is written and
-    patched over it (:mod:`edgekit.integrity`). Returns {"tensors", "types", "bytes", "copied"};
-    ``copied`` counts tensors copied as stored.
+    string value), the digest (:data:`edgekit.integrity.DATA_KEY`) of everything after the metadata is computed
+    inline as it is written and patched over it (:mod:`edgekit.integrity`). Returns {"tensors", "types", "bytes",
+    "copied"}; ``copied`` counts tensors copied as stored.
     """
     counts: dict[str, int] = {}
     for p in planned:
@@ -247,7 +247,7 @@ def write_gguf(dest: Path, force: bool, arch_name: str, planned: list[Plan], ckp
                 w.fout[0].flush()
                 header(_head(tmp, kv_end))
             if data_hash_placeholder is not None:
-                hasher = integrity.InlineSha256()
+                hasher = integrity.InlineDigest(new=integrity.DATA_KEYS[integrity.DATA_KEY])
             w.fout[0] = Sink(w.fout[0], hasher)  # type: ignore[call-overload]
             w.write_tensors_to_file(progress=False)
             w.flush()

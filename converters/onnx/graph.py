@@ -37,10 +37,10 @@ class WeightFile:
 
     def __init__(self, path: Path) -> None:
         from converters.streaming import Encoder, Sink
-        from edgekit.integrity import InlineSha256
+        from edgekit.integrity import InlineDigest
 
         self.path = path
-        self.hasher = InlineSha256()
+        self.hasher = InlineDigest()
         self.fh = Sink(path.open("wb"), self.hasher)
         self.encoder = Encoder()
         self.offset = 0

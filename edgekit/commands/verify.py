@@ -1,4 +1,4 @@
-"""`edgekit verify`: check an artifact byte for byte against the sha256 values it records."""
+"""`edgekit verify`: check an artifact byte for byte against the digests it records."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from edgekit.commands import emit
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def verify_cmd(artifact: str, as_json: bool) -> None:
     """Verify ARTIFACT (a .gguf file, or an ONNX / Core ML directory from edgekit convert): every file's
-    size, header and sha256 against its manifest (edgekit.json, or the GGUF's edgekit.data_sha256)."""
+    size, header and digest against its manifest (edgekit.json's sha256 values, or the GGUF's edgekit.data_blake3;
+    edgekit.data_sha256 in GGUF files written before it)."""
     from pathlib import Path
 
     from edgekit.errors import EdgekitError
@@ -23,4 +24,4 @@ def verify_cmd(artifact: str, as_json: bool) -> None:
     result = check(artifact, full=True)
     emit({**result, "ok": True}, as_json,
          f"ok: {artifact} ({result['format']}, {result['files']} file{'s' if result['files'] != 1 else ''}, "
-         "sha256 matches)")
+         f"{result['checked']} matches)")
