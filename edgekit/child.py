@@ -1,15 +1,95 @@
-"""The environment of a Python child process this package starts (``[sys.executable, ...]``): the parent's, with
-this checkout importable in the child exactly as the parent sees it (a source tree run without installing)."""
+"""Python child processes this package starts (``[sys.executable, ...]``): their environment (this checkout
+importable in the child exactly as the parent sees it, a source tree run without installing), and
+:class:`Job`, work that measures a tokenizer with transformers in a child or on a thread."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from edgekit.errors import EdgekitError
 
 ROOT = str(Path(__file__).resolve().parents[1])
+T = TypeVar("T")
 
 
 def env(**extra: str) -> dict[str, str]:
     """``os.environ`` plus ``extra``, with this package's root first on PYTHONPATH."""
     path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, **extra, "PYTHONPATH": path}
+
+
+class Job(Generic[T]):
+    """``function(*args)`` under way, for work that loads a tokenizer with transformers while the parent converts
+    weights: in a child process (``python -m module ARGS``, whose ``__main__`` calls :func:`serve` with the same
+    function) unless transformers is loaded already, else on a thread (``child`` forces the choice). Importing
+    transformers beside torch costs ~3 s of CPU the parent's conversion needs; the child hides torch, so
+    transformers loads only its tokenizer half (~1.3 s), on its own interpreter lock. Once transformers is
+    loaded, the thread costs little. ``args`` are strings (they become the child's argv); the function returns
+    JSON-able data, which ``decode`` turns into the result. A child that dies without an answer raises
+    EdgekitError(``failed`` + its last stderr line, ``fix``)."""
+
+    def __init__(self, module: str, function: Callable[..., Any], args: Sequence[str], failed: str, fix: str,
+                 decode: Callable[[Any], T] = lambda data: data, child: bool | None = None) -> None:
+        self.failed, self.fix, self.decode = failed, fix, decode
+        self.value: T | None = None
+        self.proc: subprocess.Popen[str] | None = None
+        self.future: Future[Any] | None = None
+        if child is None:
+            child = "transformers" not in sys.modules
+        if child:
+            self.proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True, env=env(TRANSFORMERS_VERBOSITY="error"))
+        else:
+            pool = ThreadPoolExecutor(max_workers=1)
+            self.future = pool.submit(function, *args)
+            pool.shutdown(wait=False)
+
+    def result(self) -> T:
+        """Waits for the answer; the function's EdgekitError is raised here, from the child too."""
+        if self.value is None:
+            self.value = self.decode(self.future.result() if self.future is not None else self._answer())
+        return self.value
+
+    def _answer(self) -> Any:
+        assert self.proc is not None
+        out, err = self.proc.communicate()
+        try:
+            answer = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            last = (err.strip().splitlines() or [f"exit status {self.proc.returncode}"])[-1]
+            raise EdgekitError(f"{self.failed}: {last[:200]}", self.fix) from None
+        if "error" in answer:
+            raise EdgekitError(answer["error"], answer.get("fix"))
+        return answer["result"]
+
+    def cancel(self) -> None:
+        """Stop the job: a child is killed; a thread that has begun runs to its end (it may still write where the
+        caller is about to clean up), its error dropped (the error that cancels is the one to report)."""
+        if self.future is not None:
+            self.future.cancel()
+            try:
+                self.future.result()
+            except BaseException:
+                pass
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+def serve(function: Callable[..., Any], args: Sequence[str]) -> int:
+    """The child's side of :class:`Job`: ``function(*args)`` with torch hidden (transformers then skips its torch
+    half), its answer printed as one JSON line: {"result": ...} or {"error", "fix"} for an EdgekitError."""
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        answer: dict[str, Any] = {"result": function(*args)}
+    except EdgekitError as exc:
+        answer = {"error": exc.what, "fix": exc.fix}
+    print(json.dumps(answer))
+    return 0

@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from edgekit.child import Job
 
 PROBE_CONVERSATION = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -110,64 +113,17 @@ def check_hf_directory(source: Path, artifact_dir: Path) -> dict[str, Any]:
     return record
 
 
-class Pending:
-    """:func:`check_hf_directory` under way, in a child process unless transformers is loaded already:
-    importing transformers beside torch costs ~3 s of CPU that the parent's weight conversion needs; the
-    child hides torch, so transformers loads only its tokenizer half (~1.3 s), on its own interpreter lock.
-    In this process it runs on a thread. :meth:`result` waits for the record."""
-
-    def __init__(self, source: Path, artifact_dir: Path, child: bool | None = None) -> None:
-        import subprocess
-        import sys
-        from concurrent.futures import Future, ThreadPoolExecutor
-
-        from edgekit.child import env as child_env
-
-        self.record: dict[str, Any] | None = None
-        self.proc: subprocess.Popen[str] | None = None
-        self.job: Future[dict[str, Any]] | None = None
-        if child is None:
-            child = "transformers" not in sys.modules  # once loaded, checking here costs little
-        if not child:
-            pool = ThreadPoolExecutor(max_workers=1)
-            self.job = pool.submit(check_hf_directory, source, artifact_dir)
-            pool.shutdown(wait=False)
-            return
-        self.proc = subprocess.Popen([sys.executable, "-m", __name__, str(source), str(artifact_dir)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=child_env(TRANSFORMERS_VERBOSITY="error"))
-
-    def result(self) -> dict[str, Any]:
-        from edgekit.errors import EdgekitError
-
-        if self.record is None and self.job is not None:
-            self.record = self.job.result()
-        if self.record is None:
-            assert self.proc is not None
-            out, err = self.proc.communicate()
-            try:
-                self.record = json.loads(out.strip().splitlines()[-1])
-            except (ValueError, IndexError):
-                last = (err.strip().splitlines() or [f"exit code {self.proc.returncode}"])[-1]
-                raise EdgekitError(f"checking the tokenizer failed: {last[:200]}",
-                                   "check that transformers loads it: AutoTokenizer.from_pretrained(DIR)") from None
-        return self.record
-
-    def cancel(self) -> None:
-        if self.job is not None:
-            self.job.cancel()
-            try:
-                self.job.result()  # a running check finishes: it may still write into the artifact directory
-            except BaseException:  # the error that cancels the export is the one to report
-                pass
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate()
+def _check_hf_directory(source: str, artifact_dir: str) -> dict[str, Any]:
+    return check_hf_directory(Path(source), Path(artifact_dir))
 
 
-def start_hf_directory(source: Path, artifact_dir: Path, child: bool | None = None) -> Pending:
-    """Begin :func:`check_hf_directory` (``child`` forces where; default: a child unless transformers is loaded)."""
-    return Pending(source, artifact_dir, child)
+def start_hf_directory(source: Path, artifact_dir: Path, child: bool | None = None) -> Job[dict[str, Any]]:
+    """Begin :func:`check_hf_directory`, in a child process unless transformers is loaded already (``child``
+    forces where; :class:`edgekit.child.Job`); ``.result()`` waits for the record, ``.cancel()`` stops it."""
+    from edgekit.child import Job
+
+    return Job(__name__, _check_hf_directory, [str(source), str(artifact_dir)], "checking the tokenizer failed",
+               "check that transformers loads it: AutoTokenizer.from_pretrained(DIR)", child=child)
 
 
 def as_metadata(record: dict[str, Any]) -> str:
@@ -198,15 +154,9 @@ def check_gguf(path: Path, ref: dict[str, Any]) -> dict[str, Any]:
         llm.close()
 
 
-def _main(source: str, artifact_dir: str) -> int:
-    import sys
-
-    sys.modules["torch"] = None  # type: ignore[assignment]  # transformers then skips its torch half
-    print(json.dumps(check_hf_directory(Path(source), Path(artifact_dir))))
-    return 0
-
-
 if __name__ == "__main__":
     import sys
 
-    sys.exit(_main(*sys.argv[1:3]))
+    from edgekit.child import serve
+
+    sys.exit(serve(_check_hf_directory, sys.argv[1:3]))

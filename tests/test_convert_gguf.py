@@ -259,6 +259,26 @@ def test_tokenizer_facts_same_in_child_process(tiny_dir, random_model, tmp_path)
         assert asdict(hf_tokenizer.start(d, child=True).result()) == asdict(hf_tokenizer.measure(d)), d
 
 
+def test_tokenizer_job_errors_same_from_child_and_thread(tiny_dir, tmp_path):
+    """edgekit.child.Job: the function's EdgekitError reaches the caller whole from a child as from a thread; a
+    child that dies without an answer is one error naming its last stderr line."""
+    from converters.gguf import hf_tokenizer
+    from edgekit.child import Job
+    from edgekit.errors import EdgekitError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    (broken / "tokenizer.json").write_text("{not json")
+    errors = []
+    for child in (True, False):
+        with pytest.raises(EdgekitError) as err:
+            hf_tokenizer.start(broken, child=child).result()
+        errors.append((err.value.what, err.value.fix))
+    assert errors[0] == errors[1] and errors[0][0].startswith(f"cannot load the tokenizer in {broken}"), errors
+    with pytest.raises(EdgekitError, match="measuring failed: .*No module named edgekit.nothing; fix it"):
+        Job("edgekit.nothing", len, [], "measuring failed", "fix it", child=True).result()
+
+
 def _tokenizer_parity(src: Path, gguf_path: Path, texts: list[str]) -> list[tuple[str, list[int], list[int]]]:
     from transformers import AutoTokenizer
 

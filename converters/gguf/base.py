@@ -156,7 +156,7 @@ class TokenizerCheckLater:
 
 def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle: bool, force: bool,
             progress: bool, outtype: str | None = None, adapter_only: bool = False,
-            facts: hf_tokenizer.Pending | None = None, seam: Seam = NONE) -> dict[str, Any]:
+            facts: child.Job[hf_tokenizer.TokenizerFacts] | None = None, seam: Seam = NONE) -> dict[str, Any]:
     """Convert ``model`` (+ merged ``adapter``) to a GGUF file, or ``adapter`` alone with ``adapter_only``.
 
     ``facts``: the tokenizer measurement, if the caller started it already (it is cancelled on return).

@@ -11,14 +11,12 @@ process with torch hidden from it (transformers then loads only its tokenizer ha
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.child import env as child_env
+from edgekit.child import Job, serve
 from edgekit.errors import EdgekitError
 
 PROBE = "Hello world"  # what BOS/EOS the tokenizer adds is read off its encoding of this text
@@ -73,51 +71,22 @@ def measure(directory: Path) -> TokenizerFacts:
                           tokenizer_check.reference(hf, chat_template(directory)))
 
 
-class Pending:
-    """Facts being measured; :meth:`result` waits for them."""
-
-    def __init__(self, directory: Path, child: bool | None = None) -> None:
-        self.directory = directory
-        self.proc: subprocess.Popen[str] | None = None
-        if child is None:
-            child = "transformers" not in sys.modules  # once loaded, measuring here costs nothing
-        if not child:
-            self.facts: TokenizerFacts | None = measure(directory)
-            return
-        self.facts = None
-        self.proc = subprocess.Popen([sys.executable, "-m", __name__, str(directory)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=child_env(TRANSFORMERS_VERBOSITY="error"))
-
-    def result(self) -> TokenizerFacts:
-        if self.facts is not None:
-            return self.facts
-        assert self.proc is not None
-        out, err = self.proc.communicate()
-        try:
-            data = json.loads(out)
-        except ValueError:
-            last = (err.strip().splitlines() or ["no output"])[-1]
-            raise EdgekitError(f"measuring the tokenizer in {self.directory} failed: {last[:200]}",
-                               "check that transformers loads it: AutoTokenizer.from_pretrained(DIR)") from None
-        if "error" in data:
-            raise EdgekitError(data["error"])
-        data["added"] = [AddedToken(**a) for a in data["added"]]
-        self.facts = TokenizerFacts(**data)
-        return self.facts
-
-    def cancel(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate()
+def _measured(directory: str) -> dict[str, Any]:
+    return asdict(measure(Path(directory)))
 
 
-def start(directory: Path, child: bool | None = None) -> Pending:
-    """Begin measuring ``directory``'s tokenizer: in a child process unless transformers is loaded
-    already (``child`` forces the choice)."""
-    return Pending(directory, child)
+def _facts(data: dict[str, Any]) -> TokenizerFacts:
+    return TokenizerFacts(**{**data, "added": [AddedToken(**a) for a in data["added"]]})
 
 
-def start_local(ref: str) -> Pending | None:
+def start(directory: Path, child: bool | None = None) -> Job[TokenizerFacts]:
+    """Begin measuring ``directory``'s tokenizer, in a child process unless transformers is loaded already
+    (``child`` forces the choice; :class:`edgekit.child.Job`); ``.result()`` waits for the facts."""
+    return Job(__name__, _measured, [str(directory)], f"measuring the tokenizer in {directory} failed",
+               "check that transformers loads it: AutoTokenizer.from_pretrained(DIR)", decode=_facts, child=child)
+
+
+def start_local(ref: str) -> Job[TokenizerFacts] | None:
     """:func:`start` for a local model directory holding tokenizer files; None for anything else
     (hub ids, missing paths), which the converter resolves and reports in its own order."""
     path = Path(ref).expanduser()
@@ -126,15 +95,5 @@ def start_local(ref: str) -> Pending | None:
     return start(path.resolve())
 
 
-def _main(directory: str) -> int:
-    sys.modules["torch"] = None  # type: ignore[assignment]  # transformers then skips its torch half
-    try:
-        data: dict[str, Any] = asdict(measure(Path(directory)))
-    except EdgekitError as exc:
-        data = {"error": str(exc)}
-    print(json.dumps(data))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1]))
+    sys.exit(serve(_measured, sys.argv[1:2]))
