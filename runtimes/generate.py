@@ -140,6 +140,18 @@ class TokenText:
         self._emit(len(self.text))
         return self.text
 
+    def end(self, t0: float, t1: float) -> Generation:
+        """:meth:`close`, then the generation's text, counts, finish reason and timings filled in: the prompt went
+        in at ``t0`` and its logits were out at ``t1`` (perf_counter); decoding ends now."""
+        text = self.close()
+        t2 = time.perf_counter()
+        out = self.out
+        out.text, out.eval_count, out.finish_reason = text, len(out.tokens), self.finish
+        out.prompt_seconds, out.eval_seconds = t1 - t0, t2 - t1
+        out.prompt_tps = out.prompt_evaluated / out.prompt_seconds if out.prompt_seconds > 0 else 0.0
+        out.eval_tps = out.eval_count / out.eval_seconds if out.eval_seconds > 0 else 0.0
+        return out
+
 
 def generate(engine: Engine, prompt: Sequence[int], params: SamplingParams | None = None, *, max_tokens: int = 256,
              stop: Sequence[str] = (), on_text: Callable[[str], None] | None = None,
@@ -163,7 +175,6 @@ def generate(engine: Engine, prompt: Sequence[int], params: SamplingParams | Non
     logits = engine.prefill(prompt)
     t1 = time.perf_counter()
     out.prompt_evaluated = engine.evaluated_last
-    out.prompt_seconds = t1 - t0
     history = list(prompt)
     sink = TokenText(engine.detokenize, prompt, out, stop=stop, on_text=on_text, eos_ids=engine.eos_ids,
                      max_tokens=max_tokens, context_length=engine.context_length)
@@ -205,14 +216,7 @@ def generate(engine: Engine, prompt: Sequence[int], params: SamplingParams | Non
                 break
         if len(out.tokens) >= max_tokens or sink.finish != "length":
             break
-    text = sink.close()
-    t2 = time.perf_counter()
-    out.text = text
-    out.eval_count = len(out.tokens)
-    out.eval_seconds = t2 - t1
-    out.finish_reason = sink.finish
-    out.prompt_tps = out.prompt_evaluated / out.prompt_seconds if out.prompt_seconds > 0 else 0.0
-    out.eval_tps = out.eval_count / out.eval_seconds if out.eval_seconds > 0 else 0.0
+    sink.end(t0, t1)
     if draft is not None:
         # tokens per target forward (prefill included; 1.0 without speculation): the speed-up over plain
         # decoding if verifying k tokens cost what one token's forward costs (the benchmark measures the real one)

@@ -200,14 +200,7 @@ class Sequence:
         finally:
             with b.cond:
                 self.stopped = True
-        text = sink.close()
-        t2 = time.perf_counter()
-        t1 = t1 or t2
-        out.text, out.eval_count, out.finish_reason = text, len(out.tokens), sink.finish
-        out.prompt_seconds, out.eval_seconds = t1 - t0, t2 - t1
-        out.prompt_tps = out.prompt_evaluated / out.prompt_seconds if out.prompt_seconds > 0 else 0.0
-        out.eval_tps = out.eval_count / out.eval_seconds if out.eval_seconds > 0 else 0.0
-        return out
+        return sink.end(t0, t1 or time.perf_counter())
 
     def _sample(self, logits: np.ndarray, stats: Stats) -> None:
         """Loop side of run(): draw from this step's row (read in place, before the next decode overwrites it),
