@@ -82,7 +82,7 @@ def load(artifact: str | Path, device: str = "auto", threads: int | None = None,
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise EdgekitError(f"the {kind} backend cannot start: {err}", "install the runtime it needs") from None
-    facts = devices.host_facts()
+    facts = devices.host_facts(kind)
     static = module.is_static(path) if hasattr(module, "is_static") else None
     selection = devices.select(device, kind, facts, fallback=fallback, static_onnx=static)
     # the engines' own runtime settings (OpenMP wait policy, spinning) are left as the user's environment has them

@@ -72,22 +72,26 @@ def _is_android() -> bool:
     return "ANDROID_ROOT" in os.environ or "ANDROID_DATA" in os.environ or hasattr(sys, "getandroidapilevel")
 
 
-def host_facts() -> HostFacts:
-    """The real facts of this host (onnxruntime and llama.cpp are asked only if they import)."""
+def host_facts(backend: str | None = None) -> HostFacts:
+    """The real facts of this host (onnxruntime and llama.cpp are asked only if they import). With ``backend``
+    ("gguf" | "onnx" | "coreml"), only what :func:`select` reads for it: importing onnxruntime to run a GGUF
+    costs ~1 s, and llama.cpp's library is not loaded for ONNX."""
     facts = HostFacts(system=platform.system(), machine=platform.machine().lower(), android=_is_android(),
                       tegra=Path("/etc/nv_tegra_release").exists())
-    try:
-        import onnxruntime
+    if backend in (None, "onnx"):
+        try:
+            import onnxruntime
 
-        facts.onnx_providers = list(onnxruntime.get_available_providers())
-    except ImportError:
-        facts.onnx_providers = []
-    try:
-        import llama_cpp
+            facts.onnx_providers = list(onnxruntime.get_available_providers())
+        except ImportError:
+            facts.onnx_providers = []
+    if backend in (None, "gguf"):
+        try:
+            import llama_cpp
 
-        facts.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
-    except (ImportError, OSError, AttributeError):
-        facts.gpu_offload = False
+            facts.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
+        except (ImportError, OSError, AttributeError):
+            facts.gpu_offload = False
     return facts
 
 

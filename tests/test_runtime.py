@@ -269,6 +269,7 @@ def test_real_selection_on_this_host():
 
     facts = devices.host_facts()
     assert facts.onnx_providers == onnxruntime.get_available_providers()
+    assert devices.host_facts("onnx").onnx_providers == facts.onnx_providers
     profile = devices.detect(facts)
     sel = devices.select("auto", "onnx", facts)
     # DESIGN.md's device table, written out here rather than read from the implementation's own
@@ -285,3 +286,20 @@ def test_real_selection_on_this_host():
     assert rep["profiles"]["auto"]["onnx"]["providers"] == sel.providers
     assert rep["backends"]["onnxruntime"]["providers"] == facts.onnx_providers
     assert rep["cpu"]["physical_cores"] >= 1 and rep["memory"]["total_gb"] > 0
+
+
+def test_a_gguf_loads_without_onnxruntime():
+    """Each backend's host facts come from its own library only: running a GGUF never imports onnxruntime (~1 s)."""
+    import subprocess
+    import sys
+
+    import llama_cpp
+
+    from edgekit.models import smollm2
+
+    assert devices.host_facts("gguf").gpu_offload == bool(llama_cpp.llama_supports_gpu_offload())
+    code = "import sys, runtimes; runtimes.load(sys.argv[1], context=64); print('onnxruntime' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code, str(smollm2.gguf_path())], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
+
