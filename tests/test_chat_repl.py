@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-import runtimes  # noqa: F401 - before llama_cpp: sets OMP_WAIT_POLICY before libgomp loads
 from helpers import run_cli
 
 pexpect = pytest.importorskip("pexpect")
@@ -44,16 +43,6 @@ def tiny_gguf(tiny_dir, tmp_path_factory) -> Path:
     proc = run_cli("convert", str(tiny_dir), "--to", "gguf", "--outtype", "f32", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     return out
-
-
-@pytest.fixture(scope="module")
-def smollm2_gguf() -> Path:
-    from edgekit.models import smollm2
-
-    try:
-        return smollm2.gguf_path()
-    except FileNotFoundError as err:
-        pytest.skip(str(err))
 
 
 def greedy(gguf: Path, prompt: str, *args: str) -> dict:

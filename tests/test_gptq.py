@@ -51,22 +51,30 @@ def test_every_grid_holds_gptqs_codes(grid, params, act_order):
 @pytest.fixture(scope="module")
 def tiny_gptq(tiny_dir, tmp_path_factory):
     """One GPTQ pass over edgekit-tiny -> Q4_0 GGUF through the public API, keeping GPTQ's own codes."""
+    out = tmp_path_factory.mktemp("gptq") / "tiny-gptq-q4_0.gguf"
+    summary, cb = _run_keeping_codes(str(tiny_dir), "gguf", out, qtype="q4_0", **CALIB)
+    return out, summary, cb
+
+
+def _run_keeping_codes(model: str, fmt: str, out, **options):
+    """``quant.pipeline.run(model, fmt, "gptq", out, ...)`` through the public API, and the codebook GPTQ itself
+    returned (its first call; gptq.run wrapped for the pipeline's call): (the pipeline's summary, the codebook)."""
     from quant import gptq, pipeline
 
     seen = {}
     real = gptq.run
 
     def spy(*a, **k):
-        seen["cb"], seen["summary"] = real(*a, **k)
-        return seen["cb"], seen["summary"]
+        result = real(*a, **k)
+        seen.setdefault("r", result)
+        return result
 
     gptq.run = spy
     try:
-        out = tmp_path_factory.mktemp("gptq") / "tiny-gptq-q4_0.gguf"
-        summary = pipeline.run(str(tiny_dir), "gguf", "gptq", str(out), qtype="q4_0", progress=False, **CALIB)
+        summary = pipeline.run(model, fmt, "gptq", str(out), progress=False, **options)
     finally:
         gptq.run = real
-    return out, summary, seen["cb"]
+    return summary, seen["r"][0]
 
 
 def test_gptq_beats_rtn_on_every_linear_of_tiny(tiny_gptq):
@@ -103,18 +111,8 @@ def test_onnx_holds_gptqs_codes(tiny_dir, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from quant import gptq, pipeline
-
-    seen = {}
-    real = gptq.run
-    gptq.run = lambda *a, **k: seen.setdefault("r", real(*a, **k))
-    try:
-        out = tmp_path / "o"
-        pipeline.run(str(tiny_dir), "onnx", "gptq", str(out), qtype="int4", group_size=128, act_order=True,
-                     progress=False, **CALIB)
-    finally:
-        gptq.run = real
-    cb = seen["r"][0]
+    out = tmp_path / "o"
+    _, cb = _run_keeping_codes(str(tiny_dir), "onnx", out, qtype="int4", group_size=128, act_order=True, **CALIB)
     m = onnx.load(str(out / "model.onnx"))
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     nodes = [n for n in m.graph.node if n.op_type == "MatMulNBits"]
@@ -170,18 +168,8 @@ def test_bad_inputs_are_one_line(tiny_dir, tmp_path):
 def test_moe_experts_get_gptq_codes_from_their_routed_tokens(random_model, tmp_path):
     import gguf
 
-    from quant import gptq, pipeline
-
-    seen = {}
-    real = gptq.run
-    gptq.run = lambda *a, **k: seen.setdefault("r", real(*a, **k))
-    try:
-        out = tmp_path / "mx.gguf"
-        pipeline.run(str(random_model("mixtral")), "gguf", "gptq", str(out), qtype="q8_0", samples=8, seqlen=32,
-                     progress=False)
-    finally:
-        gptq.run = real
-    cb = seen["r"][0]
+    out = tmp_path / "mx.gguf"
+    _, cb = _run_keeping_codes(str(random_model("mixtral")), "gguf", out, qtype="q8_0", samples=8, seqlen=32)
     experts = [e for e in cb.errors if e["role"] == "expert_gate" and e["layer"] == 0]
     assert len(experts) == 4 and sum(e["tokens"] for e in experts) == 8 * 32 * 2  # top-2 routing
     assert all(e["err_gptq"] <= e["err_rtn"] for e in cb.errors if e["tokens"])
@@ -198,17 +186,8 @@ def test_coreml_holds_gptqs_codes(tiny_dir, tmp_path):
     """GPTQ -> Core ML int4: the program's constexpr_blockwise_shift_scale ops hold GPTQ's codes and scales, and
     decompress to GPTQ's own dequantized weight in the program's fp16."""
     from converters.coreml import compressed
-    from quant import gptq, pipeline
-
-    seen = {}
-    real = gptq.run
-    gptq.run = lambda *a, **k: seen.setdefault("r", real(*a, **k))
-    try:
-        out = tmp_path / "c"
-        pipeline.run(str(tiny_dir), "coreml", "gptq", str(out), qtype="int4", group_size=32, progress=False, **CALIB)
-    finally:
-        gptq.run = real
-    cb = seen["r"][0]
+    out = tmp_path / "c"
+    _, cb = _run_keeping_codes(str(tiny_dir), "coreml", out, qtype="int4", group_size=32, **CALIB)
     stored = compressed.read_back(out / "model.mlpackage")
     assert sorted(stored) == sorted(f"{k}.weight" for k in cb.codes) and len(cb.codes) == 4 * 7
     g = grids.get("coreml:int4", block_size=32)

@@ -21,13 +21,8 @@ PROMPT = "The capital of France is"
 
 
 @pytest.fixture(scope="module")
-def gguf() -> Path:
-    from edgekit.models import smollm2
-
-    try:
-        return smollm2.gguf_path()
-    except FileNotFoundError as err:
-        pytest.skip(str(err))
+def gguf(smollm2_gguf: Path) -> Path:
+    return smollm2_gguf
 
 
 @pytest.fixture(scope="module")

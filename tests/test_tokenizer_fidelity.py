@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import runtimes  # noqa: F401 - before llama_cpp: sets OMP_WAIT_POLICY before libgomp loads
+import runtimes
 from helpers import run_cli
 
 llama_cpp = pytest.importorskip("llama_cpp")
