@@ -19,7 +19,9 @@ greedy:
 Timing, the same for every side except llama-bench (which times itself): prefill tokens/s = prompt tokens /
 time to the first generated token; decode tokens/s = (n - 1) / time from the first to the n-th token. Each
 process warms up (weights paged in) before it is timed. Rounds alternate the order of the sides; medians of
-``--rounds`` are reported. The greedy tokens of every side are compared. The decode figure is set against
+``--rounds`` are reported, each round with the threads of other processes that were runnable while each side ran
+(an OpenMP decode loses a barrier to every preemption, so a figure measured in company says so). The greedy tokens
+of every side are compared. The decode figure is set against
 the memory-bandwidth roofline: bytes of weights read per token / copy bandwidth measured here (STREAM
 convention: 2 x bytes / time of a numpy copy of a 512 MiB buffer split over the threads). Nothing asserts
 a time: the ratios are printed for a person (and ``--json``) to judge.
@@ -195,12 +197,45 @@ SIDES = {"edgekit": side_edgekit, "llama-cpp-python": side_llama_cpp_python, "on
 
 # -- the parent: rounds of fresh processes -------------------------------------------------------------------
 
+def _running() -> int | None:
+    """Runnable threads on the machine now (/proc/loadavg's 4th field), None where /proc is missing."""
+    try:
+        return int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def run_watched(cmd: list[str], threads: int, **kwargs) -> tuple[subprocess.CompletedProcess, int | None]:
+    """``subprocess.run`` plus the most threads of other processes that were runnable while ``cmd`` ran (sampled
+    every 50 ms: the measured side's ``threads`` and this sampler excluded). An OpenMP decode loses a whole barrier
+    to every preemption of one of its threads, so a round that had company says so next to its figure."""
+    import threading
+
+    seen: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            count = _running()
+            if count is not None:
+                seen.append(max(0, count - threads - 1))
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, **kwargs)
+    finally:
+        done.set()
+        watcher.join()
+    return proc, (sorted(seen)[len(seen) * 9 // 10] if seen else None)  # 90th percentile: a lasting neighbour
+
+
 def run_side(name: str, artifact: Path, ids_file: Path, n: int, threads: int) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--side", name, str(artifact), str(ids_file), str(n),
-                           str(threads)], capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    proc, others = run_watched([sys.executable, __file__, "--side", name, str(artifact), str(ids_file), str(n),
+                                str(threads)], threads, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "others_runnable": others}
 
 
 def llama_bench_path() -> Path | None:
@@ -214,12 +249,13 @@ def llama_bench_path() -> Path | None:
 def run_llama_bench(exe: Path, artifact: Path, n_prompt: int, n: int, threads: int) -> dict:
     """pp{n_prompt}, tg{n} (empty cache) and tg{n}@d{n_prompt} (after n_prompt tokens), ``GGUF_REPS`` repetitions
     each after llama-bench's own warm-up; the median of its samples, as the other GGUF sides report theirs."""
-    out = {}
+    out: dict = {"others_runnable": None}
     for key, args in (("pp_tg", ["-p", str(n_prompt), "-n", str(n)]), ("depth", ["-p", "0", "-n", str(n),
                                                                                 "-d", str(n_prompt)])):
-        proc = subprocess.run([str(exe), "-m", str(artifact), *args, "-t", str(threads), "-r", str(GGUF_REPS),
-                               "-o", "json"],
-                              capture_output=True, text=True, timeout=1800)
+        proc, others = run_watched([str(exe), "-m", str(artifact), *args, "-t", str(threads), "-r", str(GGUF_REPS),
+                                    "-o", "json"], threads)
+        if others is not None:
+            out["others_runnable"] = max(others, out["others_runnable"] or 0)
         if proc.returncode != 0:
             if key == "depth":  # an older llama-bench without -d
                 continue
@@ -248,7 +284,8 @@ def measure(sides: list[str], artifact: Path, ids: list[int], n: int, threads: i
             else:
                 runs[name].append(run_side(name, artifact, ids_file, n, threads))
         print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {runs[k][-1]['decode_tps']:.1f}" for k in names)
-              + " decode tok/s", flush=True)
+              + " decode tok/s; other runnable threads (p90) " + ", ".join(
+                  f"{k} {runs[k][-1].get('others_runnable')}" for k in names), flush=True)
     res: dict = {}
     for name, rs in runs.items():
         res[name] = {k: statistics.median(x[k] for x in rs)
@@ -256,6 +293,7 @@ def measure(sides: list[str], artifact: Path, ids: list[int], n: int, threads: i
                      if all(k in x for x in rs)}
         res[name]["spread_decode"] = [round(min(x["decode_tps"] for x in rs), 1),
                                       round(max(x["decode_tps"] for x in rs), 1)]
+        res[name]["others_runnable"] = [x.get("others_runnable") for x in rs]
         if name == "llama-bench":
             res[name]["build"] = rs[0].get("build")
         if "spinning" in rs[0]:
