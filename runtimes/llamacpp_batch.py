@@ -19,6 +19,11 @@ Slots keep their tokens after a request ends (prefix cache): a new request takes
 cached tokens share the longest prefix with its prompt and only the rest is evaluated (the slot's tail is
 dropped with ``llama_memory_seq_rm``). A cancelled request's cells are removed at the start of the next step.
 The KV cache is not unified (``kv_unified=False``): each slot owns ``num_ctx`` cells, as llama-server's do.
+
+Every llama.cpp computation of the server runs on the loop thread, other contexts' too (:meth:`Batcher.call`, e.g.
+embeddings): llama.cpp's CPU backend runs on OpenMP, and libgomp keeps a thread pool per calling thread; once a
+second thread has computed, the process holds more OpenMP threads than CPUs and libgomp's barriers stop spinning
+and sleep on a futex after 100 spins, which slowed every later batch step by a third or more for good.
 """
 
 from __future__ import annotations
@@ -243,6 +248,20 @@ class Sequence:
         self._b._release(self)
 
 
+class _Call:
+    def __init__(self, fn: Any) -> None:
+        self.fn, self.done = fn, threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as e:  # handed to the caller's thread
+            self.error = e
+        self.done.set()
+
+
 class Batcher:
     """The loop thread, the context and the slots. ``open()`` gives a request a Sequence (FIFO for slots)."""
 
@@ -284,11 +303,28 @@ class Batcher:
         # tokens sampled this step, sent once the next batch is built: a woken request thread would take the GIL
         # from the loop while it samples the others; sent just before llama_decode, their text work runs beside it
         self.outbox: list[tuple[Sequence, int]] = []
+        self.calls: deque[_Call] = deque()     # work for the loop thread between two steps (call())
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="edgekit-batcher", daemon=True)
         self._thread.start()
 
     # -- requests' side ------------------------------------------------------------------------
+    def call(self, fn: Any) -> Any:
+        """``fn()`` run on the loop thread between two steps (anything that makes llama.cpp compute: one OpenMP
+        master thread only, see the module's docstring); its result, or what it raised."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        job = _Call(fn)
+        with self.cond:
+            if self._stop:
+                raise EdgekitError("the server is shutting down", "retry against a running server")
+            self.calls.append(job)
+            self.cond.notify_all()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
     def open(self, prompt: Seq[int], cancelled: threading.Event) -> Sequence | None:
         """A free slot for ``prompt`` (the one with the longest cached common prefix, then the least recently
         used), waiting in FIFO order; None if ``cancelled`` is set while waiting."""
@@ -353,10 +389,22 @@ class Batcher:
         lib = self.lib
         while True:
             with self.cond:
-                while not self._stop and not any((s.pending and not s.stopped) or
-                                                 (s.cancelled.is_set() and s.error is None) for s in self._owned()):
+                while not self._stop and not self.calls and not any(
+                        (s.pending and not s.stopped) or (s.cancelled.is_set() and s.error is None)
+                        for s in self._owned()):
                     self._send()  # nothing to decode: the last tokens go now
                     self.cond.wait()
+                if self._stop:
+                    break
+                calls = list(self.calls)
+                self.calls.clear()
+                if calls:
+                    self._send()
+            if calls:  # between two steps, outside the lock: requests keep submitting meanwhile
+                for job in calls:
+                    job.run()
+                continue
+            with self.cond:
                 if self._stop:
                     break
                 deadline = time.monotonic() + STRAGGLER_WAIT
@@ -389,6 +437,10 @@ class Batcher:
             self._send()
             for seq in self._owned():
                 seq._fail(EdgekitError("the server is shutting down", "retry against a running server"))
+            for job in self.calls:
+                job.error = EdgekitError("the server is shutting down", "retry against a running server")
+                job.done.set()
+            self.calls.clear()
 
     def _send(self) -> None:
         for seq, token in self.outbox:
