@@ -468,7 +468,7 @@ class Batcher:
                 s.pending = []
         seqs = [s for s in self._owned() if s.pending]
         seqs.sort(key=lambda s: (len(s.pending) > 1 or s.trim is not None, s.submitted))
-        plan, n = [], 0
+        chosen, n = [], 0
         for seq in seqs:
             room = self.batch_tokens - n
             if room <= 0:
@@ -480,16 +480,23 @@ class Batcher:
                     del slot.tokens[seq.trim:]
                 seq.trim = None
             take = seq.pending[:room]
-            pos = len(slot.tokens)
-            last = len(take) == len(seq.pending)
+            chosen.append((seq, take, len(take) == len(seq.pending)))
+            n += len(take)
+            del seq.pending[:len(take)]
+        # written in seq_id order: with a KV stream per sequence llama.cpp cuts a batch into one micro-batch (one
+        # pass over the weights) per run of consecutive ascending seq_ids in batch order (split_equal); in
+        # arrival order a step of 8 decode tokens took up to 8 passes
+        chosen.sort(key=lambda c: c[0].slot.seq_id)
+        plan, n = [], 0
+        for seq, take, last in chosen:
+            seq_id, pos = seq.slot.seq_id, len(seq.slot.tokens)
             for i, tok in enumerate(take):
                 batch.token[n + i] = tok
                 batch.pos[n + i] = pos + i
                 batch.n_seq_id[n + i] = 1
-                batch.seq_id[n + i][0] = slot.seq_id
+                batch.seq_id[n + i][0] = seq_id
                 batch.logits[n + i] = last and i == len(take) - 1
             n += len(take)
-            del seq.pending[:len(take)]
             plan.append((seq, take, n - 1 if last else -1))
         batch.n_tokens = n
         return plan

@@ -413,6 +413,55 @@ def test_llama_cpp_computes_on_the_batch_loop_thread_only(arts, monkeypatch):
             runner.close()
 
 
+def test_batch_is_written_in_seq_id_order(arts, monkeypatch):
+    """With a KV stream per sequence llama.cpp cuts a batch into one micro-batch (one pass over the weights) per run
+    of consecutive ascending seq_ids in batch order (llama_batch_allocr::split_equal). Requests that arrive in
+    another order than their slots' ids (here: each one's prefix is cached in the slot of a later id) must still
+    be written in seq_id order."""
+    import llama_cpp
+
+    import runtimes
+    from runtimes.llamacpp_batch import Batcher
+    from runtimes.sampling import SamplingParams
+
+    orders: list[list[int]] = []
+    real = llama_cpp.llama_decode
+
+    def spy(ctx, batch):
+        seen = [batch.seq_id[i][0] for i in range(batch.n_tokens)]
+        orders.append(list(dict.fromkeys(seen)))  # each sequence where it first appears
+        return real(ctx, batch)
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", spy)
+    engine = runtimes.load(arts["gguf"], context=256)
+    batcher = Batcher(engine, parallel=3, num_ctx=256)
+    prompts = [engine.tokenize(f"{w} number {i} went to the market and") for i, w in enumerate(WORDS[:3])]
+    try:
+        first = [batcher.open(tokens, threading.Event()) for tokens in prompts]  # slot i caches prompt i
+        for seq, tokens in zip(first, prompts, strict=True):
+            seq.run(tokens, SamplingParams(), max_tokens=1)
+            seq.close()
+        assert all(batcher.snapshot()["cached_tokens"])
+        orders.clear()
+        longer = [t + engine.tokenize(" again", add_special=False) for t in prompts]
+        seqs = [batcher.open(longer[i], threading.Event()) for i in (2, 1, 0)]  # arrive in reverse slot order
+        assert [s.slot.seq_id for s in seqs] == [2, 1, 0]
+        threads = []
+        for seq, i in zip(seqs, (2, 1, 0), strict=True):
+            threads.append(threading.Thread(target=seq.run, args=(longer[i], SamplingParams()),
+                                            kwargs={"max_tokens": 48}))
+            threads[-1].start()
+            time.sleep(0.005)
+        for t in threads:
+            t.join(timeout=120)
+        for seq in seqs:
+            seq.close()
+    finally:
+        batcher.close()
+    assert any(len(o) == 3 for o in orders)  # steps with all three did happen
+    assert all(o == sorted(o) for o in orders), orders
+
+
 @pytest.mark.slow
 def test_smollm2_q4_1_batched_equals_single_sequence():
     """On a real quantized model (Q4_1 matmuls): 8 sequences decoded together, greedy and seeded, sampled by the
