@@ -19,6 +19,11 @@ Slots keep their tokens after a request ends (prefix cache): a new request takes
 cached tokens share the longest prefix with its prompt and only the rest is evaluated (the slot's tail is
 dropped with ``llama_memory_seq_rm``). A cancelled request's cells are removed at the start of the next step.
 The KV cache is not unified (``kv_unified=False``): each slot owns ``num_ctx`` cells, as llama-server's do.
+
+Every llama.cpp computation of the server runs on the loop thread, other contexts' too (:meth:`Batcher.call`, e.g.
+embeddings): llama.cpp's CPU backend runs on OpenMP, and libgomp keeps a thread pool per calling thread; once a
+second thread has computed, the process holds more OpenMP threads than CPUs and libgomp's barriers stop spinning
+and sleep on a futex after 100 spins, which slowed every later batch step by a third or more for good.
 """
 
 from __future__ import annotations
@@ -236,6 +241,20 @@ class Sequence:
         self._b._release(self)
 
 
+class _Call:
+    def __init__(self, fn: Any) -> None:
+        self.fn, self.done = fn, threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as e:  # handed to the caller's thread
+            self.error = e
+        self.done.set()
+
+
 class Batcher:
     """The loop thread, the context and the slots. ``open()`` gives a request a Sequence (FIFO for slots)."""
 
@@ -277,11 +296,28 @@ class Batcher:
         # tokens sampled this step, sent once the next batch is built: a woken request thread would take the GIL
         # from the loop while it samples the others; sent just before llama_decode, their text work runs beside it
         self.outbox: list[tuple[Sequence, int]] = []
+        self.calls: deque[_Call] = deque()     # work for the loop thread between two steps (call())
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="edgekit-batcher", daemon=True)
         self._thread.start()
 
     # -- requests' side ------------------------------------------------------------------------
+    def call(self, fn: Any) -> Any:
+        """``fn()`` run on the loop thread between two steps (anything that makes llama.cpp compute: one OpenMP
+        master thread only, see the module's docstring); its result, or what it raised."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        job = _Call(fn)
+        with self.cond:
+            if self._stop:
+                raise EdgekitError("the server is shutting down", "retry against a running server")
+            self.calls.append(job)
+            self.cond.notify_all()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
     def open(self, prompt: Seq[int], cancelled: threading.Event) -> Sequence | None:
         """A free slot for ``prompt`` (the one with the longest cached common prefix, then the least recently
         used), waiting in FIFO order; None if ``cancelled`` is set while waiting."""
@@ -346,10 +382,22 @@ class Batcher:
         lib = self.lib
         while True:
             with self.cond:
-                while not self._stop and not any((s.pending and not s.stopped) or
-                                                 (s.cancelled.is_set() and s.error is None) for s in self._owned()):
+                while not self._stop and not self.calls and not any(
+                        (s.pending and not s.stopped) or (s.cancelled.is_set() and s.error is None)
+                        for s in self._owned()):
                     self._send()  # nothing to decode: the last tokens go now
                     self.cond.wait()
+                if self._stop:
+                    break
+                calls = list(self.calls)
+                self.calls.clear()
+                if calls:
+                    self._send()
+            if calls:  # between two steps, outside the lock: requests keep submitting meanwhile
+                for job in calls:
+                    job.run()
+                continue
+            with self.cond:
                 if self._stop:
                     break
                 deadline = time.monotonic() + STRAGGLER_WAIT
@@ -382,6 +430,10 @@ class Batcher:
             self._send()
             for seq in self._owned():
                 seq._fail(EdgekitError("the server is shutting down", "retry against a running server"))
+            for job in self.calls:
+                job.error = EdgekitError("the server is shutting down", "retry against a running server")
+                job.done.set()
+            self.calls.clear()
 
     def _send(self) -> None:
         for seq, token in self.outbox:
@@ -409,7 +461,7 @@ class Batcher:
                 s.pending = []
         seqs = [s for s in self._owned() if s.pending]
         seqs.sort(key=lambda s: (len(s.pending) > 1 or s.trim is not None, s.submitted))
-        plan, n = [], 0
+        chosen, n = [], 0
         for seq in seqs:
             room = self.batch_tokens - n
             if room <= 0:
@@ -421,16 +473,23 @@ class Batcher:
                     del slot.tokens[seq.trim:]
                 seq.trim = None
             take = seq.pending[:room]
-            pos = len(slot.tokens)
-            last = len(take) == len(seq.pending)
+            chosen.append((seq, take, len(take) == len(seq.pending)))
+            n += len(take)
+            del seq.pending[:len(take)]
+        # written in seq_id order: with a KV stream per sequence llama.cpp cuts a batch into one micro-batch (one
+        # pass over the weights) per run of consecutive ascending seq_ids in batch order (split_equal); in
+        # arrival order a step of 8 decode tokens took up to 8 passes
+        chosen.sort(key=lambda c: c[0].slot.seq_id)
+        plan, n = [], 0
+        for seq, take, last in chosen:
+            seq_id, pos = seq.slot.seq_id, len(seq.slot.tokens)
             for i, tok in enumerate(take):
                 batch.token[n + i] = tok
                 batch.pos[n + i] = pos + i
                 batch.n_seq_id[n + i] = 1
-                batch.seq_id[n + i][0] = slot.seq_id
+                batch.seq_id[n + i][0] = seq_id
                 batch.logits[n + i] = last and i == len(take) - 1
             n += len(take)
-            del seq.pending[:len(take)]
             plan.append((seq, take, n - 1 if last else -1))
         batch.n_tokens = n
         return plan

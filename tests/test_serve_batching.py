@@ -13,6 +13,7 @@ import json
 import random
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -362,6 +363,103 @@ def test_sigterm_mid_load_ends_cleanly(arts, tmp_path):
         manifest = store.read(name)
         assert not store.missing_blobs(manifest)
     assert free_port()  # the port is released
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through /proc")
+def test_llama_cpp_computes_on_the_batch_loop_thread_only(arts, monkeypatch):
+    """llama.cpp's CPU backend runs on OpenMP, and libgomp keeps a thread pool per thread that computes: a second
+    computing thread (say an embedding in a worker thread) leaves more OpenMP threads than CPUs, and from then on
+    libgomp's barriers sleep rather than spin in every batch step. Generation (sampled in the loop, and
+    JSON-constrained in the request's thread) and embeddings, each from another worker thread: every llama_decode /
+    llama_encode runs on the loop thread, and no native thread (an OpenMP pool's) appears after the first step."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    import llama_cpp
+    import llama_cpp.llama_cpp as low
+
+    from edgekit.serve.engine import Request, Runner
+    from runtimes.sampling import SamplingParams
+
+    callers: set[str] = set()
+    for name in ("llama_decode", "llama_encode"):
+        def spy(*args, _real=getattr(low, name)):
+            callers.add(threading.current_thread().name)
+            return _real(*args)
+        monkeypatch.setattr(low, name, spy)      # llama-cpp-python's Llama calls it here
+        monkeypatch.setattr(llama_cpp, name, spy)  # the batch loop here
+
+    def native_threads() -> set[int]:  # threads Python did not start: OpenMP pools', BLAS's, onnxruntime's
+        ours = {t.native_id for t in threading.enumerate()}
+        return {int(t) for t in os.listdir("/proc/self/task")} - ours
+
+    with ThreadPoolExecutor(8) as pool:
+        runner = pool.submit(Runner, arts["gguf"], 256, [], 2).result()
+        try:
+            prompt = runner.tokenize("Once upon a time")
+            assert pool.submit(runner.generate, Request(prompt, 4, SamplingParams())).result().eval_count == 4
+            before = native_threads()
+            jobs = [pool.submit(runner.generate, Request(prompt, 8, SamplingParams(temperature=0.8, seed=1))),
+                    pool.submit(runner.generate, Request(runner.tokenize("A list: "), 8, SamplingParams(),
+                                                         processors=runner.constraint(None, True))),
+                    pool.submit(runner.embed, ["It rained in Bath.", "Emma"]),
+                    pool.submit(runner.embed, ["Once upon a time"])]
+            vectors, count = jobs[2].result()
+            assert len(vectors) == 2 and count > 0
+            assert all(job.result() for job in jobs)
+            assert callers == {"edgekit-batcher"}
+            assert native_threads() - before == set()
+        finally:
+            runner.close()
+
+
+def test_batch_is_written_in_seq_id_order(arts, monkeypatch):
+    """With a KV stream per sequence llama.cpp cuts a batch into one micro-batch (one pass over the weights) per run
+    of consecutive ascending seq_ids in batch order (llama_batch_allocr::split_equal). Requests that arrive in
+    another order than their slots' ids (here: each one's prefix is cached in the slot of a later id) must still
+    be written in seq_id order."""
+    import llama_cpp
+
+    import runtimes
+    from runtimes.llamacpp_batch import Batcher
+    from runtimes.sampling import SamplingParams
+
+    orders: list[list[int]] = []
+    real = llama_cpp.llama_decode
+
+    def spy(ctx, batch):
+        seen = [batch.seq_id[i][0] for i in range(batch.n_tokens)]
+        orders.append(list(dict.fromkeys(seen)))  # each sequence where it first appears
+        return real(ctx, batch)
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", spy)
+    engine = runtimes.load(arts["gguf"], context=256)
+    batcher = Batcher(engine, parallel=3, num_ctx=256)
+    prompts = [engine.tokenize(f"{w} number {i} went to the market and") for i, w in enumerate(WORDS[:3])]
+    try:
+        first = [batcher.open(tokens, threading.Event()) for tokens in prompts]  # slot i caches prompt i
+        for seq, tokens in zip(first, prompts, strict=True):
+            seq.run(tokens, SamplingParams(), max_tokens=1)
+            seq.close()
+        assert all(batcher.snapshot()["cached_tokens"])
+        orders.clear()
+        longer = [t + engine.tokenize(" again", add_special=False) for t in prompts]
+        seqs = [batcher.open(longer[i], threading.Event()) for i in (2, 1, 0)]  # arrive in reverse slot order
+        assert [s.slot.seq_id for s in seqs] == [2, 1, 0]
+        threads = []
+        for seq, i in zip(seqs, (2, 1, 0), strict=True):
+            threads.append(threading.Thread(target=seq.run, args=(longer[i], SamplingParams()),
+                                            kwargs={"max_tokens": 48}))
+            threads[-1].start()
+            time.sleep(0.005)
+        for t in threads:
+            t.join(timeout=120)
+        for seq in seqs:
+            seq.close()
+    finally:
+        batcher.close()
+    assert any(len(o) == 3 for o in orders)  # steps with all three did happen
+    assert all(o == sorted(o) for o in orders), orders
 
 
 @pytest.mark.slow

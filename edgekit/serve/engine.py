@@ -264,7 +264,9 @@ class Runner:
         if not self.lock.acquire(cancelled):
             return [], 0
         try:
-            llm = self._embedding_model()
+            # on the batch loop's thread, between two steps: llama.cpp computes in one thread only (one OpenMP
+            # pool; runtimes/llamacpp_batch.py says why)
+            llm = self.batcher.call(self._embedding_model)
             out, count = [], 0
             for text in texts:
                 n = len(llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
@@ -273,7 +275,8 @@ class Runner:
                                        "shorten it, or pass truncate: true")
                 if cancelled.is_set():
                     break
-                vectors, used = llm.embed(text, normalize=False, truncate=True, return_count=True)
+                vectors, used = self.batcher.call(
+                    lambda text=text: llm.embed(text, normalize=False, truncate=True, return_count=True))
                 vector = np.asarray(vectors, dtype=np.float64)
                 if vector.ndim == 2:  # a model without pooling gives one vector per token
                     vector = vector.mean(axis=0)
