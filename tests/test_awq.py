@@ -40,6 +40,9 @@ def test_fold_is_exact_before_quantization(random_model, arch, tmp_path):
     norms = [n for n in changed if "norm" in n or "ln_" in n]
     assert len(norms) >= 2 * cfg.get("num_hidden_layers", cfg.get("n_layer")), changed  # both norms of every layer
     assert all(set(a.values()) == {1.0} for a in res.alphas)
+    # v -> o folds under GQA too (these models have 4 query heads on 2 kv heads): o's columns share v's row scales
+    assert all("o_in" in a for a in res.alphas)
+    assert any(n.endswith(("o_proj.weight", "c_proj.weight")) and "mlp" not in n for n in changed), changed
     if arch in ("mixtral", "qwen2_moe"):  # the router and every expert's up -> down fold too
         assert any(n.endswith("gate.weight") and "experts" not in n for n in changed)
         assert any("experts.down_proj" in n for n in changed)
