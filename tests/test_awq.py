@@ -79,7 +79,7 @@ def test_gguf_codes_are_awqs_own(awq_q4_0, tiny_dir):
     m = json.loads(out.with_name(out.name + ".edgekit.json").read_text())["quant"]
     assert m["method"] == "awq" and m["grid"] == "gguf:q4_0" and m["calibration"]["samples"] == 4
     assert len(m["calibration"]["sha256"]) == 64 and m["calibration"]["source"] == "edgekit-default-calibration"
-    assert len(m["alpha"]) == 4 and set(m["alpha"][0]) == {"attn_in", "ffn_in", "down_in"}  # GQA: no v -> o
+    assert len(m["alpha"]) == 4 and set(m["alpha"][0]) == {"attn_in", "o_in", "ffn_in", "down_in"}  # GQA: v -> o tied
     assert r["quant"]["alpha"] == m["alpha"]
 
 
