@@ -17,7 +17,8 @@ that ``make llama-tools`` keeps beside its binaries) and its tools from ``make l
 is skipped.
 
 - ``edgekit quantize --method awq`` on SmolLM2 with 128 x 512 calibration tokens (the default calibration text
-  repeated to reach them: this row measures time and memory, not quality; goal <= 10 min and <= 2 GB).
+  repeated to reach them: this row measures time and memory, not quality; goal <= 10 min and <= 2 GB);
+  ``--awq-1b`` adds the 1B-shaped checkpoint (peak RSS against its fp16 size).
 
 - ``--gptq``: ``edgekit quantize --method gptq`` alone (no other tool runs GPTQ onto these grids on the CPU), on
   SmolLM2 with 128 x 512 calibration tokens (the bundled calibration text, repeated to 65k tokens), to Q4_0:
@@ -27,7 +28,7 @@ is skipped.
 The GPTQ and AWQ rows also give ``edgekit_cpu_s`` (CPU seconds of the whole process tree, which a loaded machine
 does not inflate as it does wall time) and the 1-minute load average.
 
-    python benchmarks/quantize.py [--skip-1b] [--awq | --awq-only] [--awq-samples=128]
+    python benchmarks/quantize.py [--skip-1b] [--awq | --awq-only] [--awq-samples=128] [--awq-1b]
     python benchmarks/quantize.py --gptq [--gptq-1b]
 """
 
@@ -123,21 +124,30 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def awq_smollm2(d: Path, samples: int = 128) -> None:
+def awq_bench(d: Path, samples: int = 128, with_1b: bool = False) -> None:
     from edgekit.models import smollm2
     from quant import calibration
 
     text, _ = calibration.load_text()
     calib = d / "calib-x4.txt"
     calib.write_text("\n\n".join([text] * 4), encoding="utf-8")  # ~85k SmolLM2 tokens: 128 windows of 512
-    out = d / "smollm2-awq-q4_0.gguf"
-    cpu = cpu_seconds()
-    ek = measure_fresh(edgekit("quantize", str(smollm2.ensure()), "--to", "gguf", "--method", "awq", "--type", "q4_0",
-                               "--calib", str(calib), "--samples", str(samples), "--seqlen", "512", "-o", str(out),
-                               "--json"), out)
-    print(json.dumps({"job": f"awq q4_0 SmolLM2, {samples} x 512 calibration tokens", "edgekit_s": round(ek[0], 2),
-                      "edgekit_cpu_s": round(cpu_seconds() - cpu, 1), "edgekit_tree_rss_mb": round(ek[2]),
-                      "load_avg_1m": round(os.getloadavg()[0], 1), "goal": "<= 600 s, <= 2048 MB"}), flush=True)
+    models = [("SmolLM2", smollm2.ensure())]
+    if with_1b:
+        models.append(("1B", build_model()))
+    for label, model in models:
+        out = d / "awq-q4_0.gguf"
+        cpu = cpu_seconds()
+        ek = measure_fresh(edgekit("quantize", str(model), "--to", "gguf", "--method", "awq", "--type", "q4_0",
+                                   "--calib", str(calib), "--samples", str(samples), "--seqlen", "512", "-o", str(out),
+                                   "--json"), out)
+        row = {"job": f"awq q4_0 {label}, {samples} x 512 calibration tokens", "edgekit_s": round(ek[0], 2),
+               "edgekit_cpu_s": round(cpu_seconds() - cpu, 1), "edgekit_tree_rss_mb": round(ek[2]),
+               "load_avg_1m": round(os.getloadavg()[0], 1)}
+        if label == "1B":
+            row["fp16_checkpoint_mb"] = round(sum(f.stat().st_size for f in model.glob("*.safetensors")) / 1e6)
+        else:
+            row["goal"] = "<= 600 s, <= 2048 MB"
+        print(json.dumps(row), flush=True)
 
 
 def gptq_bench(d: Path, with_1b: bool = False) -> None:
@@ -179,7 +189,7 @@ def main(argv: list[str]) -> int:
     if "--awq" in argv or "--awq-only" in argv:  # minutes of calibration: asked for, not part of the default run
         with tempfile.TemporaryDirectory(dir=CACHE) as d:
             n = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("--awq-samples=")), 128)
-            awq_smollm2(Path(d), n)
+            awq_bench(Path(d), n, "--awq-1b" in argv)
         if "--awq-only" in argv:
             return 0
     with tempfile.TemporaryDirectory(dir=CACHE) as d:

@@ -9,9 +9,10 @@ output (AutoAWQ's ``module2inspect``), for v -> o and up -> down that of the lin
 ``|| X Wᵀ - (X/s) Q(W·s)ᵀ ||²``, which is the block's. The chosen ``s`` is folded: the producer (RMSNorm / LayerNorm
 weight and bias, gemma's ``1 + w``, or the rows of the preceding linear: v -> o, up -> down) is divided by
 ``s`` and the consumers' input columns multiplied by it, so before quantization the model computes the same
-function. The fold rules follow AutoAWQ's: v -> o only when v's outputs are o's inputs one to one (no GQA), no fold
-across a non-linear activation (gpt2's c_fc -> c_proj), a MoE router reads the scaled norm too and is scaled with
-the experts, every expert's up -> down with the tokens routed to it. Optional clip search (AutoAWQ's
+function. The fold rules follow AutoAWQ's, but v -> o folds under GQA too (o's columns that read one v row share
+its scale; AutoAWQ folds it only when v's outputs are o's inputs one to one): no fold across a non-linear
+activation (gpt2's c_fc -> c_proj), a MoE router reads the scaled norm too and is scaled with the experts, every
+expert's up -> down with the tokens routed to it. Optional clip search (AutoAWQ's
 auto_clip): per block, the clamp ``±max`` (shrinking by 1/20 steps down to half) whose grid round trip
 gives the least output error on sampled tokens; not for q/k (their errors pass through q·kᵀ).
 
@@ -96,6 +97,23 @@ class Group:
     mats: list[Mat]  # consumers whose input columns take s (all are folded)
     quantized: list[Mat] = field(default_factory=list)  # the consumers the grid quantizes (error measured on)
     tokens: Callable[[torch.Tensor], torch.Tensor] | None = None  # rows of the capture this group sees
+    tie: Tie | None = None  # v -> o under GQA: each v row feeds several o columns, which share its scale
+
+
+@dataclass
+class Tie:
+    """GQA's v -> o: o's input columns [kv head, query head of its group, dim] all read v's row [kv head, dim], so
+    they take one scale, v's: the fold stays exact (AutoAWQ folds v -> o only without GQA)."""
+
+    kv_heads: int
+    rep: int
+    head_dim: int
+
+    def reduce(self, x: torch.Tensor) -> torch.Tensor:  # o's columns -> v's rows
+        return x.view(self.kv_heads, self.rep, self.head_dim).mean(1).reshape(-1)
+
+    def expand(self, s: torch.Tensor) -> torch.Tensor:  # v's rows -> o's columns
+        return s.view(self.kv_heads, 1, self.head_dim).expand(self.kv_heads, self.rep, self.head_dim).reshape(-1)
 
 
 @dataclass
@@ -123,8 +141,9 @@ def plan(layer: torch.nn.Module, family: Any, spec: Any, layer_index: int) -> La
     groups: list[Group] = []
     observers: dict[str, list[Mat]] = {}
     quantized: list[Mat] = []
-    mha = spec.num_kv_heads == spec.num_heads
     kv_rows = spec.num_kv_heads * spec.head_dim
+    rep = spec.num_heads // spec.num_kv_heads
+    tie = Tie(spec.num_kv_heads, rep, spec.head_dim) if rep > 1 else None
     arch = family.model_type
 
     def missing() -> EdgekitError:
@@ -148,9 +167,8 @@ def plan(layer: torch.nn.Module, family: Any, spec: Any, layer_index: int) -> La
         observers.update({"attn_in": [qkv], "o_in": [o]})
         groups.append(Group("attn_in", Norm("input_layernorm", layer.input_layernorm, family.norm_offset),
                             [qkv], [qkv]))
-        if mha:
-            n = qkv.view().shape[0]
-            groups.append(Group("o_in", (qkv, slice(n - kv_rows, n)), [o], [o]))
+        n = qkv.view().shape[0]
+        groups.append(Group("o_in", (qkv, slice(n - kv_rows, n)), [o], [o], tie=tie))
         quantized += [qkv, o]
     elif _get(layer, "self_attn.q_proj") is not None:
         q, k, v = (_lin(layer, f"self_attn.{r}_proj", r) for r in "qkv")
@@ -158,8 +176,7 @@ def plan(layer: torch.nn.Module, family: Any, spec: Any, layer_index: int) -> La
         observers.update({"attn_in": [q], "o_in": [o]})
         groups.append(Group("attn_in", Norm("input_layernorm", layer.input_layernorm, family.norm_offset),
                             [q, k, v], [q, k, v]))
-        if mha:
-            groups.append(Group("o_in", (v, slice(0, kv_rows)), [o], [o]))
+        groups.append(Group("o_in", (v, slice(0, kv_rows)), [o], [o], tie=tie))
         quantized += [q, k, v, o]
     else:
         raise missing()
@@ -242,18 +259,22 @@ def round_trip(grid: Any) -> Callable[..., torch.Tensor]:
 # ---- search ---------------------------------------------------------------------------------------------
 
 def search_scale(x_mean: torch.Tensor, gram: torch.Tensor, mats: list[Mat], rt: Callable, alphas=ALPHAS,
-                 block: Callable[[list[torch.Tensor]], float] | None = None) -> tuple[float, torch.Tensor, list[float]]:
-    """(best alpha, its scales, error per alpha) for a group with input statistics ``x_mean`` = mean|x| per
-    channel and ``gram`` = XᵀX / n of sampled input rows. With ``block`` (AutoAWQ's ``module2inspect``): the
-    error is ``block(the group's weights as the grid leaves them, Q(W·s)/s)``, the squared error of the whole
-    attention or MLP output; without: the group's own output error ``||X Wᵀ - (X/s) Q(W·s)ᵀ||² / n`` as
-    ``Σ (ΔW G) ⊙ ΔW`` with ``ΔW = W - Q(W·s)/s``, which costs out·in² instead of n·out·in."""
+                 block: Callable[[list[torch.Tensor]], float] | None = None, tie: Tie | None = None
+                 ) -> tuple[float, torch.Tensor, list[float]]:
+    """(best alpha, its scales per input column, error per alpha) for a group with input statistics ``x_mean`` =
+    mean|x| per channel and ``gram`` = XᵀX / n of sampled input rows, ``s = x_mean^a``. With ``block`` (AutoAWQ's
+    ``module2inspect``): the error is ``block(the group's weights as the grid leaves them, Q(W·s)/s)``, the squared
+    error of the whole attention or MLP output; without: the group's own output error
+    ``||X Wᵀ - (X/s) Q(W·s)ᵀ||² / n`` as ``Σ (ΔW G) ⊙ ΔW`` with ``ΔW = W - Q(W·s)/s``, which costs out·in² instead of
+    n·out·in. With ``tie`` the scales are one per producer row, repeated over the columns that read it."""
     ws = [m.weight() for m in mats]
     diag = torch.diagonal(gram)
+    xm = x_mean if tie is None else tie.reduce(x_mean)
     errors, best = [], (float("inf"), 0.0, torch.ones_like(x_mean))
     for a in alphas:
-        s = x_mean.clamp(min=1e-4).pow(a)  # AutoAWQ's floor keeps dead channels from blowing up
+        s = xm.clamp(min=1e-4).pow(a)  # AutoAWQ's floor keeps dead channels from blowing up
         s = s / (s.max() * s.min()).sqrt()
+        s = s if tie is None else tie.expand(s)
         qs = [rt(w * s, diag / s ** 2) / s for w in ws]
         if block is not None:
             err = block(qs)
@@ -348,11 +369,12 @@ def fold_group(g: Group, x_mean: torch.Tensor, gram: torch.Tensor, rt: Callable,
     """Search the group's alpha (on ``block``'s output when given) and fold its scales: the producer's
     outputs / s, the consumers' inputs * s."""
     loss = (lambda ws: block.error(g.quantized, ws)) if block is not None and block.calls else None
-    a, s, errs = search_scale(x_mean, gram, g.quantized, rt, alphas, loss)
+    a, s, errs = search_scale(x_mean, gram, g.quantized, rt, alphas, loss, g.tie)
+    own = s if g.tie is None else s.view(g.tie.kv_heads, g.tie.rep, g.tie.head_dim)[:, 0].reshape(-1)
     if isinstance(g.prev, Norm):
-        g.prev.scale_outputs(s)
+        g.prev.scale_outputs(own)
     else:
-        g.prev[0].scale_outputs(s, g.prev[1])
+        g.prev[0].scale_outputs(own, g.prev[1])
     for m in g.mats:
         m.scale_inputs(s)
     return a, s, errs

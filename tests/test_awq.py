@@ -40,6 +40,9 @@ def test_fold_is_exact_before_quantization(random_model, arch, tmp_path):
     norms = [n for n in changed if "norm" in n or "ln_" in n]
     assert len(norms) >= 2 * cfg.get("num_hidden_layers", cfg.get("n_layer")), changed  # both norms of every layer
     assert all(set(a.values()) == {1.0} for a in res.alphas)
+    # v -> o folds under GQA too (these models have 4 query heads on 2 kv heads): o's columns share v's row scales
+    assert all("o_in" in a for a in res.alphas)
+    assert any(n.endswith(("o_proj.weight", "c_proj.weight")) and "mlp" not in n for n in changed), changed
     if arch in ("mixtral", "qwen2_moe"):  # the router and every expert's up -> down fold too
         assert any(n.endswith("gate.weight") and "experts" not in n for n in changed)
         assert any("experts.down_proj" in n for n in changed)
@@ -76,7 +79,7 @@ def test_gguf_codes_are_awqs_own(awq_q4_0, tiny_dir):
     m = json.loads(out.with_name(out.name + ".edgekit.json").read_text())["quant"]
     assert m["method"] == "awq" and m["grid"] == "gguf:q4_0" and m["calibration"]["samples"] == 4
     assert len(m["calibration"]["sha256"]) == 64 and m["calibration"]["source"] == "edgekit-default-calibration"
-    assert len(m["alpha"]) == 4 and set(m["alpha"][0]) == {"attn_in", "ffn_in", "down_in"}  # GQA: no v -> o
+    assert len(m["alpha"]) == 4 and set(m["alpha"][0]) == {"attn_in", "o_in", "ffn_in", "down_in"}  # GQA: v -> o tied
     assert r["quant"]["alpha"] == m["alpha"]
 
 
