@@ -34,6 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence as Seq
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -241,20 +242,6 @@ class Sequence:
         self._b._release(self)
 
 
-class _Call:
-    def __init__(self, fn: Any) -> None:
-        self.fn, self.done = fn, threading.Event()
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.result = self.fn()
-        except BaseException as e:  # handed to the caller's thread
-            self.error = e
-        self.done.set()
-
-
 class Batcher:
     """The loop thread, the context and the slots. ``open()`` gives a request a Sequence (FIFO for slots)."""
 
@@ -296,7 +283,7 @@ class Batcher:
         # tokens sampled this step, sent once the next batch is built: a woken request thread would take the GIL
         # from the loop while it samples the others; sent just before llama_decode, their text work runs beside it
         self.outbox: list[tuple[Sequence, int]] = []
-        self.calls: deque[_Call] = deque()     # work for the loop thread between two steps (call())
+        self.calls: deque[tuple[Any, Future[Any]]] = deque()  # work for the loop thread between two steps (call())
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="edgekit-batcher", daemon=True)
         self._thread.start()
@@ -307,16 +294,13 @@ class Batcher:
         master thread only, see the module's docstring); its result, or what it raised."""
         if threading.current_thread() is self._thread:
             return fn()
-        job = _Call(fn)
+        done: Future[Any] = Future()
         with self.cond:
             if self._stop:
                 raise EdgekitError("the server is shutting down", "retry against a running server")
-            self.calls.append(job)
+            self.calls.append((fn, done))
             self.cond.notify_all()
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        return job.result
+        return done.result()
 
     def open(self, prompt: Seq[int], cancelled: threading.Event) -> Sequence | None:
         """A free slot for ``prompt`` (the one with the longest cached common prefix, then the least recently
@@ -394,8 +378,11 @@ class Batcher:
                 if calls:
                     self._send()
             if calls:  # between two steps, outside the lock: requests keep submitting meanwhile
-                for job in calls:
-                    job.run()
+                for fn, done in calls:
+                    try:
+                        done.set_result(fn())
+                    except BaseException as err:  # raised again in the caller's thread
+                        done.set_exception(err)
                 continue
             with self.cond:
                 if self._stop:
@@ -430,9 +417,8 @@ class Batcher:
             self._send()
             for seq in self._owned():
                 seq._fail(EdgekitError("the server is shutting down", "retry against a running server"))
-            for job in self.calls:
-                job.error = EdgekitError("the server is shutting down", "retry against a running server")
-                job.done.set()
+            for _, done in self.calls:
+                done.set_exception(EdgekitError("the server is shutting down", "retry against a running server"))
             self.calls.clear()
 
     def _send(self) -> None:

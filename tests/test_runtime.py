@@ -288,18 +288,15 @@ def test_real_selection_on_this_host():
     assert rep["cpu"]["physical_cores"] >= 1 and rep["memory"]["total_gb"] > 0
 
 
-def test_a_gguf_loads_without_onnxruntime():
+def test_a_gguf_loads_without_onnxruntime(smollm2_gguf):
     """Each backend's host facts come from its own library only: running a GGUF never imports onnxruntime (~1 s)."""
     import subprocess
     import sys
 
     import llama_cpp
 
-    from edgekit.models import smollm2
-
     assert devices.host_facts("gguf").gpu_offload == bool(llama_cpp.llama_supports_gpu_offload())
     code = "import sys, runtimes; runtimes.load(sys.argv[1], context=64); print('onnxruntime' in sys.modules)"
-    proc = subprocess.run([sys.executable, "-c", code, str(smollm2.gguf_path())], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", code, str(smollm2_gguf)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
-
