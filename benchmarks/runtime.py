@@ -19,7 +19,9 @@ greedy:
 Timing, the same for every side except llama-bench (which times itself): prefill tokens/s = prompt tokens /
 time to the first generated token; decode tokens/s = (n - 1) / time from the first to the n-th token. Each
 process warms up (weights paged in) before it is timed. Rounds alternate the order of the sides; medians of
-``--rounds`` are reported, each round with the threads of other processes that were runnable while each side ran
+``--rounds`` are reported, and each ratio is the median of the ratios within a round (the host's speed drifts in
+spells longer than a side's run, see ``ratios``), each round with the threads of other processes that were runnable
+while each side ran
 (an OpenMP decode loses a barrier to every preemption, so a figure measured in company says so). The greedy tokens
 of every side are compared. The decode figure is set against
 the memory-bandwidth roofline: bytes of weights read per token / copy bandwidth measured here (STREAM
@@ -205,10 +207,21 @@ def _running() -> int | None:
         return None
 
 
-def run_watched(cmd: list[str], threads: int, **kwargs) -> tuple[subprocess.CompletedProcess, int | None]:
+def _steal() -> tuple[int, int] | None:
+    """(steal, total) CPU ticks of the machine so far (/proc/stat), None where /proc is missing."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return ticks[7], sum(ticks[:8])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def run_watched(cmd: list[str], threads: int, **kwargs) -> tuple[subprocess.CompletedProcess, int | None,
+                                                                 float | None]:
     """``subprocess.run`` plus the most threads of other processes that were runnable while ``cmd`` ran (sampled
-    every 50 ms: the measured side's ``threads`` and this sampler excluded). An OpenMP decode loses a whole barrier
-    to every preemption of one of its threads, so a round that had company says so next to its figure."""
+    every 50 ms: the measured side's ``threads`` and this sampler excluded) and the share of CPU time the
+    hypervisor stole meanwhile (a virtual machine's neighbours). An OpenMP decode loses a whole barrier to every
+    preemption of one of its threads, so a round that had company says so next to its figure."""
     import threading
 
     seen: list[int] = []
@@ -221,21 +234,24 @@ def run_watched(cmd: list[str], threads: int, **kwargs) -> tuple[subprocess.Comp
                 seen.append(max(0, count - threads - 1))
 
     watcher = threading.Thread(target=sample, daemon=True)
+    before = _steal()
     watcher.start()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, **kwargs)
     finally:
         done.set()
         watcher.join()
-    return proc, (sorted(seen)[len(seen) * 9 // 10] if seen else None)  # 90th percentile: a lasting neighbour
+    after = _steal()
+    steal = (after[0] - before[0]) / max(1, after[1] - before[1]) if before and after else None
+    return proc, (sorted(seen)[len(seen) * 9 // 10] if seen else None), steal  # 90th percentile: a lasting neighbour
 
 
 def run_side(name: str, artifact: Path, ids_file: Path, n: int, threads: int) -> dict:
-    proc, others = run_watched([sys.executable, __file__, "--side", name, str(artifact), str(ids_file), str(n),
-                                str(threads)], threads, cwd=ROOT)
+    proc, others, steal = run_watched([sys.executable, __file__, "--side", name, str(artifact), str(ids_file), str(n),
+                                       str(threads)], threads, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
-    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "others_runnable": others}
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "others_runnable": others, "steal": steal}
 
 
 def llama_bench_path() -> Path | None:
@@ -249,13 +265,15 @@ def llama_bench_path() -> Path | None:
 def run_llama_bench(exe: Path, artifact: Path, n_prompt: int, n: int, threads: int) -> dict:
     """pp{n_prompt}, tg{n} (empty cache) and tg{n}@d{n_prompt} (after n_prompt tokens), ``GGUF_REPS`` repetitions
     each after llama-bench's own warm-up; the median of its samples, as the other GGUF sides report theirs."""
-    out: dict = {"others_runnable": None}
+    out: dict = {"others_runnable": None, "steal": None}
     for key, args in (("pp_tg", ["-p", str(n_prompt), "-n", str(n)]), ("depth", ["-p", "0", "-n", str(n),
                                                                                 "-d", str(n_prompt)])):
-        proc, others = run_watched([str(exe), "-m", str(artifact), *args, "-t", str(threads), "-r", str(GGUF_REPS),
-                                    "-o", "json"], threads)
+        proc, others, steal = run_watched([str(exe), "-m", str(artifact), *args, "-t", str(threads), "-r",
+                                           str(GGUF_REPS), "-o", "json"], threads)
         if others is not None:
             out["others_runnable"] = max(others, out["others_runnable"] or 0)
+        if steal is not None:
+            out["steal"] = max(steal, out["steal"] or 0.0)
         if proc.returncode != 0:
             if key == "depth":  # an older llama-bench without -d
                 continue
@@ -285,7 +303,9 @@ def measure(sides: list[str], artifact: Path, ids: list[int], n: int, threads: i
                 runs[name].append(run_side(name, artifact, ids_file, n, threads))
         print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {runs[k][-1]['decode_tps']:.1f}" for k in names)
               + " decode tok/s; other runnable threads (p90) " + ", ".join(
-                  f"{k} {runs[k][-1].get('others_runnable')}" for k in names), flush=True)
+                  f"{k} {runs[k][-1].get('others_runnable')}" for k in names) + "; CPU stolen by the host "
+              + ", ".join(f"{runs[k][-1]['steal']:.1%}" if runs[k][-1].get("steal") is not None else "?"
+                          for k in names), flush=True)
     res: dict = {}
     for name, rs in runs.items():
         res[name] = {k: statistics.median(x[k] for x in rs)
@@ -294,6 +314,9 @@ def measure(sides: list[str], artifact: Path, ids: list[int], n: int, threads: i
         res[name]["spread_decode"] = [round(min(x["decode_tps"] for x in rs), 1),
                                       round(max(x["decode_tps"] for x in rs), 1)]
         res[name]["others_runnable"] = [x.get("others_runnable") for x in rs]
+        res[name]["steal"] = [x.get("steal") for x in rs]
+        res[name]["rounds"] = [{k: x[k] for k in ("prefill_tps", "decode_tps", "decode_depth_tps", "decode_empty_tps")
+                                if k in x} for x in rs]
         if name == "llama-bench":
             res[name]["build"] = rs[0].get("build")
         if "spinning" in rs[0]:
@@ -401,6 +424,33 @@ def print_header(info: dict, bandwidth: float) -> None:
     print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s", flush=True)
 
 
+def ratios(res: dict) -> dict:
+    """edgekit / every other side, per figure: the median over rounds of the ratio within a round.
+
+    Sides of one round run minutes apart at most, rounds further apart, and this host's speed drifts in spells
+    (+-10% for a minute or more, whatever runs): a ratio of two medians can pair a fast spell on one side with a
+    slow one on the other, a ratio within a round mostly cannot. Each figure is set against its like: llama-bench's
+    tg (from an empty cache) against edgekit's decode from an empty cache, its tg@d against edgekit's decode after
+    the prompt."""
+    ours = res["edgekit"]["rounds"]
+    out: dict = {}
+    for other, o in res.items():
+        if other == "edgekit" or not isinstance(o, dict) or "rounds" not in o:
+            continue
+        pairs = {"prefill_tps": ("prefill_tps", "prefill_tps"), "decode_tps": ("decode_tps", "decode_tps")}
+        if other == "llama-bench":
+            if "decode_empty_tps" in ours[0]:
+                pairs["decode_tps"] = ("decode_empty_tps", "decode_tps")
+            if "decode_depth_tps" in o["rounds"][0]:
+                pairs["decode_depth_tps"] = ("decode_tps", "decode_depth_tps")
+        out[other] = {}
+        for key, (mine, theirs) in pairs.items():
+            per_round = [a[mine] / b[theirs] for a, b in zip(ours, o["rounds"], strict=True)]
+            out[other][key] = statistics.median(per_round)
+            out[other][key + "_rounds"] = [round(x, 3) for x in per_round]
+    return out
+
+
 def table(title: str, res: dict, reference: str, others: list[str], roofline: float) -> str:
     lines = [title, f"  {'':<22}{'prefill tok/s':>14}{'decode tok/s':>14}{'  decode spread':>18}"]
     for k, v in res.items():
@@ -412,16 +462,20 @@ def table(title: str, res: dict, reference: str, others: list[str], roofline: fl
             if "decode_empty_tps" in v:
                 lines.append(f"  {k + ' from empty':<22}{'':>14}{v['decode_empty_tps']:>14.1f}")
     ours = res["edgekit"]
+    lines.append("  edgekit / other: median of the ratios within each round (per round in brackets; "
+                 "llama-bench's tg set against edgekit's decode from empty)")
+
+    def spread(xs: list[float]) -> str:
+        return " ".join(f"{x:.2f}" for x in xs)
+
     for other in others:
-        if other in res:
-            o = res[other]
-            # llama-bench's tg decodes from an empty cache: set against edgekit's decode from an empty cache
-            like = "decode_empty_tps" if other == "llama-bench" and "decode_empty_tps" in ours else "decode_tps"
-            lines.append(f"  edgekit / {other:<11}{ours['prefill_tps'] / o['prefill_tps']:>13.3f}x"
-                         f"{ours[like] / o['decode_tps']:>13.3f}x")
-            if "decode_depth_tps" in o:
-                depth = ours["decode_tps"] / o["decode_depth_tps"]
-                lines.append(f"  edgekit / {other + '@d':<11}{'':>14}{depth:>13.3f}x")
+        if other in res["ratio"]:
+            r = res["ratio"][other]
+            lines.append(f"  edgekit / {other:<11}{r['prefill_tps']:>13.3f}x{r['decode_tps']:>13.3f}x"
+                         f"   pp [{spread(r['prefill_tps_rounds'])}] tg [{spread(r['decode_tps_rounds'])}]")
+            if "decode_depth_tps" in r:
+                lines.append(f"  edgekit / {other + '@d':<11}{'':>14}{r['decode_depth_tps']:>13.3f}x"
+                             f"   [{spread(r['decode_depth_tps_rounds'])}]")
     lines.append(f"  roofline (weights / copy bandwidth): {roofline:.1f} decode tok/s; edgekit at "
                  f"{ours['decode_tps'] / roofline:.0%} of it")
     lines.append(f"  same greedy tokens as {reference}: {res['same_tokens']}")
@@ -508,15 +562,7 @@ def main() -> None:
             per_token = weight_bytes_per_token(artifact)
             res["weight_bytes_per_token"] = per_token
             res["roofline_decode_tps"] = bandwidth / per_token
-            res["ratio"] = {o: {k: res["edgekit"][k] / res[o][k] for k in ("prefill_tps", "decode_tps")}
-                            for o in res if o not in ("edgekit", "same_tokens") and isinstance(res[o], dict)
-                            and "decode_tps" in res[o]}
-            if "llama-bench" in res["ratio"] and "decode_empty_tps" in res["edgekit"]:
-                bench_res = res["llama-bench"]
-                res["ratio"]["llama-bench"]["decode_tps"] = res["edgekit"]["decode_empty_tps"] / bench_res["decode_tps"]
-                if "decode_depth_tps" in bench_res:
-                    res["ratio"]["llama-bench"]["decode_depth_tps"] = (res["edgekit"]["decode_tps"]
-                                                                       / bench_res["decode_depth_tps"])
+            res["ratio"] = ratios(res)
             report[title] = res
             print(table(f"{title}, {threads} threads, {len(ids)} prompt + {args.tokens} generated tokens, "
                         f"median of {args.rounds} rounds", res, sides[0],
