@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from edgekit import integrity
 from edgekit.checkpoint import NUMPY_DTYPES, read_bits, widen_bf16
 
 _CHUNK = 1 << 22  # elements per conversion task: 16 MB of float32
+_ROWS_BUFFER = 1 << 21  # bytes of stored rows read at a time by Sink.copy_rows
 _GATHER_SHARE = 16  # reordered rows go in chunks this much smaller: a row span read plus its gathered copy
 Encode = Callable[[np.ndarray], np.ndarray]  # a chunk of rows -> the bytes to write, as an array
 
@@ -56,6 +58,30 @@ def copy_bytes(fout: BinaryIO, src: Path, start: int, end: int) -> None:
                 done += k
 
 
+def _iov_max() -> int:
+    """Buffers one ``pwritev`` takes (1024 on Linux and macOS; POSIX guarantees 16)."""
+    try:
+        return max(16, os.sysconf("SC_IOV_MAX"))
+    except (ValueError, OSError):
+        return 16
+
+
+def _pwritev_all(fd: int, pieces: list[memoryview], at: int) -> int:
+    """``os.pwritev`` until every piece is written (a regular file takes them all at once; a short write resumes)."""
+    total, done = sum(len(p) for p in pieces), 0
+    while True:
+        k = os.pwritev(fd, pieces, at + done)
+        if k <= 0:
+            raise OSError(errno.EIO, f"short write at byte {at + done}")
+        done += k
+        if done >= total:
+            return total
+        while k >= len(pieces[0]):  # drop what was written
+            k -= len(pieces[0])
+            pieces = pieces[1:]
+        pieces = [pieces[0][k:], *pieces[1:]]
+
+
 class Sink:
     """The output file as the tensor writers see it: every byte written through it (GGUFWriter's own
     tensor infos and padding too) also goes, in order, to the optional inline hash
@@ -79,6 +105,41 @@ class Sink:
         copy_bytes(self.raw, src, start, end)
         if self.hasher is not None:
             self.hasher.feed_file(src, start, end)
+
+    def copy_rows(self, src: Path, start: int, row_bytes: int, rows: np.ndarray) -> None:
+        """Append the rows of the matrix stored at ``src[start:]`` in the order ``rows`` (the stored row of each
+        output row; llama.cpp's Q/K rope order), where the stored bytes already are the output's encoding: spans of
+        stored rows are read into one reused buffer and written by ``pwritev`` with one buffer slice per row, so the
+        kernel gathers them and no reordered copy is made; the inline hash reads the written range back from the
+        page cache, as for kernel-copied ranges. Hand-written: numpy has no vectored I/O."""
+        self.raw.flush()
+        fd, at = self.raw.fileno(), self.raw.tell()
+        first, n = at, len(rows)
+        buf = memoryview(mmap.mmap(-1, max(_ROWS_BUFFER, row_bytes)))  # page-aligned; unmapped on return
+        fit = len(buf) // row_bytes  # stored rows the buffer holds
+        per_call = min(_iov_max(), fit)
+        with src.open("rb", buffering=0) as fin:
+            i = 0
+            while i < n:
+                group = rows[i:i + per_call]
+                # the longest prefix of the group whose stored rows span no more than the buffer (all of it for a
+                # rope order, which permutes rows within a head)
+                over = np.flatnonzero(np.maximum.accumulate(group) - np.minimum.accumulate(group) >= fit)
+                group = group[:over[0]] if over.size else group
+                lo, hi = int(group.min()), int(group.max()) + 1
+                span = buf[:(hi - lo) * row_bytes]
+                got = 0
+                while got < len(span):
+                    k = os.preadv(fin.fileno(), [span[got:]], start + lo * row_bytes + got)
+                    if not k:
+                        raise OSError(errno.EIO, f"{src} ended at byte {start + lo * row_bytes + got}")
+                    got += k
+                pieces = [span[(r - lo) * row_bytes:(r - lo + 1) * row_bytes] for r in group.tolist()]
+                at += _pwritev_all(fd, pieces, at)
+                i += len(group)
+        self.raw.seek(at)
+        if self.hasher is not None:
+            self.hasher.feed_file(Path(self.raw.name), first, at)
 
     def __getattr__(self, name: str) -> Any:  # tell, flush, seek, fileno, close: the file's own
         return getattr(self.raw, name)

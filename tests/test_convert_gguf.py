@@ -193,7 +193,8 @@ def _recast(src: Path, dst: Path, dtype: str) -> Path:
 @pytest.mark.parametrize("arch", ["llama", "mixtral"])
 def test_chunked_and_copied_tensors_equal_whole_ones(arch, random_model, tmp_path, monkeypatch):
     """Row chunks across threads, kernel copies and their read/write fallback, and Q/K rows gathered in
-    chunks give the same bytes as encoding each tensor whole, for f32 and bf16 checkpoints and every output type."""
+    chunks (or written in rope order by pwritev, in spans of a few rows, with short writes resumed) give the same
+    bytes as encoding each tensor whole, for f32 and bf16 checkpoints and every output type."""
     from converters import streaming
     from converters.gguf import base, stream
 
@@ -211,6 +212,8 @@ def test_chunked_and_copied_tensors_equal_whole_ones(arch, random_model, tmp_pat
             with monkeypatch.context() as m:
                 m.setattr(streaming, "_CHUNK", 96)  # several chunks per row block, ragged last chunk
                 m.setattr(streaming.os, "copy_file_range", _no_copy_file_range, raising=False)
+                m.setattr(streaming, "_ROWS_BUFFER", 1000)  # a few rows per span: spans cut inside a head
+                m.setattr(streaming.os, "pwritev", _short_pwritev, raising=False)
                 chunked = run(src, outtype, "chunked.gguf")
             assert chunked == whole, (kind, outtype)
             if outtype in ("f16", "q8_0"):  # q/k reordered as whole tensors, not gathered by rows
@@ -220,6 +223,42 @@ def test_chunked_and_copied_tensors_equal_whole_ones(arch, random_model, tmp_pat
                     assert run(src, outtype, "whole-qk.gguf") == whole, (kind, outtype)
                 n_layers = json.loads((src / "config.json").read_text())["num_hidden_layers"]
                 assert sum(r is not None for r in found) == 2 * n_layers  # every q and k was gathered above
+
+
+def test_bulk_array_packing_writes_what_gguf_writes(tmp_path):
+    """The writer's one-step packing of str/float/int arrays gives gguf's bytes, and leaves to gguf (with its
+    error) what it cannot pack exactly."""
+    import gguf
+
+    from converters.gguf.stream import Writer
+
+    arrays = {"tokens": [f"t\u2581{i}\u00e9" for i in range(300)] + ["", "<s>"],
+              "scores": [i * -0.37 for i in range(300)] + [float("nan"), -0.0, 1e-45, float("inf")],
+              "types": [i % 7 for i in range(300)] + [-(2 ** 31), 2 ** 31 - 1], "bools": [True, False],
+              "one": ["x"], "int32 overflow": [1, 2 ** 31], "int64 overflow": [1, 2 ** 70],
+              "float32 overflow": [1.0, 1e300], "mixed": [1, 2.0], "numpy": [np.float32(1), np.float32(2)]}
+
+    def pack(cls, key):
+        path = tmp_path / f"{cls.__name__}.gguf"
+        w = cls(path, "llama")
+        w.add_array(key, arrays[key])
+        try:
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+        except Exception as err:
+            return type(err)
+        finally:
+            w.close()
+        return path.read_bytes()
+
+    for key in arrays:
+        assert pack(Writer, key) == pack(gguf.GGUFWriter, key), key
+
+
+def _short_pwritev(fd, buffers, offset):
+    """os.pwritev that writes only part of its first buffer, as a short write may."""
+    first = buffers[0]
+    return os.pwrite(fd, first[:max(1, len(first) // 2)], offset)
 
 
 def _no_copy_file_range(*args):

@@ -124,7 +124,7 @@ class TokenizerCheckLater:
                 meta_only.write_bytes(head[:8] + (0).to_bytes(8, "little") + head[16:])  # n_tensors: 0
                 del head
                 proc = subprocess.run([sys.executable, "-c", self._CHILD, str(meta_only)], input=json.dumps(self.probe),
-                                      capture_output=True, text=True, env=child.env())
+                                      capture_output=True, text=True, env=child.env(**child.NO_BLAS_THREADS))
             try:
                 self.record = json.loads(proc.stdout)
             except ValueError:
@@ -191,10 +191,11 @@ def convert(model: str, output: str | None, *, adapter: str | None, allow_pickle
             summary.update(result)
         else:
             sha = Sha256Later(ckpt)
-            planned = plan(fam.jobs(), ckpt, qtype, seam, fam.spec.architecture)  # while the tokenizer is measured
-            facts = pending.result()
-            vocab = tokenizer.load(ckpt.path, fam.spec.vocab_size, facts)
+            # while the tokenizer is measured: the plan, the stop ids, and the tokenizer files parsed up to the facts
+            planned = plan(fam.jobs(), ckpt, qtype, seam, fam.spec.architecture)
             stops = stop_token_ids(ckpt.path)
+            vocab = tokenizer.load(ckpt.path, fam.spec.vocab_size, pending.result)
+            facts = pending.result()
             check = TokenizerCheckLater(facts.probe)
 
             # edgekit.json's fields, as edgekit.* keys; the source hash is patched in when known

@@ -10,8 +10,10 @@ through), so the header is written before any weight is read and only one tensor
 - any other untouched stored tensor is read in row chunks, each converted (numpy; BF16 and Q8_0 by
   ``gguf.quants``) on a pool of one thread per core (:mod:`converters.streaming`, the path the ONNX
   external data takes too);
-- a tensor the family only reorders by rows (Q/K rope order; found by :func:`_row_order`) is read and
-  gathered in small row chunks on the same pool, never whole;
+- a tensor the family only reorders by rows (Q/K rope order; found by :func:`_row_order`) is read in
+  spans of rows and, where its bytes stay as stored, written row by row in the new order by one
+  ``pwritev`` per span (the kernel gathers; :meth:`converters.streaming.Sink.copy_rows`), else gathered and
+  converted in small row chunks on the same pool; never whole;
 - any other tensor the family transforms (stacked experts, norm offsets...) is built whole in numpy, then
   encoded in the same chunks.
 
@@ -23,6 +25,8 @@ encoder and a QuantizedTensor's raw blocks as they are. Tensors nobody transform
 
 from __future__ import annotations
 
+import os
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -76,6 +80,12 @@ class Plan:
     @property
     def copied(self) -> bool:
         return self.stored is not None and self.rows is None and _SAME_BYTES.get(self.stored.dtype) == self.qtype
+
+    @property
+    def reordered(self) -> bool:
+        """Stored rows written in a new order as they are (f16 Q/K to F16 in rope order): no conversion."""
+        return (self.stored is not None and self.rows is not None and len(self.shape) == 2
+                and _SAME_BYTES.get(self.stored.dtype) == self.qtype and hasattr(os, "pwritev"))
 
 
 class Source:
@@ -178,6 +188,9 @@ class Planned:
         if p.copied:
             assert p.stored is not None
             fout.copy_range(p.stored.file, p.stored.start, p.stored.end)
+        elif p.reordered:
+            assert p.stored is not None and p.rows is not None
+            fout.copy_rows(p.stored.file, p.stored.start, (p.stored.end - p.stored.start) // p.shape[0], p.rows)
         elif p.stored is not None:
             self.encoder.write_stored(fout, p.stored.file, p.stored.start, p.stored.dtype, p.shape,
                                       partial(_encode, qtype=p.qtype), rows=p.rows)
@@ -207,6 +220,53 @@ class Planned:
         fout.write_array(data)
 
 
+_NUMBERS = {gguf.GGUFValueType.FLOAT32: (float, "f4"), gguf.GGUFValueType.INT32: (int, "i4")}
+
+
+class Writer(gguf.GGUFWriter):
+    """gguf's GGUFWriter, packing a metadata array of str, float or int (the vocabulary's tokens, scores, types,
+    merges) in one step instead of element by element: the same bytes, in ~0.02 s instead of ~0.15 s for a
+    32k vocabulary, time spent between the tokenizer facts and the first tensor. Any other array, or one the
+    fast path cannot pack exactly as struct would, goes to gguf's own packing. Hand-written: gguf has no bulk
+    packing."""
+
+    def _pack_val(self, val: Any, vtype: gguf.GGUFValueType, add_vtype: bool,
+                  sub_type: gguf.GGUFValueType | None = None) -> bytes:
+        body = self._pack_array(val) if vtype == gguf.GGUFValueType.ARRAY and sub_type is None else None
+        if body is None:
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+        return (self._pack("I", vtype) if add_vtype else b"") + body
+
+    def _pack_array(self, val: Any) -> bytes | None:
+        if not isinstance(val, list) or len(val) < 2:
+            return None
+        order = "<" if self.endianess == gguf.GGUFEndian.LITTLE else ">"
+        kind = type(val[0])
+        if kind is str and all(type(v) is str for v in val):
+            data = [v.encode("utf-8") for v in val]
+            sizes = struct.pack(f"{order}{len(data)}Q", *map(len, data))
+            pieces = (sizes[8 * i:8 * i + 8] for i in range(len(data)))
+            body = b"".join(x for pair in zip(pieces, data, strict=True) for x in pair)
+            ltype = gguf.GGUFValueType.STRING
+        else:
+            ltype = next((t for t, (py, _) in _NUMBERS.items() if kind is py), None)
+            if ltype is None or not all(type(v) is kind for v in val):  # bool, numpy scalars, mixed: gguf's way
+                return None
+            try:
+                wide = np.asarray(val, dtype=np.float64 if kind is float else np.int64)
+            except OverflowError:
+                return None
+            with np.errstate(over="ignore"):
+                packed = wide.astype(order + _NUMBERS[ltype][1])
+            # out of int32's range, or finite beyond float32's: struct raises, so let gguf's packing raise it
+            if kind is int and not np.array_equal(packed, wide):
+                return None
+            if kind is float and np.isinf(packed).sum() != np.isinf(wide).sum():
+                return None
+            body = packed.tobytes()
+        return self._pack("I", ltype) + self._pack("Q", len(val)) + body
+
+
 def write_gguf(dest: Path, force: bool, arch_name: str, planned: list[Plan], ckpt: Any,
                metadata: Callable[[gguf.GGUFWriter], None], progress: bool,
                finish: Callable[[Path, int], None] | None = None,
@@ -234,7 +294,7 @@ def write_gguf(dest: Path, force: bool, arch_name: str, planned: list[Plan], ckp
 
     hasher = None
     with atomic_output(dest, force=force) as tmp:
-        w = gguf.GGUFWriter(tmp, arch_name)
+        w = Writer(tmp, arch_name)
         try:
             for p in planned:
                 w.add_tensor(p.job.name, Planned(p, real, encoder, done),  # type: ignore[arg-type]

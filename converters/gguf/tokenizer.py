@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,28 +83,38 @@ def check_present(directory: Path) -> None:
                            "copy the tokenizer files from the model's source next to config.json")
 
 
-def load(directory: Path, vocab_size: int, facts: TokenizerFacts | None = None) -> Vocab:
+def load(directory: Path, vocab_size: int,
+         facts: TokenizerFacts | Callable[[], TokenizerFacts] | None = None) -> Vocab:
     """Read the checkpoint's tokenizer into a GGUF vocabulary padded to ``vocab_size`` entries.
 
-    ``facts`` are the HF tokenizer's measured behaviour (:func:`hf_tokenizer.start` begun earlier);
-    measured now when not given.
+    ``facts`` are the HF tokenizer's measured behaviour (:func:`hf_tokenizer.start` begun earlier), or a
+    function waiting for them, called once the tokenizer files are parsed (so the parsing overlaps the
+    measurement); measured now when not given.
     """
     check_present(directory)
     has_json, has_spm = (directory / "tokenizer.json").exists(), (directory / "tokenizer.model").exists()
     tj = read_json(directory / "tokenizer.json", "tokenizer", optional=True)
     model = tj.get("model", {}) if tj else {}
     byte_level = "ByteLevel" in json.dumps(tj.get("pre_tokenizer")) or "ByteLevel" in json.dumps(tj.get("decoder"))
-    hf = facts if facts is not None else hf_tokenizer.start(directory).result()
     if has_json and model.get("type") == "BPE" and byte_level:
+        hf = _facts(directory, facts)
         vocab = _bpe(directory, tj, hf, vocab_size)
     elif has_spm or model.get("type") in ("BPE", "Unigram"):
-        vocab = _sentencepiece(directory, tj, hf, vocab_size, has_spm)
+        pieces = _spm_model(directory / "tokenizer.model") if has_spm else _spm_json(tj)
+        hf = _facts(directory, facts)
+        vocab = _sentencepiece(pieces, hf, vocab_size)
     else:
         raise EdgekitError(f"the tokenizer in {directory} is a {model.get('type')} model, which GGUF does not hold",
                            "use a byte-level BPE or SentencePiece tokenizer")
     _specials(vocab, hf)
     vocab.chat_template = chat_template(directory)
     return vocab
+
+
+def _facts(directory: Path, facts: TokenizerFacts | Callable[[], TokenizerFacts] | None) -> TokenizerFacts:
+    if facts is None:
+        return hf_tokenizer.start(directory).result()
+    return facts if isinstance(facts, TokenizerFacts) else facts()
 
 
 def _added(hf: TokenizerFacts) -> dict[int, hf_tokenizer.AddedToken]:
@@ -134,12 +145,9 @@ def _bpe(directory: Path, tj: dict[str, Any], hf: TokenizerFacts, vocab_size: in
     return Vocab("gpt2", tokens, [int(t) for t in types], merges=merges, pre=pre.name, pre_check=pre.check)
 
 
-def _sentencepiece(directory: Path, tj: dict[str, Any], hf: TokenizerFacts, vocab_size: int,
-                   has_spm: bool) -> Vocab:
-    if has_spm:
-        tokens, scores, types = _spm_model(directory / "tokenizer.model")
-    else:
-        tokens, scores, types = _spm_json(tj)
+def _sentencepiece(pieces: tuple[list[str], list[float], list[int]], hf: TokenizerFacts, vocab_size: int) -> Vocab:
+    """``pieces``: tokens, scores and types of the SentencePiece model (:func:`_spm_model` or :func:`_spm_json`)."""
+    tokens, scores, types = pieces
     size = max(vocab_size, len(tokens), 1 + max(_added(hf), default=-1))
     while len(tokens) < size:
         tokens.append(f"[PAD{len(tokens)}]")
