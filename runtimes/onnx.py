@@ -97,7 +97,8 @@ def _session(path: Path, selection: Selection, threads: int, spin: bool) -> Any:
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        source, config = session_source(path)
+        # the RMSNorm fusion is onnxruntime's CPU kernel; accelerator providers get the graph as exported
+        source, config = session_source(path, fuse_norms=set(selection.providers) <= {"CPUExecutionProvider"})
         for key, value in config.items():
             so.add_session_config_entry(key, value)
         return ort.InferenceSession(source, so, providers=selection.providers)

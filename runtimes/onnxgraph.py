@@ -85,14 +85,15 @@ def square_as_pow(model: Any) -> int:
     return sum(1 for node in squares if node.op_type == "Pow")
 
 
-def session_source(model_file: Path) -> tuple[str | bytes, dict[str, str]]:
+def session_source(model_file: Path, fuse_norms: bool = False) -> tuple[str | bytes, dict[str, str]]:
     """What to give ``ort.InferenceSession`` for ``model_file``: the rewritten graph as bytes plus the session
     config entry that points its external data at the artifact's directory, or the path itself when there is
-    nothing to rewrite."""
+    nothing to rewrite. ``fuse_norms``: also :func:`square_as_pow` (for the CPU provider; an NNAPI / Core ML
+    session gets the graph its export was checked for)."""
     import onnx
 
     model = onnx.load(str(model_file), load_external_data=False)
-    if not elide_output_identities(model) + square_as_pow(model):
+    if not elide_output_identities(model) + (square_as_pow(model) if fuse_norms else 0):
         return str(model_file), {}
     return model.SerializeToString(), {
         "session.model_external_initializers_file_folder_path": str(model_file.resolve().parent)}
