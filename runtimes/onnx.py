@@ -6,7 +6,8 @@ The I/O contract is converters/onnx's (optimum's names). Two graph kinds:
   The present OrtValues are bound straight back as the next call's past (IO binding), so the cache
   never goes through numpy between steps; the Concat inside the graph is the only copy (the exporter's
   output Identity nodes, one more copy each, are removed at load: runtimes/onnxgraph.py), and it is the
-  graph's contract.
+  graph's contract. For the CPU provider RMSNorm's square is also respelled at load so onnxruntime fuses each
+  norm into one kernel (runtimes/onnxgraph.py square_as_pow).
 * static (``--static``): ``model.onnx`` takes C-token chunks, ``decode.onnx`` one token, KV inputs are
   fixed buffers of ``context`` slots and ``present`` holds only the chunk's new K/V. The buffers are
   preallocated numpy arrays bound once as OrtValues (zero-copy on the CPU provider); each step binds
