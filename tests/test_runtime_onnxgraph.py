@@ -141,6 +141,32 @@ def test_spinning_only_with_a_free_cpu_per_thread(monkeypatch, policy, threads, 
     assert spinning(threads, cpus=cpus, others=others) is spin
 
 
+@pytest.mark.parametrize(("autogroup", "want"), [("0", 2.0), ("1", 3.0)])
+def test_niced_background_threads_do_not_stop_spinning_without_autogroup(monkeypatch, tmp_path, autogroup, want):
+    import os
+    import threading
+
+    me, nice = threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0)
+
+    def task(pid: int, tid: int, state: str, niceness: int) -> None:
+        d = tmp_path / str(pid) / "task" / str(tid)
+        d.mkdir(parents=True)
+        # fields after the command: state ppid ... priority nice (the 17th after the state); a ")" in the name
+        rest = [state] + ["0"] * 15 + [str(niceness)] + ["0"] * 30
+        (d / "stat").write_text(f"{tid} (odd) name) " + " ".join(rest) + "\n")
+
+    task(os.getpid(), me, "R", nice)             # this thread: never counted
+    task(900001, 900001, "R", nice)              # a peer at our priority: counted
+    task(900002, 900003, "R", min(nice - 1, 0))  # a higher-priority thread: counted
+    task(900004, 900004, "R", 19 if nice < 19 else nice + 1)  # background at nice 19: counted only with autogroup
+    task(900005, 900005, "S", nice)              # sleeping: never
+    (tmp_path / "sys" / "kernel").mkdir(parents=True)
+    (tmp_path / "sys" / "kernel" / "sched_autogroup_enabled").write_text(autogroup + "\n")
+    assert _runnable_others(tmp_path) == want
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert spinning(2, cpus=4, others=_runnable_others(tmp_path)) is (want <= 2)
+
+
 def test_other_runnable_threads_are_counted_without_this_one():
     others = _runnable_others()
     assert 0 <= others < 100_000
