@@ -80,9 +80,10 @@ def _runnable_others(proc: Path = Path("/proc")) -> float:
             for stat in proc.glob("[0-9]*/task/[0-9]*/stat"):
                 try:
                     fields = stat.read_text().rsplit(")", 1)[1].split()
-                except (OSError, IndexError):
+                    competing = autogroup or int(fields[16]) <= own_nice
+                except (OSError, IndexError, ValueError):
                     continue  # the thread ended while we looked
-                if fields[0] == "R" and int(stat.parent.name) != me and (autogroup or int(fields[16]) <= own_nice):
+                if fields[0] == "R" and int(stat.parent.name) != me and competing:
                     count += 1
             counts.append(count)
             time.sleep(0.002)
