@@ -6,7 +6,8 @@ The I/O contract is converters/onnx's (optimum's names). Two graph kinds:
   The present OrtValues are bound straight back as the next call's past (IO binding), so the cache
   never goes through numpy between steps; the Concat inside the graph is the only copy (the exporter's
   output Identity nodes, one more copy each, are removed at load: runtimes/onnxgraph.py), and it is the
-  graph's contract.
+  graph's contract. For the CPU provider RMSNorm's square is also respelled at load so onnxruntime fuses each
+  norm into one kernel (runtimes/onnxgraph.py square_as_pow).
 * static (``--static``): ``model.onnx`` takes C-token chunks, ``decode.onnx`` one token, KV inputs are
   fixed buffers of ``context`` slots and ``present`` holds only the chunk's new K/V. The buffers are
   preallocated numpy arrays bound once as OrtValues (zero-copy on the CPU provider); each step binds
@@ -19,6 +20,7 @@ Tokenizer: the ``tokenizers`` library on tokenizer.json; chat template via edgek
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,15 +61,38 @@ def is_static(path: Path) -> bool:
     return all(d.HasField("dim_value") for d in ids.type.tensor_type.shape.dim)
 
 
-def _runnable_others() -> float:
-    """Other runnable threads on this machine right now: the median of a few reads of /proc/loadavg's running
-    count (minus this thread), else the 1-minute load average where /proc is missing (macOS, Windows)."""
+def _runnable_others(proc: Path = Path("/proc")) -> float:
+    """Other runnable threads that compete with this one for a CPU right now: the median of a few scans of
+    ``proc``'s task states, counting only threads at this process's nice level or above (with the kernel's
+    autogroup off, a nice-19 background job takes ~1.5% of a CPU from a nice-0 one, so it must not stop the pool
+    from spinning; with autogroup on, nice does not reach across sessions, so every runnable thread counts). Else
+    /proc/loadavg's running count (minus this thread), else the 1-minute load average (macOS, Windows)."""
+    me = threading.get_native_id()
+    try:
+        autogroup = (proc / "sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        autogroup = True
+    own_nice = os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else 0
     try:
         counts = []
-        for _ in range(5):
-            counts.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]) - 1)
+        for _ in range(3):
+            count = 0
+            for stat in proc.glob("[0-9]*/task/[0-9]*/stat"):
+                try:
+                    fields = stat.read_text().rsplit(")", 1)[1].split()
+                    competing = autogroup or int(fields[16]) <= own_nice
+                except (OSError, IndexError, ValueError):
+                    continue  # the thread ended while we looked
+                if fields[0] == "R" and int(stat.parent.name) != me and competing:
+                    count += 1
+            counts.append(count)
             time.sleep(0.002)
-        return float(sorted(counts)[len(counts) // 2])
+        if any(proc.glob("[0-9]*/task")):
+            return float(sorted(counts)[len(counts) // 2])
+    except (OSError, ValueError):
+        pass
+    try:
+        return float(int((proc / "loadavg").read_text().split()[3].split("/")[0]) - 1)
     except (OSError, IndexError, ValueError):
         return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
@@ -97,7 +122,8 @@ def _session(path: Path, selection: Selection, threads: int, spin: bool) -> Any:
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        source, config = session_source(path)
+        # the RMSNorm fusion is onnxruntime's CPU kernel; accelerator providers get the graph as exported
+        source, config = session_source(path, fuse_norms=set(selection.providers) <= {"CPUExecutionProvider"})
         for key, value in config.items():
             so.add_session_config_entry(key, value)
         return ort.InferenceSession(source, so, providers=selection.providers)

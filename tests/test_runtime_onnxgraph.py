@@ -1,7 +1,10 @@
-"""The ONNX engine's load-time graph rewrite (graph outputs straight from their producers, no Identity copy) and
-its choice of spinning pool threads. Reference: onnxruntime on the graph as written, bit for bit."""
+"""The ONNX engine's load-time graph rewrites (graph outputs straight from their producers, no Identity copy;
+RMSNorm's square spelled so onnxruntime fuses the norm) and its choice of spinning pool threads. References:
+onnxruntime on the graph as written (bit for bit, or to the fused norm's rounding) and transformers' logits."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import onnx
@@ -9,8 +12,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import runtimes
+from helpers import converted
 from runtimes.onnx import _runnable_others, spinning
-from runtimes.onnxgraph import elide_output_identities, session_source
+from runtimes.onnxgraph import elide_output_identities, session_source, square_as_pow
 
 
 def decoder_like(tmp_path) -> onnx.ModelProto:
@@ -70,6 +75,59 @@ def test_nothing_to_rewrite_loads_the_file_itself(tmp_path):
     assert session_source(tmp_path / "model.onnx") == (str(tmp_path / "model.onnx"), {})
 
 
+def _ort_session(source, config: dict, optimized=None) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    for key, value in config.items():
+        so.add_session_config_entry(key, value)
+    if optimized is not None:  # onnxruntime writes the graph it runs, after its own fusions
+        so.optimized_model_filepath = str(optimized)
+    return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_rms_norms_fuse_and_logits_stay_those_of_the_graph_and_transformers(random_model, tmp_path, dtype):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src = random_model("llama")
+    out = converted(src, tmp_path / "onnx", "--to", "onnx", "--dtype", dtype)
+    layers = json.loads((src / "config.json").read_text())["num_hidden_layers"]
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    assert square_as_pow(model) == 2 * layers + 1  # two norms per layer and the final one
+    assert not any(n.op_type == "Mul" and n.input[0] == n.input[1] for n in model.graph.node)
+
+    plain = session_source(out / "model.onnx")[0]  # for accelerator providers: only the Identity copies go
+    assert "Pow" not in {n.op_type for n in onnx.load_from_string(plain).graph.node}
+    source, config = session_source(out / "model.onnx", fuse_norms=True)
+    rewritten = _ort_session(source, config, optimized=tmp_path / "optimized.onnx")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx"), load_external_data=False).graph.node]
+    assert ops.count("SimplifiedLayerNormalization") == 2 * layers + 1 and "ReduceMean" not in ops
+    original = _ort_session(str(out / "model.onnx"), {})
+    kv = np.float16 if dtype == "fp16" else np.float32
+    ids = np.random.default_rng(3).integers(0, 500, 24)
+    feeds = {"input_ids": ids[None], "attention_mask": np.ones((1, 24), np.int64), "position_ids": np.arange(24)[None],
+             **{i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), kv) for i in original.get_inputs()
+                if i.name.startswith("past_key_values.")}}
+    want = original.run(None, feeds)
+    got = dict(zip([o.name for o in rewritten.get_outputs()], rewritten.run(None, feeds), strict=True))
+    tol = 1e-5 if dtype == "fp32" else 2e-3  # fp16: one half-precision ulp where a fused norm rounds differently
+    for name, ref in zip([o.name for o in original.get_outputs()], want, strict=True):
+        ref32 = ref.astype(np.float32)
+        assert got[name].shape == ref.shape
+        assert np.abs(got[name].astype(np.float32) - ref32).max() <= tol * np.abs(ref32).max(), name
+    assert np.array_equal(got["logits"].argmax(-1), want[0].argmax(-1))
+
+    # the engine (which loads through session_source) against transformers, step by step through the KV cache
+    with torch.no_grad():
+        hf = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()(torch.tensor(ids[None])).logits[0]
+    engine = runtimes.load(out, threads=2)
+    rows = [engine.prefill(ids[:16].tolist())] + [engine.decode(int(t)) for t in ids[16:]]
+    ref = hf[15:].numpy()
+    assert np.abs(np.stack(rows) - ref).max() <= (1e-4 if dtype == "fp32" else 2e-2) * np.abs(ref).max()
+    assert np.array_equal(np.stack(rows).argmax(-1), ref.argmax(-1))
+
+
 @pytest.mark.parametrize(("policy", "threads", "cpus", "others", "spin"), [
     ("ACTIVE", 2, 2, 9.0, True),     # the user's word wins either way
     ("passive", 2, 2, 0.0, False),
@@ -81,6 +139,32 @@ def test_nothing_to_rewrite_loads_the_file_itself(tmp_path):
 def test_spinning_only_with_a_free_cpu_per_thread(monkeypatch, policy, threads, cpus, others, spin):
     monkeypatch.setenv("OMP_WAIT_POLICY", policy)
     assert spinning(threads, cpus=cpus, others=others) is spin
+
+
+@pytest.mark.parametrize(("autogroup", "want"), [("0", 2.0), ("1", 3.0)])
+def test_niced_background_threads_do_not_stop_spinning_without_autogroup(monkeypatch, tmp_path, autogroup, want):
+    import os
+    import threading
+
+    me, nice = threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0)
+
+    def task(pid: int, tid: int, state: str, niceness: int) -> None:
+        d = tmp_path / str(pid) / "task" / str(tid)
+        d.mkdir(parents=True)
+        # fields after the command: state ppid ... priority nice (the 17th after the state); a ")" in the name
+        rest = [state] + ["0"] * 15 + [str(niceness)] + ["0"] * 30
+        (d / "stat").write_text(f"{tid} (odd) name) " + " ".join(rest) + "\n")
+
+    task(os.getpid(), me, "R", nice)             # this thread: never counted
+    task(900001, 900001, "R", nice)              # a peer at our priority: counted
+    task(900002, 900003, "R", min(nice - 1, 0))  # a higher-priority thread: counted
+    task(900004, 900004, "R", 19 if nice < 19 else nice + 1)  # background at nice 19: counted only with autogroup
+    task(900005, 900005, "S", nice)              # sleeping: never
+    (tmp_path / "sys" / "kernel").mkdir(parents=True)
+    (tmp_path / "sys" / "kernel" / "sched_autogroup_enabled").write_text(autogroup + "\n")
+    assert _runnable_others(tmp_path) == want
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert spinning(2, cpus=4, others=_runnable_others(tmp_path)) is (want <= 2)
 
 
 def test_other_runnable_threads_are_counted_without_this_one():
