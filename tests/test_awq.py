@@ -81,6 +81,31 @@ def test_gguf_codes_are_awqs_own(awq_q4_0, tiny_dir):
     assert len(m["calibration"]["sha256"]) == 64 and m["calibration"]["source"] == "edgekit-default-calibration"
     assert len(m["alpha"]) == 4 and set(m["alpha"][0]) == {"attn_in", "o_in", "ffn_in", "down_in"}  # GQA: v -> o tied
     assert r["quant"]["alpha"] == m["alpha"]
+    # one alpha per block of 32 input columns: hidden 256 -> 8, v's 2 x 32 rows -> 2, intermediate 768 -> 24
+    assert [len(m["alpha_blocks"][0][k]) for k in ("attn_in", "o_in", "ffn_in", "down_in")] == [8, 2, 8, 24]
+
+
+def test_per_block_alpha_fits_each_blocks_outliers():
+    """Block 0's columns carry one outlier channel (large |x|), block 1's none: the one alpha of the group is a
+    compromise: one alpha per block errs less on the layer output, with a larger alpha for block 0."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 64, generator=g)
+    x[:, 5] *= 30.0
+    w = torch.randn(48, 64, generator=g)
+    lin = awq.Mat("l", "up", torch.nn.Parameter(w.clone()))
+    x_mean, gram = x.abs().mean(0), x.t() @ x / x.shape[0]
+    rt = awq.round_trip(grid("gguf:q4_0"))
+
+    def err(s: torch.Tensor) -> float:
+        d = w - rt(w * s) / s
+        return float(((d @ gram) * d).sum())
+
+    a, s, errors, _ = awq.search_scale(x_mean, gram, [lin], rt)
+    a_b, s_b, errors_b, per = awq.search_scale(x_mean, gram, [lin], rt, per_block=32)
+    assert errors_b == errors and a_b == a  # the group's alpha first, as before
+    assert abs(err(s) - min(errors)) <= 1e-6 * min(errors)
+    assert err(s_b) < err(s), (err(s_b), err(s), per)
+    assert len(per) == 2 and per[0] > per[1], per
 
 
 @pytest.mark.parametrize("block", [32, pytest.param(128, marks=pytest.mark.slow)])
