@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -186,7 +187,7 @@ class _Stop(Exception):
 class _Recorder:
     """Stands in for a decoder layer while the embeddings run: records the arguments the model passes it."""
 
-    def __new__(cls, layer: Any, calls: list, keep_input: bool):
+    def __new__(cls, layer: Any, calls: list, keep_input: Any = None):
         import torch
 
         class Recorder(torch.nn.Module):
@@ -196,7 +197,9 @@ class _Recorder:
 
             def forward(self, hidden_states, *args, **kwargs):
                 kwargs = {k: v for k, v in kwargs.items() if k not in ("output_attentions",)}
-                calls.append((hidden_states.clone() if keep_input else None, args, kwargs))
+                if keep_input is not None:
+                    keep_input(hidden_states)
+                calls.append((None, args, kwargs))
                 return hidden_states
 
         return Recorder()
@@ -316,6 +319,56 @@ def _linears(layer_module: Any, index: int, model_type: str, prefix: str) -> tup
 BATCH_BYTES = 32 << 20  # batch_size=None: samples per forward so the widest activation stays under this (4 at most)
 
 
+SPOOL_BYTES = 256 << 20  # spool=None: activations larger than this go to a temporary file
+
+
+class _Copies(list):
+    """The activations between layers in memory: a list that keeps its own copy of what it is given."""
+
+    def append(self, t: Any) -> None:
+        super().append(t.detach().clone())
+
+
+class Spool:
+    """The calibration activations between two layers, one float32 tensor per batch, in an unlinked temporary
+    file: a batch is read back when a forward needs it and its replacement written over it, so only the batches
+    in use are in the process's memory (the rest is in the OS's page cache, which it may write out). A 1B model
+    with 128 x 512 tokens: 0.54 GB less peak RSS, for ~1 GB of page-cache reads per layer."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile(prefix="edgekit-activations-")
+        self.slots: list[tuple[int, tuple[int, ...], Any]] = []  # (offset, shape, dtype) per batch
+        self.end = 0
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def append(self, t: Any) -> None:
+        self.slots.append((self.end, tuple(t.shape), t.dtype))
+        self._write(self.end, t)
+        self.end += t.numel() * t.element_size()
+
+    def _write(self, offset: int, t: Any) -> None:
+        self.file.seek(offset)
+        self.file.write(t.detach().contiguous().numpy().data)
+
+    def __getitem__(self, b: int) -> Any:
+        import torch
+
+        offset, shape, dtype = self.slots[b]
+        buf = bytearray(int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size())
+        self.file.seek(offset)
+        if self.file.readinto(buf) != len(buf):
+            raise OSError("the activation spool file is shorter than written")
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+
+    def __setitem__(self, b: int, t: Any) -> None:
+        offset, shape, dtype = self.slots[b]
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            raise ValueError(f"batch {b}: {tuple(t.shape)} {t.dtype} does not replace {shape} {dtype}")
+        self._write(offset, t)
+
+
 def release_memory() -> None:
     """Give freed heap memory back to the OS: glibc keeps large freed blocks in its arenas otherwise, and the
     layer-by-layer pass frees hundreds of MB at every layer (peak RSS is what it promises to bound)."""
@@ -328,11 +381,13 @@ def release_memory() -> None:
 
 
 def run(model_dir: str | Path, tokens: np.ndarray, callback: Callback, *, batch_size: int | None = 4,
-        progress: bool = True, threads: int | None = None) -> dict[str, Any]:
+        progress: bool = True, threads: int | None = None, spool: bool | None = None) -> dict[str, Any]:
     """Run ``model_dir``'s decoder layers one at a time on ``tokens`` [n, seqlen], calling ``callback`` per
     stage; returns {"layers", "linears", "model_type"}. The callback's weight changes stay in the layer that
     produces the next layer's inputs; nothing is written to disk here. ``batch_size`` None: as many samples
-    per forward (up to 4) as keep the widest activation of one forward under :data:`BATCH_BYTES`."""
+    per forward (up to 4) as keep the widest activation of one forward under :data:`BATCH_BYTES`. ``spool``:
+    the activations between layers in a temporary file (:class:`Spool`) instead of memory; None: when they
+    pass :data:`SPOOL_BYTES`."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -366,9 +421,13 @@ def run(model_dir: str | Path, tokens: np.ndarray, callback: Callback, *, batch_
         _materialize(child, own, set(), name)
 
     calls: list[list[tuple]] = [[] for _ in range(n_layers)]
+    width = int(getattr(config, "hidden_size", None) or config.n_embd)
+    if spool is None:
+        spool = tokens.size * width * 4 > SPOOL_BYTES
+    hidden: Any = Spool() if spool else _Copies()
     originals = list(layers)
     for i in range(n_layers):
-        layers[i] = _Recorder(originals[i], calls[i], keep_input=(i == 0))
+        layers[i] = _Recorder(originals[i], calls[i], keep_input=hidden.append if i == 0 else None)
     if batch_size is None:
         widest = max(int(getattr(config, k, None) or 0) for k in ("hidden_size", "intermediate_size", "n_embd",
                                                                     "n_inner", "moe_intermediate_size"))
@@ -378,8 +437,6 @@ def run(model_dir: str | Path, tokens: np.ndarray, callback: Callback, *, batch_
     with torch.inference_mode():
         for ids in batches:
             base(input_ids=ids, use_cache=False)
-    hidden = [c[0] for c in calls[0]]
-    calls[0] = [(None, *c[1:]) for c in calls[0]]  # the driver's list holds the only copy of the inputs
     for child in base.children():  # embeddings, final norm: not needed again (1B: 0.26 GB)
         if child is not layers:
             child.to("meta")

@@ -55,13 +55,13 @@ def _hf_hidden(model_dir, tokens):
         return model(torch.as_tensor(tokens), output_hidden_states=True).hidden_states
 
 
-@pytest.mark.parametrize("final", [False, True], ids=["recompute", "skip-attention"])
+@pytest.mark.parametrize("final", [False, True, "spool"], ids=["recompute", "skip-attention", "spooled"])
 @pytest.mark.parametrize("arch", ["tiny", "mixtral", "gpt2"])
 def test_layers_match_the_hf_model_and_stages_run_in_order(arch, final, tiny_dir, random_model):
     model_dir = tiny_dir if arch == "tiny" else random_model(arch)
     tokens = np.random.default_rng(0).integers(5, 400, size=(3, 24))
     cb = Final() if final else Recording()
-    summary = layerwise.run(model_dir, tokens, cb, batch_size=2, progress=False)
+    summary = layerwise.run(model_dir, tokens, cb, batch_size=2, progress=False, spool=final == "spool")
     hidden = _hf_hidden(model_dir, tokens)
     # the last hidden state HF returns has the final norm applied; every earlier one is a raw layer output
     for i, out in enumerate(cb.outputs[:-1]):
