@@ -15,7 +15,12 @@ GPTQ onto GGML / MatMulNBits / Core ML grids.
 from __future__ import annotations
 
 import hashlib
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,12 +53,44 @@ def _take(params: dict[str, np.ndarray], g: int) -> dict[str, np.ndarray]:
     return {k: v[:, g, :] for k, v in params.items()}
 
 
-def output_error(delta: Any, h: Any, n: int) -> float:
-    """||ΔX||² from Δ = W - Ŵ and H = 2/n X Xᵀ: n/2 · tr(Δ H Δᵀ)."""
+def output_error(delta: Any, h: Any, n: int, chunk: int = 1024) -> float:
+    """||ΔX||² from Δ = W - Ŵ and H = 2/n X Xᵀ: n/2 · tr(Δ H Δᵀ), in float64, a block of rows of Δ and of
+    columns of H widened at a time (whole float64 copies of a 1B model's down_proj H and Δ would be 0.7 GB)."""
     import torch
 
-    d = torch.as_tensor(delta, dtype=torch.float64)
-    return float(n / 2 * torch.einsum("ij,jk,ik->", d, h.double(), d))
+    d = torch.as_tensor(delta)
+    total = 0.0
+    for j in range(0, d.shape[1], chunk):
+        hj = h[:, j:j + chunk].double()
+        for r in range(0, d.shape[0], chunk):
+            dr = d[r:r + chunk].double()
+            total += float(((dr @ hj) * dr[:, j:j + chunk]).sum())
+    return n / 2 * total
+
+
+def _inverse_factor(H: Any, dead: Any, perm: Any, damp: float, name: str) -> tuple[Any, float]:
+    """(the upper Cholesky factor of (H + damping)⁻¹ in the column order ``perm``, the damping used), computed
+    in one work matrix the size of H (LAPACK in place: the same numbers as with fresh outputs)."""
+    import torch
+
+    info = torch.empty((), dtype=torch.int32)
+    for factor in DAMP_RETRIES:
+        M = H.clone()
+        M[dead, dead] = 1
+        if perm is not None:
+            M = M[perm][:, perm]
+        used = damp * factor
+        M.diagonal().add_(used * float(torch.mean(torch.diag(M))))
+        torch.linalg.cholesky_ex(M, out=(M, info))
+        if int(info) == 0:
+            torch.cholesky_inverse(M, out=M)
+            torch.linalg.cholesky_ex(M, upper=True, out=(M, info))
+            if int(info) == 0:
+                return M, used
+        del M
+    raise EdgekitError(f"the Hessian of {name} is not positive definite even with damping "
+                       f"{damp * DAMP_RETRIES[-1]:g} x its mean diagonal",
+                       "give more (and more varied) calibration text, or raise --damp")
 
 
 def gptq(w: Any, h: Any, n: int, grid: Any, damp: float = 0.01, act_order: bool = False,
@@ -69,40 +106,22 @@ def gptq(w: Any, h: Any, n: int, grid: Any, damp: float = 0.01, act_order: bool 
     if cols % bs:
         raise EdgekitError(f"{grid.name}: block size {bs} does not divide the input dimension {cols} of {name}",
                            "choose a --group-size that divides every linear layer's input dimension")
-    H = h.detach().to(torch.float32).clone()
+    H = h.detach().to(torch.float32)  # not changed: the errors below are measured on it
     dead = torch.diag(H) == 0
-    H[dead, dead] = 1
     W[:, dead] = 0
-    w0 = W.clone()
 
     perm = invperm = None
     static = None
     if act_order:
         static = _block_params(grid, W.numpy())  # every group fixed before its columns move (static groups)
-        perm = torch.argsort(torch.diag(H), descending=True)
+        diag = torch.diag(H).clone()
+        diag[dead] = 1
+        perm = torch.argsort(diag, descending=True)
         invperm = torch.argsort(perm)
-        W, H = W[:, perm], H[perm][:, perm]
+        W = W[:, perm]
+    hinv, used = _inverse_factor(H, dead, perm, damp, name)
 
-    hinv = None
-    mean_diag = float(torch.mean(torch.diag(H)))
-    for factor in DAMP_RETRIES:
-        used = damp * factor
-        Hd = H.clone()
-        Hd.diagonal().add_(used * mean_diag)
-        L, info = torch.linalg.cholesky_ex(Hd)
-        if int(info) == 0:
-            Hi = torch.cholesky_inverse(L)
-            U, info = torch.linalg.cholesky_ex(Hi, upper=True)
-            if int(info) == 0:
-                hinv = U
-                break
-    if hinv is None:
-        raise EdgekitError(f"the Hessian of {name} is not positive definite even with damping "
-                           f"{damp * DAMP_RETRIES[-1]:g} x its mean diagonal",
-                           "give more (and more varied) calibration text, or raise --damp")
-
-    codes = np.zeros((rows, cols), dtype=np.int16)
-    deq = torch.zeros_like(W)
+    codes = None  # the grid's code dtype, from its first column
     params: dict[str, np.ndarray] | None = static
     dynamic: list[dict[str, np.ndarray]] = []
     width = max(BLOCK_COLUMNS, bs)
@@ -126,8 +145,10 @@ def gptq(w: Any, h: Any, n: int, grid: Any, damp: float = 0.01, act_order: bool 
                 wcol = W1[:, i].numpy()[:, None]
                 q = grid.encode(wcol, p)
                 dq = torch.from_numpy(np.ascontiguousarray(grid.decode(q, p)[:, 0], dtype=np.float32))
+                if codes is None:
+                    codes = np.zeros((rows, cols), dtype=q.dtype)
                 codes[:, col] = q[:, 0]
-                deq[:, col] = dq
+                W[:, col] = dq  # W's finished columns are read no more: they hold the dequantized weight
                 d = Hinv1[i, i]
                 err = (W1[:, i] - dq) / d
                 W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
@@ -136,19 +157,30 @@ def gptq(w: Any, h: Any, n: int, grid: Any, damp: float = 0.01, act_order: bool 
     finally:
         torch.set_num_threads(threads)
 
+    del hinv
     if act_order:
         codes = codes[:, invperm.numpy()]
-        deq = deq[:, invperm]
+        W = W[:, invperm]
     else:
         params = {k: np.stack([d[k] for d in dynamic], axis=1) for k in dynamic[0]}
-    qcodes = codes.reshape(rows, cols // bs, bs).astype(grid.encode(np.zeros((1, 1), np.float32),
-                                                                    _take(params, 0)).dtype)
-    dequantized = deq.numpy()
-    rtn = grid.decode(grid.encode(w0.numpy().reshape(rows, -1, bs), _block_params(grid, w0.numpy())),
-                      _block_params(grid, w0.numpy())).reshape(rows, cols)
-    h0 = h.detach().to(torch.float32)
-    return Result(qcodes, params, dequantized, output_error(w0.numpy() - dequantized, h0, n),
-                  output_error(w0.numpy() - rtn, h0, n), used)
+    dequantized = W.numpy()
+    err_gptq, err_rtn = _errors(np.asarray(w, dtype=np.float32), dead.numpy(), dequantized, H, n, grid)
+    return Result(codes.reshape(rows, cols // bs, bs), params, dequantized, err_gptq, err_rtn, used)
+
+
+def _errors(w: np.ndarray, dead: np.ndarray, deq: np.ndarray, h: Any, n: int, grid: Any, chunk: int = 1024
+            ) -> tuple[float, float]:
+    """(||WX - ŴX||² of ``deq``, the same of the grid's round to nearest), W = ``w`` with its ``dead`` columns
+    zeroed, a block of rows at a time (whole copies would be ~0.3 GB beside a 1B model's down_proj)."""
+    gptq_err = rtn_err = 0.0
+    for r in range(0, w.shape[0], chunk):
+        w0 = w[r:r + chunk].copy()
+        w0[:, dead] = 0
+        p0 = _block_params(grid, w0)
+        rtn = grid.decode(grid.encode(w0.reshape(w0.shape[0], -1, grid.block_size), p0), p0).reshape(w0.shape)
+        gptq_err += output_error(w0 - deq[r:r + chunk], h, n, chunk)
+        rtn_err += output_error(w0 - rtn, h, n, chunk)
+    return gptq_err, rtn_err
 
 
 class Hessians:
@@ -158,6 +190,7 @@ class Hessians:
         self.sums: dict[str, Any] = {}
         self.count: dict[str, int] = {}
         self.alias: dict[str, str] = {}
+        self.done: set[str] = set()  # sums already scaled to H
         self._last: tuple[Any, str] | None = None  # holds the last input so its storage cannot be reused
 
     def add(self, name: str, x: Any) -> None:
@@ -179,18 +212,25 @@ class Hessians:
         self._last = (x, name)
 
     def get(self, name: str) -> tuple[Any, int]:
-        """(H = 2/n Σ x xᵀ, n) for ``name`` (zeros and 0 for an expert no token reached)."""
-
+        """(H = 2/n Σ x xᵀ, n) for ``name`` (None and 0 for an expert no token reached); the sum becomes H in
+        place (no second copy), so no token can be added after."""
         src = self.alias.get(name, name)
         if src not in self.sums:
             return None, 0
         n = self.count[src]
-        return (2.0 / max(n, 1)) * self.sums[src], n
+        if src not in self.done:
+            import torch
+
+            with torch.inference_mode():  # the sums were made in the layer's forward (inference tensors)
+                self.sums[src].mul_(2.0 / max(n, 1))
+            self.done.add(src)
+        return self.sums[src], n
 
     def clear(self) -> None:
         self.sums.clear()
         self.count.clear()
         self.alias.clear()
+        self.done.clear()
         self._last = None
 
 
@@ -210,15 +250,49 @@ def _row_keys(w: np.ndarray) -> list[bytes]:
     return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in w]
 
 
+class Spilled(MutableMapping):
+    """name -> (codes, block parameters), held in a temporary directory rather than in memory: a 1B model's
+    codes (1 byte per weight) would otherwise pile up to ~1 GB beside the layer being quantized. Removed when
+    the mapping is garbage-collected (or at exit)."""
+
+    def __init__(self) -> None:
+        self.dir: Path | None = None
+        self.files: dict[str, Path] = {}
+
+    def __setitem__(self, name: str, value: tuple[np.ndarray, dict[str, np.ndarray]]) -> None:
+        if self.dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="edgekit-gptq-"))
+            weakref.finalize(self, shutil.rmtree, str(self.dir), True)
+        q, p = value
+        f = self.files.get(name) or self.dir / f"{len(self.files)}.npz"
+        np.savez(f, codes=q, **{f"p_{k}": v for k, v in p.items()})
+        self.files[name] = f
+
+    def __getitem__(self, name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        with np.load(self.files[name]) as z:
+            return z["codes"], {k[2:]: z[k] for k in z.files if k.startswith("p_")}
+
+    def __delitem__(self, name: str) -> None:
+        self.files.pop(name).unlink()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
 class GPTQCallback:
     """The layer-by-layer callback: Hessians while observing, GPTQ per stage, the quantized weight put back so
     the next stage and the next layer see it. Keeps codes and block parameters per checkpoint module, and the
     rows of each original weight so a converter's (row-permuted, split or stacked) tensor finds its codes."""
 
+    stages_final = True  # quantize() sets each stage's final weights: the driver may skip the done attention
+
     def __init__(self, grid: Any, damp: float = 0.01, act_order: bool = False) -> None:
         self.grid, self.damp, self.act_order = grid, damp, act_order
         self.hessians = Hessians()
-        self.codes: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+        self.codes = Spilled()
         self.rows: dict[tuple[int, bytes], tuple[str, int]] = {}
         self.errors: list[dict[str, Any]] = []
 
@@ -234,7 +308,7 @@ class GPTQCallback:
 
     def quantize(self, ctx: Any, stage: Any) -> None:
         for lin in stage.linears:
-            w = lin.weight().numpy()
+            w = lin.weight().numpy() if lin.transposed else lin.module.weight.detach().numpy()  # no copy: not changed
             h, n = self.hessians.get(lin.name)
             if h is None or n == 0:  # an expert no calibration token was routed to: nothing to weigh errors by
                 q, p, deq = _rtn(w, self.grid)
@@ -249,6 +323,9 @@ class GPTQCallback:
             self.codes[lin.name] = (q, {k: v for k, v in p.items()})
             lin.set_weight(deq)
         self.hessians.clear()
+        from quant.layerwise import release_memory
+
+        release_memory()
 
     def tensor(self, a: np.ndarray, layer: int | None, what: str) -> Any:
         """The QuantizedTensor GPTQ chose for a converter's tensor ``a`` (rows = output features, any order)."""
@@ -256,11 +333,14 @@ class GPTQCallback:
         shape = a.shape
         rows = a.reshape(-1, shape[-1])
         qs, ps = [], {}
+        loaded: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
         for key in _row_keys(rows):
             hit = self.rows.get((layer, key))
             if hit is None:
                 raise EdgekitError(f"gptq: {what} has a row no calibrated linear layer has", "report this as a bug")
-            q, p = self.codes[hit[0]]
+            if hit[0] not in loaded:
+                loaded[hit[0]] = self.codes[hit[0]]
+            q, p = loaded[hit[0]]
             qs.append(q[hit[1]])
             for k, v in p.items():
                 ps.setdefault(k, []).append(v[hit[1]])
@@ -284,7 +364,7 @@ def min_tokens(ckpt: Any) -> tuple[int, str]:
 
 
 def run(model: str, grid: Any, *, calib: str | None = None, samples: int | None = None, seqlen: int | None = None,
-        damp: float = 0.01, act_order: bool = False, batch_size: int = 4, progress: bool = True
+        damp: float = 0.01, act_order: bool = False, batch_size: int | None = None, progress: bool = True
         ) -> tuple[GPTQCallback, dict[str, Any]]:
     """GPTQ over every decoder linear of ``model`` on ``grid``; (callback with the codes, manifest info)."""
     from edgekit.checkpoint import open_checkpoint
