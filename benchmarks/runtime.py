@@ -44,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import q8_0_gguf
+
 ROOT = Path(__file__).resolve().parent.parent
 # repetitions timed inside each GGUF side's process (llama-bench -r): the median of them is that round's figure, so
 # one scheduling hiccup on a loaded host does not decide a round
@@ -480,17 +482,6 @@ def table(title: str, res: dict, reference: str, others: list[str], roofline: fl
                  f"{ours['decode_tps'] / roofline:.0%} of it")
     lines.append(f"  same greedy tokens as {reference}: {res['same_tokens']}")
     return "\n".join(lines)
-
-
-def q8_0_gguf(cache: Path) -> Path:
-    """SmolLM2 q8_0 from edgekit convert (made once, kept next to the checkpoint)."""
-    from edgekit.models import smollm2
-
-    out = cache / "SmolLM2-135M-Instruct-q8_0.gguf"
-    if not out.exists():
-        subprocess.run([sys.executable, "-m", "edgekit.cli", "convert", str(smollm2.ensure()), "--to", "gguf",
-                        "--outtype", "q8_0", "-o", str(out)], check=True, cwd=ROOT)
-    return out
 
 
 def onnx_dir(cache: Path, dtype: str) -> Path:

