@@ -159,4 +159,4 @@ if __name__ == "__main__":
 
     from edgekit.child import serve
 
-    sys.exit(serve(_check_hf_directory, sys.argv[1:3]))
+    serve(_check_hf_directory, sys.argv[1:3])

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -296,6 +298,22 @@ def test_tokenizer_facts_same_in_child_process(tiny_dir, random_model, tmp_path)
     spm = build("llama", tmp_path / "spm", tokenizer="sentencepiece")
     for d in (tiny_dir, random_model("qwen2"), spm):
         assert asdict(hf_tokenizer.start(d, child=True).result()) == asdict(hf_tokenizer.measure(d)), d
+
+
+def test_tokenizer_child_reads_transformers_model_files_once():
+    """edgekit.child's import hook: in a tokenizer child, transformers' second scan of its model directories (by
+    transformers.models, after transformers) is served from the cache. Fails when a transformers release changes what
+    the hook works around (then drop or adapt it)."""
+    code = ("import sys; from edgekit.child import _WholeImportCache; sys.modules['torch'] = None; "
+            "sys.meta_path.insert(0, _WholeImportCache()); import transformers, transformers.models; "
+            "from transformers.utils import import_utils as iu; i = iu.create_import_structure_from_path.cache_info(); "
+            "print(i.hits, i.misses, i.maxsize)")
+    from edgekit.child import env
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    hits, _, maxsize = proc.stdout.split()
+    assert maxsize == "None" and int(hits) > 100, proc.stdout  # without the hook: maxsize 128, 0 hits
 
 
 def test_tokenizer_job_errors_same_from_child_and_thread(tiny_dir, tmp_path):

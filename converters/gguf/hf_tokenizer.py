@@ -96,4 +96,4 @@ def start_local(ref: str) -> Job[TokenizerFacts] | None:
 
 
 if __name__ == "__main__":
-    sys.exit(serve(_measured, sys.argv[1:2]))
+    serve(_measured, sys.argv[1:2])
