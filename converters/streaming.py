@@ -195,6 +195,30 @@ class Encoder:
         self.pool.shutdown(cancel_futures=True)
 
 
+def preallocate(fd: int, start: int, end: int) -> bool:
+    """Reserve ``[start, end)`` of the file ``fd`` on disk before it is written (``fallocate``; the file's size
+    becomes ``end`` if it was smaller): ext4 then skips its per-block delayed-allocation bookkeeping on each page
+    written, ~0.4 s of kernel time for 2 GB, and a full disk is reported before anything is written. False, and
+    nothing done, where the OS or the file system has no ``fallocate``. Hand-written: Python's ``os`` has only
+    ``posix_fallocate``, whose glibc fallback writes a byte into every block of such file systems."""
+    import ctypes
+    import sys
+
+    if end <= start or not sys.platform.startswith("linux"):
+        return False
+    try:
+        fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):  # not glibc
+        return False
+    fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    if fallocate(fd, 0, start, end - start) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSPC, errno.EDQUOT):  # the CLI's one-line "disk full" error, before any tensor is written
+        raise OSError(err, os.strerror(err))
+    return False  # EOPNOTSUPP and the like: written as it comes
+
+
 def return_freed_chunks() -> None:
     """Have glibc's malloc hand every block of 128 KiB or more back to the OS when freed. By default the
     threshold rises to the largest block freed so far (up to 32 MiB), after which chunk buffers come from

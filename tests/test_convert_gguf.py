@@ -195,8 +195,9 @@ def _recast(src: Path, dst: Path, dtype: str) -> Path:
 @pytest.mark.parametrize("arch", ["llama", "mixtral"])
 def test_chunked_and_copied_tensors_equal_whole_ones(arch, random_model, tmp_path, monkeypatch):
     """Row chunks across threads, kernel copies and their read/write fallback, and Q/K rows gathered in
-    chunks (or written in rope order by pwritev, in spans of a few rows, with short writes resumed) give the same
-    bytes as encoding each tensor whole, for f32 and bf16 checkpoints and every output type."""
+    chunks (or written in rope order by pwritev, in spans of a few rows, with short writes resumed), into a file
+    whose data extent was not reserved beforehand, give the same bytes as encoding each tensor whole, for f32 and bf16
+    checkpoints and every output type."""
     from converters import streaming
     from converters.gguf import base, stream
 
@@ -216,6 +217,7 @@ def test_chunked_and_copied_tensors_equal_whole_ones(arch, random_model, tmp_pat
                 m.setattr(streaming.os, "copy_file_range", _no_copy_file_range, raising=False)
                 m.setattr(streaming, "_ROWS_BUFFER", 1000)  # a few rows per span: spans cut inside a head
                 m.setattr(streaming.os, "pwritev", _short_pwritev, raising=False)
+                m.setattr(stream, "preallocate", lambda fd, start, end: False)  # the data's extent not reserved
                 chunked = run(src, outtype, "chunked.gguf")
             assert chunked == whole, (kind, outtype)
             if outtype in ("f16", "q8_0"):  # q/k reordered as whole tensors, not gathered by rows
@@ -225,6 +227,22 @@ def test_chunked_and_copied_tensors_equal_whole_ones(arch, random_model, tmp_pat
                     assert run(src, outtype, "whole-qk.gguf") == whole, (kind, outtype)
                 n_layers = json.loads((src / "config.json").read_text())["num_hidden_layers"]
                 assert sum(r is not None for r in found) == 2 * n_layers  # every q and k was gathered above
+
+
+def test_preallocate_reserves_the_range(tmp_path):
+    """converters.streaming.preallocate: on Linux the file takes the reserved size (what the GGUF writer then fills
+    exactly) with its blocks allocated; an empty range does nothing."""
+    from converters.streaming import preallocate
+
+    path = tmp_path / "f"
+    with path.open("wb") as fh:
+        fh.write(b"head")
+        fh.flush()
+        assert not preallocate(fh.fileno(), 4, 4)
+        done = preallocate(fh.fileno(), 4, 4 + (1 << 20))
+    if sys.platform.startswith("linux"):
+        assert done and path.stat().st_size == 4 + (1 << 20) and path.stat().st_blocks * 512 >= 1 << 20
+        assert path.read_bytes() == b"head" + bytes(1 << 20)
 
 
 def test_bulk_array_packing_writes_what_gguf_writes(tmp_path):

@@ -39,7 +39,7 @@ import numpy as np
 from converters import seam as tseam
 from converters.gguf.model import Job, meta
 from converters.gguf.types import Q, choose_type, nbytes
-from converters.streaming import Encoder, Sink
+from converters.streaming import Encoder, Sink, preallocate
 from edgekit import integrity
 from edgekit.atomic import atomic_output
 from edgekit.errors import EdgekitError
@@ -230,6 +230,18 @@ class Writer(gguf.GGUFWriter):
     fast path cannot pack exactly as struct would, goes to gguf's own packing. Hand-written: gguf has no bulk
     packing."""
 
+    data_end: int | None = None  # where the tensor data ends in the file, once the tensor infos are written
+
+    def write_ti_data_to_file(self) -> None:
+        """gguf's, then the tensor data's extent reserved on disk (:func:`converters.streaming.preallocate`)."""
+        super().write_ti_data_to_file()
+        assert self.fout is not None and len(self.fout) == 1, "one output file"
+        fout = self.fout[0]
+        fout.flush()
+        start = self.ggml_pad(fout.tell(), self.data_alignment)
+        self.data_end = start + sum(self.ggml_pad(ti.nbytes, self.data_alignment) for ti in self.tensors[0].values())
+        preallocate(fout.fileno(), fout.tell(), self.data_end)
+
     def _pack_val(self, val: Any, vtype: gguf.GGUFValueType, add_vtype: bool,
                   sub_type: gguf.GGUFValueType | None = None) -> bytes:
         body = self._pack_array(val) if vtype == gguf.GGUFValueType.ARRAY and sub_type is None else None
@@ -311,6 +323,8 @@ def write_gguf(dest: Path, force: bool, arch_name: str, planned: list[Plan], ckp
             w.fout[0] = Sink(w.fout[0], hasher)  # type: ignore[call-overload]
             w.write_tensors_to_file(progress=False)
             w.flush()
+            if w.fout[0].tell() != w.data_end:  # the reserved extent set the file's size: it must be what was written
+                raise RuntimeError(f"wrote {w.fout[0].tell()} bytes of {dest.name}, planned {w.data_end}")
         except BaseException:
             if hasher is not None:
                 hasher.cancel()
