@@ -357,8 +357,8 @@ def measure(sides: list[str], artifact: Path, ids: list[int], n: int, threads: i
         res[name]["reps"] = [{**{k: x[k] for k in FIGURES if k in x}, "seq": x["seq"]} for x in rs]
         if name == "llama-bench":
             res[name]["build"] = rs[0].get("build")
-        if name in procs and "spinning" in procs[name].info:
-            res[name]["spinning"] = procs[name].info["spinning"]
+        if name in procs:  # what the side chose at load (edgekit: whether ONNX pool threads spin, the eos ban)
+            res[name].update({k: v for k, v in procs[name].info.items() if k != "ready"})
     tokens = {name: rs[-1]["tokens"][:n - 1] for name, rs in runs.items() if "tokens" in rs[-1]}
     first = tokens[sides[0]]
     res["same_tokens"] = {name: t == first for name, t in tokens.items()}
