@@ -508,7 +508,8 @@ def table(title: str, res: dict, reference: str, others: list[str], roofline: fl
                 lines.append(f"  {k + ' from empty':<22}{'':>14}{v['decode_empty_tps']:>14.1f}")
     ours = res["edgekit"]
     lines.append("  edgekit / other: median over edgekit's repetitions of its figure / the other's bracketing it "
-                 "(each in brackets; llama-bench's tg set against edgekit's decode from empty)")
+                 "(each in brackets" + ("; llama-bench's tg set against edgekit's decode from empty)" if "llama-bench"
+                                        in others else ")"))
 
     def spread(xs: list[float]) -> str:
         return " ".join(f"{x:.2f}" for x in xs)
