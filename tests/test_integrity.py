@@ -186,7 +186,7 @@ def test_sampler_refuses_non_finite_logits():
 
     ok = np.array([0.0, 1.0, -np.inf], dtype=np.float32)
     assert Sampler()(ok) == 1
-    for bad in ([np.nan, 1.0], [np.inf, 0.0], [-np.inf, -np.inf]):
+    for bad in ([np.nan, 1.0], [1.0, np.nan], [np.inf, 0.0], [0.0, np.inf, np.nan], [-np.inf, -np.inf]):
         for params in (SamplingParams(), SamplingParams(temperature=0.7, seed=1)):
             with pytest.raises(EdgekitError, match="non-finite"):
                 Sampler(params)(np.array(bad, dtype=np.float32))
