@@ -41,6 +41,11 @@ CLIP_STEPS, CLIP_MAX_SHRINK = 20, 0.5
 PER_BLOCK_MAX = 32  # widest run of input columns that takes one alpha (AWQ.per_block)
 BLOCK_SWEEPS = 1  # passes of the per-block alpha search (search_scale)
 BLOCK_TOKENS = 2048  # calibration tokens the block-output search runs the attention / MLP on, per alpha
+# How many alphas the norm-fed groups score on their attention / MLP output; the rest are ranked out by their linears'
+# own output error (Gram form). Fewer is faster but, measured (edgekit-tiny q4_0, quality table): 6 and 1 cost most of
+# the per-block gain (mean KLD 0.00118 vs 0.00107 with every alpha scored), so every alpha is scored by default.
+GROUP_SHORTLIST = len(ALPHAS)  # of the group's alphas
+BLOCK_SHORTLIST = len(ALPHAS)  # per block of columns (scored incrementally: Block.incremental)
 
 
 class Mat:
@@ -48,8 +53,9 @@ class Mat:
     over a parameter that may be stored (in, out) (gpt2's Conv1D) or be one expert of a 3-D stack."""
 
     def __init__(self, name: str, role: str, param: torch.Tensor, index: int | None = None, conv1d: bool = False,
-                 bias: torch.Tensor | None = None) -> None:
+                 bias: torch.Tensor | None = None, module: torch.nn.Module | None = None) -> None:
         self.name, self.role, self.param, self.index, self.conv1d, self.bias = name, role, param, index, conv1d, bias
+        self.module = module  # the module computing x -> x Wᵀ + b with it (Block.incremental), when one does
 
     def view(self) -> torch.Tensor:
         """A view of the stored data as [out, in]: writes through to the model."""
@@ -135,7 +141,7 @@ def _get(module: torch.nn.Module, path: str) -> Any:
 
 def _lin(layer: torch.nn.Module, path: str, role: str) -> Mat:
     m = _get(layer, path)
-    return Mat(path, role, m.weight, bias=m.bias)
+    return Mat(path, role, m.weight, bias=m.bias, module=m)
 
 
 def plan(layer: torch.nn.Module, family: Any, spec: Any, layer_index: int) -> LayerPlan:
@@ -157,8 +163,8 @@ def plan(layer: torch.nn.Module, family: Any, spec: Any, layer_index: int) -> La
         c_attn, c_proj = _get(layer, "attn.c_attn"), _get(layer, "attn.c_proj")
         if c_attn is None:
             raise missing()
-        qkv = Mat("attn.c_attn", "qkv", c_attn.weight, conv1d=True, bias=c_attn.bias)
-        o = Mat("attn.c_proj", "o", c_proj.weight, conv1d=True, bias=c_proj.bias)
+        qkv = Mat("attn.c_attn", "qkv", c_attn.weight, conv1d=True, bias=c_attn.bias, module=c_attn)
+        o = Mat("attn.c_proj", "o", c_proj.weight, conv1d=True, bias=c_proj.bias, module=c_proj)
         observers.update({"attn_in": [qkv], "o_in": [o]})
         groups.append(Group("attn_in", Norm("ln_1", layer.ln_1), [qkv], [qkv]))
         h = spec.hidden_size
@@ -189,8 +195,8 @@ def plan(layer: torch.nn.Module, family: Any, spec: Any, layer_index: int) -> La
     ffn_norm = Norm(ffn_norm_name, _get(layer, ffn_norm_name), family.norm_offset)
     mlp = layer.mlp
     if family.conv1d:  # gelu between c_fc and c_proj: no fold there
-        fc = Mat("mlp.c_fc", "up", mlp.c_fc.weight, conv1d=True, bias=mlp.c_fc.bias)
-        proj = Mat("mlp.c_proj", "down", mlp.c_proj.weight, conv1d=True, bias=mlp.c_proj.bias)
+        fc = Mat("mlp.c_fc", "up", mlp.c_fc.weight, conv1d=True, bias=mlp.c_fc.bias, module=mlp.c_fc)
+        proj = Mat("mlp.c_proj", "down", mlp.c_proj.weight, conv1d=True, bias=mlp.c_proj.bias, module=mlp.c_proj)
         observers["ffn_in"] = [fc]
         groups.append(Group("ffn_in", ffn_norm, [fc], [fc]))
         quantized += [fc, proj]
@@ -262,7 +268,8 @@ def round_trip(grid: Any) -> Callable[..., torch.Tensor]:
 
 def search_scale(x_mean: torch.Tensor, gram: torch.Tensor, mats: list[Mat], rt: Callable, alphas=ALPHAS,
                  block: Callable[[list[torch.Tensor]], float] | None = None, tie: Tie | None = None,
-                 per_block: int = 0) -> tuple[float, torch.Tensor, list[float], list[float]]:
+                 per_block: int = 0, inc: Callable[[list[torch.Tensor]], Incremental | None] | None = None
+                 ) -> tuple[float, torch.Tensor, list[float], list[float]]:
     """(best alpha, its scales per input column, error per alpha, alpha per block of ``per_block`` columns) for a
     group with input statistics ``x_mean`` = mean|x| per channel and ``gram`` = XᵀX / n of sampled input rows,
     ``s = x_mean^a``. With ``block`` (AutoAWQ's ``module2inspect``): the error is ``block(the group's weights as the
@@ -280,30 +287,43 @@ def search_scale(x_mean: torch.Tensor, gram: torch.Tensor, mats: list[Mat], rt: 
     diag = torch.diagonal(gram)
     xm = x_mean if tie is None else tie.reduce(x_mean)
 
-    def error(s: torch.Tensor) -> float:
+    def effective(s: torch.Tensor) -> list[torch.Tensor]:  # the weights as the grid leaves them, Q(W·s)/s
         s = s if tie is None else tie.expand(s)
-        qs = [rt(w * s, diag / s ** 2) / s for w in ws]
-        if block is not None:
-            return block(qs)
-        err = 0.0
-        for w, q in zip(ws, qs, strict=True):
-            d = w - q
-            err += float(((d @ gram) * d).sum())
-        return err
+        return [rt(w * s, diag / s ** 2) / s for w in ws]
+
+    def own(qs: list[torch.Tensor]) -> float:  # the group's linears' own output error, Σ (ΔW G) ⊙ ΔW
+        return float(sum(((w - q) @ gram * (w - q)).sum() for w, q in zip(ws, qs, strict=True)))
+
+    def error(s: torch.Tensor) -> float:
+        qs = effective(s)
+        return block(qs) if block is not None else own(qs)
 
     cands = []  # per alpha, the scales normalised over all columns, so equal alphas per block = the group's alpha
     for a in alphas:
         s = xm.clamp(min=1e-4).pow(a)  # AutoAWQ's floor keeps dead channels from blowing up
         cands.append(s / (s.max() * s.min()).sqrt())
-    errors = [error(c) for c in cands]
+    if block is not None and GROUP_SHORTLIST < len(cands):
+        # the block output (a forward of the attention / MLP per alpha) only for the alphas whose linears' own
+        # output error is among the least; the others are recorded as inf (not evaluated)
+        qss = [effective(c) for c in cands]
+        short = set(np.argsort([own(qs) for qs in qss])[:GROUP_SHORTLIST].tolist())
+        errors = [block(qs) if i in short else float("inf") for i, qs in enumerate(qss)]
+        del qss
+    else:
+        errors = [error(c) for c in cands]
     best = int(np.argmin(errors))
     n = xm.numel()
     width = min(per_block, n) if per_block else n
     spans = [(lo, min(n, lo + width)) for lo in range(0, n, width)]
     pick = [best] * len(spans)
     s, best_err = cands[best].clone(), errors[best]
-    if block is None and tie is None and len(spans) > 1 and _blockwise(rt, ws[0], width):
-        return alphas[best], _per_block_gram(ws, gram, rt, cands, spans, pick, s), errors, [alphas[i] for i in pick]
+    if tie is None and len(spans) > 1 and _blockwise(rt, ws[0], width):
+        if block is None:
+            return alphas[best], _per_block_gram(ws, gram, rt, cands, spans, pick, s), errors, [alphas[i] for i in pick]
+        ev = inc(effective(s)) if inc is not None else None
+        if ev is not None:
+            s = _per_block_gram(ws, gram, rt, cands, spans, pick, s, ev)
+            return alphas[best], s, errors, [alphas[i] for i in pick]
     for _ in range(BLOCK_SWEEPS if len(spans) > 1 else 0):
         for b, (lo, hi) in enumerate(spans):
             for i, c in enumerate(cands):
@@ -329,10 +349,13 @@ def _blockwise(rt: Callable, w: torch.Tensor, width: int) -> bool:
 
 
 def _per_block_gram(ws: list[torch.Tensor], gram: torch.Tensor, rt: Callable, cands: list[torch.Tensor],
-                    spans: list[tuple[int, int]], pick: list[int], s: torch.Tensor) -> torch.Tensor:
+                    spans: list[tuple[int, int]], pick: list[int], s: torch.Tensor, ev: Incremental | None = None
+                    ) -> torch.Tensor:
     """search_scale's per-block pass in the Gram form, block by block: with ``ΔW`` changed by ``E`` on block B's
     columns only, the error ``Σ (ΔW G) ⊙ ΔW`` changes by ``Σ (2 ΔW G + E G) ⊙ E`` on B's columns, so each candidate
-    costs one block's round trip and out·b² (not out·in²). ``pick`` is updated in place."""
+    costs one block's round trip and out·b² (not out·in²). With ``ev`` (a norm-fed group: the loss is its attention
+    / MLP block's output) that change ranks the candidates and the :data:`BLOCK_SHORTLIST` first are scored on the
+    block's output (``ev``, incrementally), which decides. ``pick`` is updated in place."""
     diag = torch.diagonal(gram)
     ds = [w - rt(w * s, diag / s ** 2) / s for w in ws]
     ps = [d @ gram for d in ds]  # ΔW G, kept current
@@ -340,19 +363,32 @@ def _per_block_gram(ws: list[torch.Tensor], gram: torch.Tensor, rt: Callable, ca
     for _ in range(BLOCK_SWEEPS):
         for b, (lo, hi) in enumerate(spans):
             g_bb = gram[lo:hi, lo:hi]
+            idx = [i for i in range(len(cands)) if i != pick[b]]
+            if not idx:
+                continue
+            cb = torch.stack([cands[i][lo:hi] for i in idx])[:, None, :]  # [candidates, 1, block]
+            deltas = torch.zeros(len(idx), dtype=torch.float64)
+            ess = []
+            for w, d, p in zip(ws, ds, ps, strict=True):
+                wb = w[None, :, lo:hi] * cb  # every candidate's block in one round trip (rows are independent)
+                e = w[None, :, lo:hi] - rt(wb.reshape(-1, hi - lo)).reshape(wb.shape) / cb - d[None, :, lo:hi]
+                deltas += ((2 * p[None, :, lo:hi] + e @ g_bb) * e).sum((1, 2), dtype=torch.float64)
+                ess.append(e)
+            scored = [(float(deltas[j]), i, [e[j] for e in ess]) for j, i in enumerate(idx)]
             best = (0.0, None)
-            for i, c in enumerate(cands):
-                if i == pick[b]:
-                    continue
-                cb = c[lo:hi]
-                es = [w[:, lo:hi] - rt((w[:, lo:hi] * cb).contiguous(), diag[lo:hi] / cb ** 2) / cb - d[:, lo:hi]
-                      for w, d in zip(ws, ds, strict=True)]
-                delta = sum(float(((2 * p[:, lo:hi] + e @ g_bb) * e).sum()) for p, e in zip(ps, es, strict=True))
-                if delta < best[0]:
-                    best = (delta, (i, es))
+            if ev is None:
+                best = min(((d, (i, es)) for d, i, es in scored if d < 0), key=lambda t: t[0], default=best)
+            else:  # the weights move by -E (ΔW = W - Q)
+                best = (ev.error, None)
+                for _, i, es in sorted(scored, key=lambda t: t[0])[:BLOCK_SHORTLIST]:
+                    e = ev.trial(lo, hi, [-x for x in es])
+                    if e < best[0]:
+                        best = (e, (i, es))
             if best[1] is not None:
                 i, es = best[1]
                 pick[b], s[lo:hi] = i, cands[i][lo:hi]
+                if ev is not None:
+                    ev.accept(lo, hi, [-x for x in es], best[0])
                 for d, p, e in zip(ds, ps, es, strict=True):
                     d[:, lo:hi] += e
                     p += e @ gram[lo:hi]
@@ -399,9 +435,74 @@ class Block:
             for m, w in zip(mats, saved, strict=True):
                 m.assign(w)
 
+    def incremental(self, mats: list[Mat], weights: list[torch.Tensor]) -> Incremental | None:
+        """An :class:`Incremental` for ``mats`` at ``weights``, or None when one of them has no module of its own or
+        does not run exactly once per recorded call (a MoE expert)."""
+        mods = [m.module for m in mats]
+        if any(mod is None for mod in mods) or len({id(mod) for mod in mods}) != len(mods):
+            return None
+        if self.ref is None:
+            self.ref = self._outputs()
+        seen: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in mats]
+        hooks = [mod.register_forward_hook(lambda _m, args, out, k=k: seen[k].append((args[0], out)))
+                 for k, mod in enumerate(mods)]
+        saved = [m.weight().clone() for m in mats]
+        try:
+            for m, w in zip(mats, weights, strict=True):
+                m.assign(w)
+            outs = self._outputs()
+        finally:
+            for h in hooks:
+                h.remove()
+            for m, w in zip(mats, saved, strict=True):
+                m.assign(w)
+        if any(len(x) != len(self.calls) for x in seen):
+            return None
+        err = float(sum(((o - r) ** 2).sum() for o, r in zip(outs, self.ref, strict=True)))
+        return Incremental(self, mods, seen, err)
+
     def close(self) -> None:
         self.handle.remove()
         self.reset()
+
+
+class Incremental:
+    """The block's output error when only columns ``lo:hi`` of its linears' weights change by ``E``: each linear's
+    output is its recorded output plus ``x[..., lo:hi] Eᵀ`` (its forward is replaced for the run), so a candidate
+    costs the rest of the block (attention core and o, or the activation and down), not the linears' full
+    products. ``error`` is the block's squared output error at the recorded weights."""
+
+    def __init__(self, block: Block, mods: list[torch.nn.Module], seen: list, error: float) -> None:
+        self.block, self.mods, self.seen, self.error = block, mods, seen, error
+
+    def _run(self, lo: int, hi: int, deltas: list[torch.Tensor]) -> float:
+        total = 0.0
+        try:
+            with torch.inference_mode():
+                for c, ((args, kwargs), ref) in enumerate(zip(self.block.calls, self.block.ref, strict=True)):
+                    for mod, rec, e in zip(self.mods, self.seen, deltas, strict=True):
+                        x, y = rec[c]
+                        mod.forward = lambda *_a, _x=x, _y=y, _e=e, **_k: torch.addmm(
+                            _y.reshape(-1, _y.shape[-1]), _x.reshape(-1, _x.shape[-1])[:, lo:hi], _e.t()
+                        ).reshape(_y.shape)
+                    o = self.block.module(*args, **kwargs)
+                    total += float((((o[0] if isinstance(o, tuple) else o).float() - ref) ** 2).sum())
+        finally:
+            for mod in self.mods:
+                mod.__dict__.pop("forward", None)
+        return total
+
+    def trial(self, lo: int, hi: int, deltas: list[torch.Tensor]) -> float:
+        """The block's output error with the linears' weights changed by ``deltas`` [out, hi - lo] on lo:hi."""
+        return self._run(lo, hi, deltas)
+
+    def accept(self, lo: int, hi: int, deltas: list[torch.Tensor], error: float) -> None:
+        with torch.inference_mode():
+            for rec, e in zip(self.seen, deltas, strict=True):
+                for c, (x, y) in enumerate(rec):
+                    rec[c] = (x, torch.addmm(y.reshape(-1, y.shape[-1]), x.reshape(-1, x.shape[-1])[:, lo:hi],
+                                             e.t()).reshape(y.shape))
+        self.error = error
 
 
 def search_clip(w: torch.Tensor, gram: torch.Tensor, grid: Any, rt: Callable) -> torch.Tensor:
@@ -440,7 +541,8 @@ def fold_group(g: Group, x_mean: torch.Tensor, gram: torch.Tensor, rt: Callable,
     """Search the group's alpha (on ``block``'s output when given) and fold its scales: the producer's
     outputs / s, the consumers' inputs * s."""
     loss = (lambda ws: block.error(g.quantized, ws)) if block is not None and block.calls else None
-    a, s, errs, per = search_scale(x_mean, gram, g.quantized, rt, alphas, loss, g.tie, per_block)
+    inc = (lambda ws: block.incremental(g.quantized, ws)) if loss is not None else None
+    a, s, errs, per = search_scale(x_mean, gram, g.quantized, rt, alphas, loss, g.tie, per_block, inc)
     own = s if g.tie is None else s.view(g.tie.kv_heads, g.tie.rep, g.tie.head_dim)[:, 0].reshape(-1)
     if isinstance(g.prev, Norm):
         g.prev.scale_outputs(own)
@@ -491,6 +593,8 @@ class AWQ:
     stage holds (the layer then computes the same function, so later stages observe unchanged activations);
     at the layer's end clip, hand the scaled float weights to ``keep`` (the scaled checkpoint), and put the
     grid's round trip in place so the next layer's inputs come from this layer quantized."""
+
+    one_pass = True  # the folds are exact and the rounding waits for end_layer: one observing pass per layer
 
     def __init__(self, family: Any, spec: Any, grid: Any, *, clip: bool = True, alphas=ALPHAS,
                  search_rows: int = 4096, block_tokens: int = BLOCK_TOKENS, per_block: bool = True,
@@ -621,6 +725,7 @@ class Result:
     clipped: int
     tokens: int
     seconds: float
+    search: dict[str, Any] = field(default_factory=dict)  # how alpha was searched (the manifest's awq_search)
 
 
 def run(model_dir: str | Path, tokens: np.ndarray, grid: Any, out: Path | None = None, *, clip: bool = True,
@@ -644,4 +749,14 @@ def run(model_dir: str | Path, tokens: np.ndarray, grid: Any, out: Path | None =
     layerwise.run(str(model_dir), tokens, cb, batch_size=batch_size, progress=progress)
     if writer is not None:
         writer.finish()
-    return Result(cb.alpha, cb.alpha_blocks, cb.clipped, int(tokens.size), round(time.perf_counter() - started, 3))
+    seqlen = int(tokens.shape[1]) if tokens.ndim == 2 else int(tokens.size)
+    # Block records whole calls (batches of batch_size samples) until it holds block_tokens tokens
+    per_call = batch_size * seqlen
+    block_samples = min(len(tokens), -(-block_tokens // per_call) * batch_size) if block_tokens else 0
+    search = {"alphas": list(alphas), "stats": "mean|x| over every calibration token",
+              "gram_rows": f"up to {search_rows} input rows per group, evenly spaced in every batch",
+              "block_loss_samples": [0, block_samples],  # calibration samples the attention / MLP output loss runs on
+              "group_shortlist": min(GROUP_SHORTLIST, len(alphas)), "per_block": cb.per_block,
+              "block_shortlist": min(BLOCK_SHORTLIST, max(0, len(alphas) - 1)), "block_sweeps": BLOCK_SWEEPS}
+    return Result(cb.alpha, cb.alpha_blocks, cb.clipped, int(tokens.size), round(time.perf_counter() - started, 3),
+                  search)

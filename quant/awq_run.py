@@ -104,7 +104,8 @@ def run(model: str, fmt: str, output: str | None, *, then: str | None = None, qt
                   "calibration": {"source": source, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
                                   "samples": int(tokens.shape[0]), "seqlen": int(tokens.shape[1]),
                                   "tokens": result.tokens},
-                  "alpha": result.alphas, "alpha_blocks": result.alpha_blocks, "awq_seconds": result.seconds,
+                  "alpha": result.alphas, "alpha_blocks": result.alpha_blocks, "awq_search": result.search,
+                  "awq_seconds": result.seconds,
                   "scaled_checkpoint": str(keep) if keep is not None else None}
     if plan["kind"] == "kquant":
         quant_info["grid"] = plan["grid"]

@@ -129,6 +129,10 @@ class Callback:
     # reuses its output for the later stages and the layer's outputs instead of recomputing it (AWQ folds per
     # stage but rounds at the layer's end, so it keeps False)
     stages_final: bool = False
+    # True when quantize() leaves what the layer computes unchanged until end_layer() (AWQ: exact folds, rounding at
+    # the layer's end): every stage then sees the inputs of one forward pass, so the driver observes all the stages'
+    # linears in one pass per batch instead of one pass per stage
+    one_pass: bool = False
 
     def begin_layer(self, ctx: LayerContext) -> None:
         pass
@@ -466,9 +470,15 @@ def run(model_dir: str | Path, tokens: np.ndarray, callback: Callback, *, batch_
         callback.begin_layer(ctx)
         attention, undo = None, None  # the attention module once it is final and skippable; its restore
         final = getattr(callback, "stages_final", False)  # GPTQ's and AWQ's callbacks are duck-typed
-        for roles in STAGES:
-            stage = Stage(roles, [lin for lin in linears if lin.role in roles])
-            if not stage.linears:
+        stages = [st for st in (Stage(roles, [lin for lin in linears if lin.role in roles]) for roles in STAGES)
+                  if st.linears]
+        if getattr(callback, "one_pass", False):
+            _observe_stage(ctx, Stage(frozenset().union(*(st.roles for st in stages)),
+                                      [lin for st in stages for lin in st.linears]), callback)
+        for stage in stages:
+            if getattr(callback, "one_pass", False):
+                callback.quantize(ctx, stage)
+                n_linears += len(stage.linears)
                 continue
             to_mid = attention is not None and undo is None
             _observe_stage(ctx, stage, callback, to_mid=to_mid)
@@ -476,7 +486,7 @@ def run(model_dir: str | Path, tokens: np.ndarray, callback: Callback, *, batch_
                 undo = _zero(attention)
             callback.quantize(ctx, stage)
             n_linears += len(stage.linears)
-            if final and "o" in roles and attention is None:
+            if final and "o" in stage.roles and attention is None:
                 attention = _attention_skippable(ctx)
         callback.end_layer(ctx)
         try:

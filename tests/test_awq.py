@@ -183,3 +183,40 @@ def test_kquant_search_grid_is_llamacpps_own(tiny_dir, tmp_path):
                                                          dtype=np.float32))
         assert qtype == gguf.GGMLQuantizationType.Q4_K
         assert np.asarray(stored.data).tobytes() == ours.tobytes()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_incremental_block_error_equals_a_fresh_forward(random_model, arch):
+    """The per-block search scores a change of one block of input columns from the linears' recorded outputs
+    (Block.incremental): its errors equal those of a forward with the changed weights in place."""
+    from edgekit.archs import get as family
+    from edgekit.spec import from_config
+    from quant.imatrix import load_hf
+
+    d = random_model(arch)
+    cfg = json.loads((d / "config.json").read_text())
+    model = load_hf(d)
+    layer = (model.transformer.h if arch == "gpt2" else model.model.layers)[0]
+    p = awq.plan(layer, family(cfg["model_type"]), from_config(cfg), 0)
+    groups = [g for g in p.groups if isinstance(g.prev, awq.Norm)]
+    blocks = [awq.Block(layer.get_submodule(g.quantized[0].name.split(".")[0]), 10_000) for g in groups]
+    tokens = torch.from_numpy(np.random.default_rng(0).integers(0, cfg["vocab_size"], size=(2, 16)))
+    with torch.inference_mode():
+        model(input_ids=tokens)
+    gen = torch.Generator().manual_seed(0)
+    for g, block in zip(groups, blocks, strict=True):
+        ws = [m.weight() + 0.01 * torch.randn(m.weight().shape, generator=gen) for m in g.quantized]
+        ev = block.incremental(g.quantized, ws)
+        assert ev is not None and ev.error == pytest.approx(block.error(g.quantized, ws), rel=1e-5)
+        lo, hi = 8, 16
+        deltas = [0.05 * torch.randn(w.shape[0], hi - lo, generator=gen) for w in ws]
+        moved = [w.clone() for w in ws]
+        for w, e in zip(moved, deltas, strict=True):
+            w[:, lo:hi] += e
+        fresh = block.error(g.quantized, moved)
+        assert fresh != pytest.approx(ev.error, rel=1e-3)  # the change matters
+        assert ev.trial(lo, hi, deltas) == pytest.approx(fresh, rel=1e-5)
+        ev.accept(lo, hi, deltas, fresh)
+        assert ev.trial(lo, hi, [torch.zeros_like(e) for e in deltas]) == pytest.approx(fresh, rel=1e-5)
+        assert all("forward" not in m.module.__dict__ for m in g.quantized)  # the modules' own forward is back
+        block.close()
