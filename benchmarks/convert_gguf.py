@@ -8,8 +8,8 @@ intermediate 8192, vocab 32000), built once into a cache directory outside git
 llama.cpp comes from a checkout named by $LLAMA_CPP_DIR (the llama-cpp-python sdist vendors one under
 vendor/llama.cpp/); without it the llama.cpp half is skipped with a message. Each converter runs in
 its own process, measured by a wrapper process (wall clock; ru_maxrss, the largest process; the
-sampled peak of the process tree's summed RSS), after a plain copy of the weights has put them in the
-page cache for both. Each writes a new file in a fresh directory.
+sampled peak of the process tree's summed RSS, each address space counted once), after a plain copy of
+the weights has put them in the page cache for both. Each writes a new file in a fresh directory.
 
     LLAMA_CPP_DIR=/path/to/llama.cpp python benchmarks/convert_gguf.py [f16|q8_0 ...] [--rounds N]
 """
@@ -34,22 +34,45 @@ MODEL = CACHE / "llama-1b-fp16"
 SHAPE = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
              num_key_value_heads=8, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
              rope_theta=10000.0, tie_word_embeddings=False)
-# wall clock; peak RSS of the largest process (ru_maxrss of the waited-for descendants); and the peak
-# of the summed RSS of the whole process tree, sampled every 10 ms (edgekit measures the tokenizer in a
-# short-lived child process, so the sum is the fair figure)
-_MEASURE = ("import resource, subprocess, sys, time, psutil\n"
-            "t = time.perf_counter(); p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL,"
-            " stderr=subprocess.PIPE, text=True)\n"
-            "proc, tree = psutil.Process(p.pid), 0\n"
-            "while p.poll() is None:\n"
-            "    try:\n"
-            "        tree = max(tree, sum(q.memory_info().rss for q in [proc, *proc.children(recursive=True)]))\n"
-            "    except psutil.Error:\n"
-            "        pass\n"
-            "    time.sleep(0.01)\n"
-            "err = p.stderr.read(); dt = time.perf_counter() - t\n"
-            "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, tree // 1024, p.returncode)\n"
-            "sys.stderr.write(err[-2000:] if p.returncode else '')\n")
+# wall clock; peak RSS of the largest process (ru_maxrss of the waited-for descendants: the kernel's exact high-water
+# mark); and the peak of the summed RSS of the process tree's distinct address spaces, sampled every 10 ms (edgekit
+# measures the tokenizer in short-lived child processes, so the sum is the fair figure). Python starts a child with
+# vfork: until the child's exec it shares its parent's address space and /proc reports the parent's whole RSS for it
+# too, so a sample in that window counted the parent twice (SmolLM2 GPTQ: 2075 MB for a 1.1 GB process). A process
+# whose address space is one already counted (kcmp(2) KCMP_VM; hand-written: psutil has no such query) is skipped.
+_TREE_RSS = """\
+import ctypes, platform, sys, psutil
+KCMP = {"x86_64": 312, "aarch64": 272}.get(platform.machine()) if sys.platform == "linux" else None
+libc = ctypes.CDLL(None, use_errno=True) if KCMP else None
+def same_vm(a, b):
+    return libc is not None and libc.syscall(KCMP, a, b, 1, 0, 0) == 0  # 1: KCMP_VM, 0: one address space
+def tree_rss(procs):
+    counted, total = [], 0
+    for q in procs:
+        try:
+            if any(same_vm(q.pid, c) for c in counted):
+                continue
+            total += q.memory_info().rss
+            counted.append(q.pid)
+        except psutil.Error:
+            pass
+    return total
+"""
+_MEASURE = _TREE_RSS + """\
+import resource, subprocess, time
+t = time.perf_counter()
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+proc, tree = psutil.Process(p.pid), 0
+while p.poll() is None:
+    try:
+        tree = max(tree, tree_rss([proc, *proc.children(recursive=True)]))
+    except psutil.Error:
+        pass
+    time.sleep(0.01)
+err = p.stderr.read(); dt = time.perf_counter() - t
+print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, tree // 1024, p.returncode)
+sys.stderr.write(err[-2000:] if p.returncode else "")
+"""
 
 
 def build_model() -> Path:

@@ -555,12 +555,16 @@ def fold_group(g: Group, x_mean: torch.Tensor, gram: torch.Tensor, rt: Callable,
 
 def clip_group(g: Group, gram: torch.Tensor, s: torch.Tensor, grid: Any, rt: Callable) -> list[str]:
     """Clip search for the group's quantized linears but q and k (their errors pass through q·kᵀ; AutoAWQ skips
-    them too; a fused qkv holds them); ``gram`` is of the unscaled input, the linears now read X / s."""
+    them too; a fused qkv holds them); ``gram`` is of the unscaled input, the linears now read X / s: it is scaled
+    in place (the 1B's down_proj: a 256 MiB Gram, not two more), so the caller's is spent."""
     done = []
+    scaled = None
     for m in g.quantized:
         if m.role in ("q", "k", "qkv"):
             continue
-        m.assign(search_clip(m.weight(), gram / s[:, None] / s[None, :], grid, rt))
+        if scaled is None:
+            scaled = gram.div_(s[:, None]).div_(s[None, :])
+        m.assign(search_clip(m.weight(), scaled, grid, rt))
         done.append(m.name)
     return done
 
@@ -582,10 +586,13 @@ class _Observed:
         self.rows.append(sample_rows(x, self.cap))
 
     def stats(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean|x|, XᵀX / n); once: the rows are let go as soon as they are joined (the 1B's down_proj: 128 MiB)."""
         if not self.count:
             return None  # an expert no calibration token reached: left unscaled
         x = torch.cat(self.rows)
-        return self.sum / self.count, x.t() @ x / x.shape[0]
+        self.rows = []
+        gram = x.t() @ x
+        return self.sum / self.count, gram.div_(x.shape[0])
 
 
 class AWQ:
@@ -615,7 +622,7 @@ class AWQ:
         cap = max(1, self.search_rows // max(1, ctx.batches))
         self.seen = {k: _Observed(cap) for k in self.plan.observers}
         self.key_of = {id(m.param): k for k, ms in self.plan.observers.items() for m in ms}
-        self.done: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # key -> (gram, s)
+        self.done: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}  # key -> (gram, s)
         self.alpha.append({})
         self.alpha_blocks.append({})
         # the norm-fed groups are searched on their block's output (attention, MLP), as AutoAWQ; v -> o and
@@ -629,15 +636,17 @@ class AWQ:
 
     def observe(self, lin: Any, x: torch.Tensor) -> None:
         key = self.key_of.get(id(lin.module.weight))
-        if key is not None:
-            self.seen[key].add(x)
+        seen = self.seen.get(key) if key is not None else None
+        if seen is not None:
+            seen.add(x)
 
     def quantize(self, ctx: Any, stage: Any) -> None:
         in_stage = {id(lin.module.weight) for lin in stage.linears}
         for g in self.plan.groups:
             if g.key in self.done or not all(id(m.param) in in_stage for m in g.quantized):
                 continue
-            st = self.seen[g.key].stats()
+            seen = self.seen.pop(g.key, None)  # searched once: its rows are not needed after
+            st = seen.stats() if seen is not None else None
             if st is None:
                 continue
             block = self.blocks.pop(g.key, None)
@@ -646,7 +655,7 @@ class AWQ:
             finally:
                 if block is not None:
                     block.close()
-            self.done[g.key] = (st[1], s)
+            self.done[g.key] = (st[1] if self.clip else None, s)  # the Gram again only for the clip search
             self.alpha[-1][g.key] = a
             self.alpha_blocks[-1][g.key] = per
 
@@ -658,6 +667,7 @@ class AWQ:
             for g in self.plan.groups:
                 if g.key in self.done:
                     self.clipped += len(clip_group(g, *self.done[g.key], self.grid, self.rt))
+        self.done.clear()  # the Grams (the 1B's down_proj: 256 MiB), before the scaled layer is serialised
         if self.keep is not None:
             self.keep(ctx)
         for m in self.plan.quantized:
