@@ -322,7 +322,8 @@ def llama_bench_rep(exe: Path, artifact: Path, n_prompt: int, n: int, threads: i
 
 def measure(sides: list[str], artifact: Path, ids: list[int], n: int, threads: int, reps: int,
             bench: Path | None, tmp: Path) -> dict:
-    """``reps`` cycles; each asks every side for one repetition in turn (the same order every cycle)."""
+    """``reps`` cycles; each asks every side for one repetition in turn, the order rotated by one every cycle so that
+    no side always follows the same other (a fixed order measured edgekit always right after one reference)."""
     ids_file = tmp / "ids.json"
     ids_file.write_text(json.dumps(ids))
     names = [sides[0], *(["llama-bench"] if bench else []), *sides[1:]]
@@ -333,7 +334,7 @@ def measure(sides: list[str], artifact: Path, ids: list[int], n: int, threads: i
         for name in sides:  # one at a time: a load does not compete with another side's (edgekit's spin check)
             procs[name] = Side(name, artifact, ids_file, n, threads)
         for r in range(reps):
-            for name in names:
+            for name in names[r % len(names):] + names[:r % len(names)]:
                 with watched(threads) as company:
                     got = llama_bench_rep(bench, artifact, len(ids), n, threads) if name == "llama-bench" \
                         else procs[name].rep()
