@@ -423,17 +423,24 @@ class Block:
                 outs.append((o[0] if isinstance(o, tuple) else o).float())
         return outs
 
-    def error(self, mats: list[Mat], weights: list[torch.Tensor]) -> float:
-        if self.ref is None:
-            self.ref = self._outputs()
+    def _outputs_with(self, mats: list[Mat], weights: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The block's outputs with ``weights`` in ``mats`` for the run; the weights they held are back afterwards."""
         saved = [m.weight().clone() for m in mats]
         try:
             for m, w in zip(mats, weights, strict=True):
                 m.assign(w)
-            return float(sum(((o - r) ** 2).sum() for o, r in zip(self._outputs(), self.ref, strict=True)))
+            return self._outputs()
         finally:
             for m, w in zip(mats, saved, strict=True):
                 m.assign(w)
+
+    def _squared_error(self, outs: list[torch.Tensor]) -> float:  # against ref, made at the recorded weights
+        return float(sum(((o - r) ** 2).sum() for o, r in zip(outs, self.ref, strict=True)))
+
+    def error(self, mats: list[Mat], weights: list[torch.Tensor]) -> float:
+        if self.ref is None:
+            self.ref = self._outputs()
+        return self._squared_error(self._outputs_with(mats, weights))
 
     def incremental(self, mats: list[Mat], weights: list[torch.Tensor]) -> Incremental | None:
         """An :class:`Incremental` for ``mats`` at ``weights``, or None when one of them has no module of its own or
@@ -446,20 +453,14 @@ class Block:
         seen: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in mats]
         hooks = [mod.register_forward_hook(lambda _m, args, out, k=k: seen[k].append((args[0], out)))
                  for k, mod in enumerate(mods)]
-        saved = [m.weight().clone() for m in mats]
         try:
-            for m, w in zip(mats, weights, strict=True):
-                m.assign(w)
-            outs = self._outputs()
+            outs = self._outputs_with(mats, weights)
         finally:
             for h in hooks:
                 h.remove()
-            for m, w in zip(mats, saved, strict=True):
-                m.assign(w)
         if any(len(x) != len(self.calls) for x in seen):
             return None
-        err = float(sum(((o - r) ** 2).sum() for o, r in zip(outs, self.ref, strict=True)))
-        return Incremental(self, mods, seen, err)
+        return Incremental(self, mods, seen, self._squared_error(outs))
 
     def close(self) -> None:
         self.handle.remove()
@@ -475,7 +476,8 @@ class Incremental:
     def __init__(self, block: Block, mods: list[torch.nn.Module], seen: list, error: float) -> None:
         self.block, self.mods, self.seen, self.error = block, mods, seen, error
 
-    def _run(self, lo: int, hi: int, deltas: list[torch.Tensor]) -> float:
+    def trial(self, lo: int, hi: int, deltas: list[torch.Tensor]) -> float:
+        """The block's output error with the linears' weights changed by ``deltas`` [out, hi - lo] on lo:hi."""
         total = 0.0
         try:
             with torch.inference_mode():
@@ -491,10 +493,6 @@ class Incremental:
             for mod in self.mods:
                 mod.__dict__.pop("forward", None)
         return total
-
-    def trial(self, lo: int, hi: int, deltas: list[torch.Tensor]) -> float:
-        """The block's output error with the linears' weights changed by ``deltas`` [out, hi - lo] on lo:hi."""
-        return self._run(lo, hi, deltas)
 
     def accept(self, lo: int, hi: int, deltas: list[torch.Tensor], error: float) -> None:
         with torch.inference_mode():
