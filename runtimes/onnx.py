@@ -33,7 +33,7 @@ from edgekit.tokenizer import read_json
 from runtimes.devices import Selection, physical_cores
 from runtimes.engine import Engine
 from runtimes.hftokenizer import HFTokenizer
-from runtimes.onnxgraph import session_source
+from runtimes.onnxgraph import KV_CAPACITY, session_source
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
        "tensor(int32)": np.int32}
@@ -122,8 +122,10 @@ def _session(path: Path, selection: Selection, threads: int, spin: bool) -> Any:
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        # the RMSNorm fusion is onnxruntime's CPU kernel; accelerator providers get the graph as exported
-        source, config = session_source(path, fuse_norms=set(selection.providers) <= {"CPUExecutionProvider"})
+        # the RMSNorm fusion and GroupQueryAttention are onnxruntime's CPU kernels; accelerator providers get the
+        # graph as exported
+        cpu = set(selection.providers) <= {"CPUExecutionProvider"}
+        source, config = session_source(path, fuse_norms=cpu, in_place_kv=cpu)
         for key, value in config.items():
             so.add_session_config_entry(key, value)
         return ort.InferenceSession(source, so, providers=selection.providers)
@@ -235,6 +237,13 @@ class OnnxEngine(Engine):
             self._present_index = [self._out_names.index(n.replace("past_key_values", "present"))
                                    for n in self._past_names]
             self._logits_index = self._out_names.index("logits")
+            # the load-time rewrite (runtimes/onnxgraph.py attention_in_place) names the cache dim this way: past and
+            # present are then one buffer per tensor, grown by _reserve, written in place by the graph
+            self.in_place = sess.get_outputs()[self._present_index[0]].shape[2] == KV_CAPACITY
+            self._logits_dtype = _NP[sess.get_outputs()[self._logits_index].type]
+            self._kv: list[np.ndarray] = []
+            self._one_logits = np.zeros((1, 1, self.vocab_size), self._logits_dtype)
+            self._binding = None
 
     # -- tokenizer --------------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -250,7 +259,46 @@ class OnnxEngine(Engine):
     def _forward_all(self, tokens: list[int]) -> np.ndarray:
         return self._forward_static(tokens, every=True) if self.static else self._forward_dynamic(tokens, every=True)
 
+    def _reserve(self, total: int) -> None:
+        """Make the in-place K/V buffers hold ``total`` positions: doubled when short (at least min_slots, at most
+        the context), the first n_tokens copied over, every buffer bound as both the past input and the present
+        output of one persistent IO binding (zero-copy OrtValues over numpy memory the engine owns)."""
+        capacity = self._kv[0].shape[2] if self._kv else 0
+        if total <= capacity:
+            return
+        ort, keep = self._ort, self.n_tokens
+        capacity = min(self.context_length, max(total, 2 * capacity, self.min_slots))
+        kv = []
+        for old in self._kv or [self._empty] * len(self._past_names):
+            new = np.zeros((*old.shape[:2], capacity, old.shape[3]), old.dtype)
+            new[:, :, :keep] = old[:, :, :keep]
+            kv.append(new)
+        self._kv = kv
+        binding = self._sess.io_binding()
+        self._kv_values = [ort.OrtValue.ortvalue_from_numpy(a) for a in kv]  # they borrow kv's memory: keep both
+        for name, value in zip(self._past_names, self._kv_values, strict=True):
+            binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output(name.replace("past_key_values", "present"), value)
+        self._binding = binding
+
+    def _forward_in_place(self, tokens: list[int], every: bool) -> np.ndarray:
+        p, n = self.n_tokens, len(tokens)
+        self._reserve(p + n)
+        binding = self._binding
+        binding.bind_cpu_input("input_ids", np.array([tokens], self._index["input_ids"]))
+        # GroupQueryAttention reads the positions in use from the mask's width and sum; every slot past them is
+        # neither read nor kept (truncation only shortens the mask)
+        binding.bind_cpu_input("attention_mask", np.ones((1, p + n), self._index["attention_mask"]))
+        if "position_ids" in self._index:
+            binding.bind_cpu_input("position_ids", np.arange(p, p + n, dtype=self._index["position_ids"])[None])
+        logits = self._one_logits if n == 1 else np.zeros((1, n, self.vocab_size), self._logits_dtype)
+        binding.bind_ortvalue_output("logits", self._ort.OrtValue.ortvalue_from_numpy(logits))
+        self._sess.run_with_iobinding(binding)
+        return (logits[0] if every else logits[0, -1:]).astype(np.float32)
+
     def _forward_dynamic(self, tokens: list[int], every: bool = False) -> np.ndarray:
+        if self.in_place:
+            return self._forward_in_place(tokens, every)
         p, n = self.n_tokens, len(tokens)
         binding = self._sess.io_binding()
         binding.bind_cpu_input("input_ids", np.array([tokens], self._index["input_ids"]))
@@ -295,11 +343,15 @@ class OnnxEngine(Engine):
         return r.logits[0, :m].astype(np.float32) if keep else r.logits[0, m - 1:m]
 
     _static_pos = 0
+    min_slots = 256  # the in-place cache's first size: a chat turn fits, and 30 layers x 2 x 3 heads x 64 x 4 B x 256
+    #                  is 12 MB for SmolLM2 fp32, where the model's whole 8192-token window would be 377 MB
 
     def _truncate(self, n: int) -> None:
         if self.static:
             self._static_pos = n  # slots past n are masked out and overwritten before being read
             return
+        if self.in_place:
+            return  # the next step's mask ends at n: the slots past it are overwritten before they are read
         ort = self._ort
         self._past = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :n]))
                       for v in self._past]

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 import runtimes
 from helpers import converted
 from runtimes.onnx import _runnable_others, spinning
-from runtimes.onnxgraph import elide_output_identities, session_source, square_as_pow
+from runtimes.onnxgraph import attention_in_place, elide_output_identities, session_source, square_as_pow
 
 
 def decoder_like(tmp_path) -> onnx.ModelProto:
@@ -170,3 +170,62 @@ def test_niced_background_threads_do_not_stop_spinning_without_autogroup(monkeyp
 def test_other_runnable_threads_are_counted_without_this_one():
     others = _runnable_others()
     assert 0 <= others < 100_000
+
+
+@pytest.mark.parametrize(("arch", "dtype"), [("llama", "fp32"), ("llama", "fp16"), ("qwen3", "fp32"), ("gpt2", "fp32")])
+def test_attention_in_place_keeps_the_logits_of_transformers_through_growth_and_truncation(random_model, tmp_path,
+                                                                                            arch, dtype):
+    """The CPU engine runs GroupQueryAttention over one K/V buffer per tensor (runtimes/onnxgraph.py
+    attention_in_place): the graph has no Concat of the cache left, the buffer grows (min_slots lowered so a short
+    prompt crosses two growths), and a truncation (what speculative decoding does on a rejected guess) followed by
+    other tokens gives transformers' logits for the new sequence."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src = random_model(arch)
+    out = converted(src, tmp_path / "onnx", "--to", "onnx", "--dtype", dtype)
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    layers = sum(1 for i in model.graph.input if i.name.endswith(".key"))
+    elide_output_identities(model)
+    assert attention_in_place(model) == layers
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("GroupQueryAttention") == layers and "Concat" not in {
+        n.op_type for n in model.graph.node if any(i.startswith("past_key_values.") for i in n.input)}
+
+    ids = np.random.default_rng(5).integers(0, 500, 30)
+    other = np.random.default_rng(6).integers(0, 500, 6)
+    with torch.no_grad():
+        hf = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+        want = hf(torch.tensor(ids[None])).logits[0].numpy()
+        want_other = hf(torch.tensor(np.concatenate([ids[:20], other])[None])).logits[0, 20:].numpy()
+    engine = runtimes.load(out, threads=2)
+    assert engine.in_place
+    engine.min_slots = 8
+    rows = [engine.prefill(ids[:6].tolist())] + [engine.decode(int(t)) for t in ids[6:24]]
+    rows.append(engine.score(ids[24:].tolist()))
+    assert engine._kv[0].shape[2] == 32  # 8 -> 16 -> 32 slots
+    got = np.concatenate([np.stack(rows[:-1]), rows[-1]])
+    ref = want[5:]
+    tol = 1e-4 if dtype == "fp32" else 2e-2
+    assert np.abs(got - ref).max() <= tol * np.abs(ref).max()
+    assert np.array_equal(got.argmax(-1), ref.argmax(-1))
+    engine.truncate(20)
+    got_other = engine.score(other.tolist())
+    assert np.abs(got_other - want_other).max() <= tol * np.abs(want_other).max()
+    assert np.array_equal(got_other.argmax(-1), want_other.argmax(-1))
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3_text", "mistral"])
+def test_attention_in_place_leaves_soft_caps_and_sliding_windows_to_the_graph(random_model, tmp_path, arch):
+    """All or nothing: GroupQueryAttention is asked only for the plain causal attention it was checked against."""
+    out = converted(random_model(arch), tmp_path / "onnx", "--to", "onnx")
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    elide_output_identities(model)
+    before = model.SerializeToString()
+    got = attention_in_place(model)
+    sliding = any(n.op_type == "Greater" for n in model.graph.node)
+    capped = any(n.op_type == "Tanh" for n in model.graph.node)
+    assert got == (0 if sliding or capped else sum(1 for i in model.graph.input if i.name.endswith(".key")))
+    if not got:
+        assert model.SerializeToString() == before
+        assert not runtimes.load(out, threads=1).in_place
