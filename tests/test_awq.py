@@ -202,7 +202,9 @@ def test_incremental_block_error_equals_a_fresh_forward(random_model, arch):
     blocks = [awq.Block(layer.get_submodule(g.quantized[0].name.split(".")[0]), 10_000) for g in groups]
     tokens = torch.from_numpy(np.random.default_rng(0).integers(0, cfg["vocab_size"], size=(2, 16)))
     with torch.inference_mode():
-        model(input_ids=tokens)
+        model(input_ids=tokens, use_cache=False)  # as quant.layerwise runs it
+    for block in blocks:  # the blocks' own runs below are not calls to record
+        block.handle.remove()
     gen = torch.Generator().manual_seed(0)
     for g, block in zip(groups, blocks, strict=True):
         ws = [m.weight() + 0.01 * torch.randn(m.weight().shape, generator=gen) for m in g.quantized]
@@ -220,3 +222,35 @@ def test_incremental_block_error_equals_a_fresh_forward(random_model, arch):
         assert ev.trial(lo, hi, [torch.zeros_like(e) for e in deltas]) == pytest.approx(fresh, rel=1e-5)
         assert all("forward" not in m.module.__dict__ for m in g.quantized)  # the modules' own forward is back
         block.close()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_block_loss_runs_on_the_first_samples_of_a_batch(random_model, arch):
+    """Block keeps only the samples its token cap needs from a batch (every batched argument cut alike): its error
+    equals that of a Block that saw those samples alone."""
+    from edgekit.archs import get as family
+    from edgekit.spec import from_config
+    from quant.imatrix import load_hf
+
+    d = random_model(arch)
+    cfg = json.loads((d / "config.json").read_text())
+    model = load_hf(d)
+    layer = (model.transformer.h if arch == "gpt2" else model.model.layers)[0]
+    g = next(g for g in awq.plan(layer, family(cfg["model_type"]), from_config(cfg), 0).groups
+             if isinstance(g.prev, awq.Norm))
+    module = layer.get_submodule(g.quantized[0].name.split(".")[0])
+    tokens = torch.from_numpy(np.random.default_rng(0).integers(0, cfg["vocab_size"], size=(3, 16)))
+    cut, alone = awq.Block(module, 16), awq.Block(module, 10_000)
+    with torch.inference_mode():
+        alone.handle.remove()
+        model(input_ids=tokens, use_cache=False)  # as quant.layerwise runs it
+        cut.handle.remove()
+        alone.handle = module.register_forward_pre_hook(alone._pre, with_kwargs=True)
+        model(input_ids=tokens[:1], use_cache=False)
+        alone.handle.remove()  # its own runs below are not calls to record
+    assert cut.tokens == alone.tokens == 16 and len(cut.calls) == 1
+    gen = torch.Generator().manual_seed(0)
+    ws = [m.weight() + 0.01 * torch.randn(m.weight().shape, generator=gen) for m in g.quantized]
+    assert cut.error(g.quantized, ws) == pytest.approx(alone.error(g.quantized, ws), rel=1e-5)
+    cut.close()
+    alone.close()
