@@ -243,6 +243,7 @@ class OnnxEngine(Engine):
             self._logits_dtype = _NP[sess.get_outputs()[self._logits_index].type]
             self._kv: list[np.ndarray] = []
             self._one_logits = np.zeros((1, 1, self.vocab_size), self._logits_dtype)
+            self._many_logits = np.empty((1, 0, self.vocab_size), self._logits_dtype)
             self._binding = None
 
     # -- tokenizer --------------------------------------------------------------------------------
@@ -291,7 +292,12 @@ class OnnxEngine(Engine):
         binding.bind_cpu_input("attention_mask", np.ones((1, p + n), self._index["attention_mask"]))
         if "position_ids" in self._index:
             binding.bind_cpu_input("position_ids", np.arange(p, p + n, dtype=self._index["position_ids"])[None])
-        logits = self._one_logits if n == 1 else np.zeros((1, n, self.vocab_size), self._logits_dtype)
+        if n == 1:
+            logits = self._one_logits
+        else:  # reused: a fresh 50 MB array per 256-token prompt costs its page faults on every prefill
+            if self._many_logits.shape[1] < n:
+                self._many_logits = np.empty((1, n, self.vocab_size), self._logits_dtype)
+            logits = self._many_logits[:, :n]
         binding.bind_ortvalue_output("logits", self._ort.OrtValue.ortvalue_from_numpy(logits))
         self._sess.run_with_iobinding(binding)
         return (logits[0] if every else logits[0, -1:]).astype(np.float32)
