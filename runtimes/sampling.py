@@ -137,8 +137,8 @@ class Sampler:
         if self._argmax_only:
             # np.argmax stops at the first NaN, else finds +inf, else a finite maximum unless all are -inf: the
             # value at the winner is non-finite exactly when check_finite would refuse the row
-            token = int(np.argmax(logits))
-            if not np.isfinite(logits[token]):
+            token = int(logits.argmax())
+            if not math.isfinite(logits[token]):
                 check_finite(logits)
             return token
         check_finite(logits)
