@@ -18,7 +18,7 @@ is skipped.
 
 - ``edgekit quantize --method awq`` on SmolLM2 with 128 x 512 calibration tokens (the default calibration text
   repeated to reach them: this row measures time and memory, not quality; goal <= 10 min and <= 2 GB);
-  ``--awq-1b`` adds the 1B-shaped checkpoint (peak RSS against its fp16 size).
+  ``--awq-1b`` adds the 1B-shaped checkpoint (peak RSS against its fp16 size), ``--awq-1b-only`` runs that one alone.
 
 - ``--gptq``: ``edgekit quantize --method gptq`` alone (no other tool runs GPTQ onto these grids on the CPU), on
   SmolLM2 with 128 x 512 calibration tokens (the bundled calibration text, repeated to 65k tokens), to Q4_0:
@@ -31,7 +31,7 @@ edgekit process's own (the kernel's high-water mark, exact), and ``edgekit_tree_
 RSS sampled every 10 ms with each address space counted once (a child between vfork and exec shares its parent's:
 see benchmarks/convert_gguf.py); the goal is on the latter.
 
-    python benchmarks/quantize.py [--skip-1b] [--awq | --awq-only] [--awq-samples=128] [--awq-1b]
+    python benchmarks/quantize.py [--skip-1b] [--awq | --awq-only] [--awq-samples=128] [--awq-1b | --awq-1b-only]
     python benchmarks/quantize.py --gptq [--gptq-1b] [--gptq-samples=128]
 """
 
@@ -127,15 +127,15 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def awq_bench(d: Path, samples: int = 128, with_1b: bool = False) -> None:
+def awq_bench(d: Path, samples: int = 128, with_1b: bool = False, only_1b: bool = False) -> None:
     from edgekit.models import smollm2
     from quant import calibration
 
     text, _ = calibration.load_text()
     calib = d / "calib-x4.txt"
     calib.write_text("\n\n".join([text] * 4), encoding="utf-8")  # ~85k SmolLM2 tokens: 128 windows of 512
-    models = [("SmolLM2", smollm2.ensure())]
-    if with_1b:
+    models = [] if only_1b else [("SmolLM2", smollm2.ensure())]
+    if with_1b or only_1b:
         models.append(("1B", build_model()))
     for label, model in models:
         out = d / "awq-q4_0.gguf"
@@ -193,10 +193,12 @@ def main(argv: list[str]) -> int:
             n = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("--gptq-samples=")), 128)
             gptq_bench(Path(d), "--gptq-1b" in argv, n)
         return 0
+    if "--awq-1b-only" in argv:
+        argv = [*argv, "--awq-only"]
     if "--awq" in argv or "--awq-only" in argv:  # minutes of calibration: asked for, not part of the default run
         with tempfile.TemporaryDirectory(dir=CACHE) as d:
             n = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("--awq-samples=")), 128)
-            awq_bench(Path(d), n, "--awq-1b" in argv)
+            awq_bench(Path(d), n, "--awq-1b" in argv, "--awq-1b-only" in argv)
         if "--awq-only" in argv:
             return 0
     with tempfile.TemporaryDirectory(dir=CACHE) as d:
