@@ -375,8 +375,13 @@ class Spool:
 
 def release_memory() -> None:
     """Give freed heap memory back to the OS: glibc keeps large freed blocks in its arenas otherwise, and the
-    layer-by-layer pass frees hundreds of MB at every layer (peak RSS is what it promises to bound)."""
+    layer-by-layer pass frees hundreds of MB at every layer (peak RSS is what it promises to bound). Reference
+    cycles go first: a search's hooks and closures can hold a layer's activations in one, and Python's cyclic
+    collector counts objects, not bytes, so it would free them layers later."""
     import ctypes
+    import gc
+
+    gc.collect()
 
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
