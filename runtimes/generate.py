@@ -37,17 +37,11 @@ class StreamDecoder:
         self.ids = list(context[-CONTEXT_TOKENS:]) if CONTEXT_TOKENS else []
         self.prefix = 0
         self.read = len(self.ids)
-        self._before: tuple[int, int, str] | None = None  # (prefix, read, their text): unchanged until text is emitted
-
-    def _text_before(self) -> str:
-        if self._before is None or self._before[:2] != (self.prefix, self.read):
-            self._before = (self.prefix, self.read, self.detokenize(self.ids[self.prefix:self.read]))
-        return self._before[2]
 
     def push(self, token: int) -> str:
         """Add a token; returns the text it completes ('' while a character is incomplete)."""
         self.ids.append(int(token))
-        before = self._text_before()
+        before = self.detokenize(self.ids[self.prefix:self.read])
         after = self.detokenize(self.ids[self.prefix:])
         if len(after) > len(before) and not after.endswith(REPLACEMENT):
             self.prefix, self.read = self.read, len(self.ids)

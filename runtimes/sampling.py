@@ -135,7 +135,7 @@ class Sampler:
     def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
         p = self.params
         if self._argmax_only:
-            # np.argmax stops at the first NaN, else finds +inf, else a finite maximum unless all are -inf: the
+            # argmax stops at the first NaN, else finds +inf, else a finite maximum unless all are -inf: the
             # value at the winner is non-finite exactly when check_finite would refuse the row
             token = int(logits.argmax())
             if not math.isfinite(logits[token]):
