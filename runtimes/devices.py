@@ -1,10 +1,10 @@
 """Device profiles: which host we are on, and what each backend should run with there.
 
 | profile | detected by | GGUF (llama.cpp) | ONNX providers | Core ML |
-| cpu | always | CPU, physical cores, flash attention off | CPU | compute units CPU_ONLY |
-| apple-silicon | macOS arm64 | Metal, all layers, flash attention auto | CoreML, then CPU | compute units ALL |
-| android-nnapi | Android (or asked for) | CPU, flash attention off | NNAPI (static-shape export), then CPU | - |
-| jetson | aarch64 + /etc/nv_tegra_release | CUDA, all layers, flash attention auto | TensorRT, CUDA, then CPU | - |
+| cpu | always | CPU, physical cores | CPU | compute units CPU_ONLY |
+| apple-silicon | macOS arm64 | Metal, all layers | CoreML, then CPU | compute units ALL |
+| android-nnapi | Android (or asked for) | CPU | NNAPI (static-shape export), then CPU | - |
+| jetson | aarch64 + /etc/nv_tegra_release | CUDA, all layers | TensorRT, CUDA, then CPU | - |
 
 ``device="auto"`` takes the detected profile and quietly uses what this host has. An explicit device
 is a request: when the host lacks what it needs (no NNAPI provider in this onnxruntime, no GPU
@@ -35,13 +35,6 @@ ONNX_PROVIDERS: dict[str, tuple[str, ...]] = {
 }
 # what llama.cpp offloads to per profile (None = CPU only); the build must support GPU offload
 LLAMACPP_GPU: dict[str, str | None] = {"cpu": None, "apple-silicon": "Metal", "android-nnapi": None, "jetson": "CUDA"}
-# llama.cpp's flash attention per profile ("auto" = llama.cpp's own choice, on where the backend has it). On the
-# CPU it is off, as llama-cpp-python and Ollama run it: ggml's CPU flash-attention kernel is faster from an empty
-# cache but slower once a chat has a few hundred tokens of context (SmolLM2 q8_0, 2 threads, 128 tokens after D
-# tokens, auto/off: D=1 1.06-1.13, D=256 0.87-1.06, D=1024 0.78-0.96). On a GPU the flash kernel is the fast one.
-# Layers left on the CPU (no offload) take the "cpu" entry.
-LLAMACPP_FLASH_ATTN: dict[str, str] = {"cpu": "off", "apple-silicon": "auto", "android-nnapi": "off",
-                                       "jetson": "auto"}
 COREML_UNITS: dict[str, str] = {"cpu": "CPU_ONLY", "apple-silicon": "ALL"}
 
 
@@ -61,7 +54,6 @@ class Selection:
     backend: str                   # gguf | onnx | coreml
     providers: list[str] = field(default_factory=list)   # ONNX execution providers in order
     gpu_layers: int = 0            # llama.cpp layers to offload (-1 = all)
-    flash_attn: str = "auto"       # llama.cpp flash attention: auto | on | off
     compute_units: str | None = None  # Core ML
     threads: int = 1               # CPU threads the profile runs with unless the caller says otherwise
     fell_back: bool = False        # the profile's accelerator is missing; running on the CPU
@@ -69,8 +61,7 @@ class Selection:
 
     def as_dict(self) -> dict[str, Any]:
         return {"device": self.profile, "backend": self.backend, "providers": self.providers,
-                "gpu_layers": self.gpu_layers, "flash_attn": self.flash_attn,
-                "compute_units": self.compute_units, "threads": self.threads,
+                "gpu_layers": self.gpu_layers, "compute_units": self.compute_units, "threads": self.threads,
                 "fell_back": self.fell_back,
                 "note": self.note}
 
@@ -158,7 +149,6 @@ def select(device: str, backend: str, facts: HostFacts, fallback: str | None = N
                 raise _lacks(profile, f"a llama.cpp build with {gpu} offload", "CPU only")
             else:
                 sel.fell_back, sel.note = True, f"llama.cpp has no {gpu} offload here: CPU"
-        sel.flash_attn = LLAMACPP_FLASH_ATTN[profile if sel.gpu_layers else "cpu"]
     elif backend == "coreml":
         if facts.system != "Darwin":
             raise EdgekitError(f"Core ML models run only on macOS (this host is {facts.system} {facts.machine})",

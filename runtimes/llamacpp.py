@@ -162,8 +162,7 @@ class LlamaCppEngine(Engine):
         try:
             self.llm = llama_cpp.Llama(
                 str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                n_gpu_layers=selection.gpu_layers, flash_attn=selection.flash_attn == "on", logits_all=False,
-                verbose=False,
+                n_gpu_layers=selection.gpu_layers, logits_all=False, verbose=False,
                 lora_path=str(lora) if lora is not None else None)
         except (ValueError, RuntimeError, OSError) as err:
             if lora is not None and "LoRA" in str(err):
@@ -172,7 +171,7 @@ class LlamaCppEngine(Engine):
                                    "--adapter-only --to gguf") from None
             raise EdgekitError(f"cannot load {path}: {_diagnose(path)}",
                                "re-create the file with edgekit convert --to gguf") from err
-        self._attention(selection.flash_attn)
+        self._engine_default_attention()
         self.threads = n_threads
         train_ctx = self.llm._model.n_ctx_train()
         # llama.cpp rounds n_ctx up (to 256): the window asked for (or the model's, if smaller) is enforced
@@ -209,18 +208,17 @@ class LlamaCppEngine(Engine):
         get_logits.argtypes, get_logits.restype = [ctypes.c_void_p], ctypes.c_void_p
         self._logits_address = get_logits
 
-    def _attention(self, mode: str) -> None:
-        """Flash attention as the device profile says (auto | on | off; :data:`runtimes.devices.LLAMACPP_FLASH_ATTN`).
-        llama-cpp-python's ``Llama`` can only say on or off and made the context with off, so for anything else
-        the context is made again before anything ran in it."""
+    def _engine_default_attention(self) -> None:
+        """llama.cpp's own default is flash attention "auto" (on where the backend supports it, as llama-cli and
+        llama-bench run); llama-cpp-python's ``Llama`` can only say on or off and says off. The context is made
+        again with llama.cpp's default before anything ran in it."""
         lib, llm = self._lib, self.llm
-        wanted = {"auto": getattr(lib, "LLAMA_FLASH_ATTN_TYPE_AUTO", None), "on": lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-                  "off": lib.LLAMA_FLASH_ATTN_TYPE_DISABLED}[mode]
-        if wanted is None or llm.context_params.flash_attn_type == wanted:
+        auto = getattr(lib, "LLAMA_FLASH_ATTN_TYPE_AUTO", None)
+        if auto is None or llm.context_params.flash_attn_type == auto:
             return
         from llama_cpp._internals import LlamaContext
 
-        llm.context_params.flash_attn_type = wanted
+        llm.context_params.flash_attn_type = auto
         old = llm._ctx
         llm._ctx = LlamaContext(model=llm._model, params=llm.context_params, verbose=False)
         old.close()

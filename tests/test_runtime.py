@@ -240,10 +240,6 @@ def test_provider_choice_with_fake_provider_lists():
                                                                                  "CPUExecutionProvider"]
     assert sel("android-nnapi", "gguf", ANDROID).gpu_layers == 0  # llama.cpp CPU on Android
     assert sel("cpu", "onnx", JETSON).providers == ["CPUExecutionProvider"]
-    # flash attention: llama.cpp's choice where layers are offloaded, off where they run on the CPU
-    assert sel("auto", "gguf", MAC).flash_attn == "auto" and sel("cpu", "gguf", MAC).flash_attn == "off"
-    assert sel("android-nnapi", "gguf", ANDROID).flash_attn == "off"
-    assert sel("auto", "gguf", JETSON_NO_TRT).flash_attn == "off"  # no CUDA offload here: the CPU's setting
 
 
 def test_missing_accelerator_is_an_error_naming_what_is_available_unless_fallback():
