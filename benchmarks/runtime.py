@@ -55,6 +55,10 @@ from pathlib import Path
 
 from common import q8_0_gguf
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from edgekit.bench.roofline import weight_bytes_per_token  # noqa: E402
+from edgekit.bench.system import copy_bandwidth  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
         "want of a wife. However little known the feelings or views of such a man may be on his first entering a "
@@ -367,45 +371,6 @@ def measure(sides: list[str], artifact: Path, ids: list[int], n: int, threads: i
 
 
 # -- the system and the roofline -------------------------------------------------------------------------
-
-def copy_bandwidth(threads: int, mib: int = 512, repeats: int = 5) -> float:
-    """Bytes/s moved by a numpy copy of a large buffer split over ``threads`` (STREAM Copy: read + write)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import numpy as np
-
-    src = np.ones(mib * 2**20 // 8, np.float64)
-    dst = np.empty_like(src)
-    parts = np.array_split(np.arange(len(src)), threads)
-    bounds = [(int(p[0]), int(p[-1]) + 1) for p in parts if len(p)]
-    best = float("inf")
-    with ThreadPoolExecutor(threads) as pool:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            list(pool.map(lambda b: np.copyto(dst[b[0]:b[1]], src[b[0]:b[1]]), bounds))  # numpy drops the GIL
-            best = min(best, time.perf_counter() - t0)
-    return 2 * src.nbytes / best
-
-
-def weight_bytes_per_token(artifact: Path) -> int:
-    """Bytes of weights a decode step reads: every matrix once; the embedding table only if it is also the
-    output projection (otherwise a decode step gathers one row of it)."""
-    if artifact.is_file():
-        from gguf import GGUFReader
-
-        tensors = {t.name: int(t.n_bytes) for t in GGUFReader(str(artifact)).tensors}
-        return sum(tensors.values()) - (tensors.get("token_embd.weight", 0) if "output.weight" in tensors else 0)
-    import onnx
-
-    model = onnx.load(str(artifact / "model.onnx"), load_external_data=False)
-    sizes = {}
-    for init in model.graph.initializer:
-        ext = {e.key: e.value for e in init.external_data}
-        sizes[init.name] = int(ext["length"]) if "length" in ext else len(init.raw_data)
-    embed = next((k for k in sizes if "embed_tokens" in k), None)
-    lm_head = next((k for k in sizes if "lm_head" in k), None)
-    return sum(sizes.values()) - (sizes[embed] if embed and lm_head else 0)
-
 
 def system_header(threads: int, bench: Path | None) -> dict:
     import importlib.metadata

@@ -233,3 +233,28 @@ def temporary_files_in(directory: Path) -> Iterator[Path]:
         else:
             os.environ["TMPDIR"] = saved_env
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(dest: Path) -> Iterator[Path]:
+    """A fresh temporary file name beside ``dest`` for the caller to write; renamed over ``dest`` when the block
+    ends without error, removed otherwise. For small outputs a user names and re-writes (reports, plots, tables):
+    a reader sees the old file or the whole new one, never half of one."""
+    dest = Path(os.path.abspath(Path(dest).expanduser()))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{secrets.token_hex(6)}"
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except BaseException as exc:
+        _remove(tmp)
+        if isinstance(exc, OSError) and _disk_full(exc, dest.parent):
+            raise EdgekitError(f"disk full while writing {dest}", "free space or choose another path") from None
+        raise
+
+
+def write_text(dest: Path, text: str) -> Path:
+    """``text`` written to ``dest`` all-or-nothing (:func:`atomic_file`)."""
+    with atomic_file(dest) as tmp:
+        tmp.write_text(text)
+    return Path(dest)

@@ -39,6 +39,8 @@ COMMANDS: dict[str, str] = {
     "imatrix": "edgekit.commands.imatrix:imatrix_cmd",
     "quantize": "edgekit.commands.quantize:quantize_cmd",
     "eval": "edgekit.commands.eval:eval_cmd",
+    "bench": "edgekit.commands.bench:bench_cmd",
+    "report": "edgekit.commands.report:report_cmd",
 }
 
 
