@@ -195,10 +195,15 @@ def atomic_output(dest: Path, force: bool = False, directory: bool = False) -> I
             raise EdgekitError(f"output {dest} appeared during the conversion", "pass --force or choose another -o")
         swap_in(tmp, dest, replaceable=False)
     except BaseException as exc:
-        _remove(tmp)
-        if isinstance(exc, OSError) and _disk_full(exc, dest.parent):
-            raise EdgekitError(f"disk full while writing {dest}", "free space or choose another -o") from None
+        _abandon(tmp, dest, exc)
         raise
+
+
+def _abandon(tmp: Path, dest: Path, exc: BaseException) -> None:
+    """Remove the unfinished ``tmp``; a full disk becomes one EdgekitError naming ``dest``."""
+    _remove(tmp)
+    if isinstance(exc, OSError) and _disk_full(exc, dest.parent):
+        raise EdgekitError(f"disk full while writing {dest}", "free space or choose another output") from None
 
 
 def _disk_full(exc: OSError, directory: Path) -> bool:
@@ -247,9 +252,7 @@ def atomic_file(dest: Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, dest)
     except BaseException as exc:
-        _remove(tmp)
-        if isinstance(exc, OSError) and _disk_full(exc, dest.parent):
-            raise EdgekitError(f"disk full while writing {dest}", "free space or choose another path") from None
+        _abandon(tmp, dest, exc)
         raise
 
 

@@ -55,6 +55,13 @@ def _eval(artifact: Path, reference: Path) -> str:
             f"over {r['tokens']} tokens of Persuasion")
 
 
+def _bench(artifacts: list[Path]) -> str:
+    from edgekit.bench.output import markdown
+    from edgekit.bench.run import bench
+
+    return markdown(bench([str(a) for a in artifacts], n_prompt=128, n_gen=32, reps=2, progress=False))
+
+
 def _ask(artifact: Path) -> str:
     from runtimes import load
     from runtimes.generate import GenerationParams, chat
@@ -144,6 +151,8 @@ def main() -> None:
           lambda: _quantize(smol, q4))
     _step("edgekit eval: q4_k_m against the fp32 original", lambda: _eval(q4, smol))
     _step("A (GGUF q4_k_m through llama.cpp)", lambda: _ask(q4))
+    _step("edgekit bench: GGUF q4_k_m, q8_0 and ONNX fp32 on one token trace (-p 128 -n 32 -r 2)",
+          lambda: _bench([q4, out / "smollm2-q8_0.gguf", onnx_dir]))
     _step("SmolLM2 -> Android bundle (fp16, context 512), then edgekit package verify",
           lambda: _bundle(smol, out / "smollm2-android"))
 

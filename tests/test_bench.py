@@ -103,3 +103,15 @@ def test_bad_options_are_one_line(tiny_artifacts, args, needles):
 
 def test_missing_artifact_is_one_line(tmp_path):
     assert_one_line_error(run_cli("bench", str(tmp_path / "nope.gguf")), "nope.gguf", "neither")
+
+
+def test_bench_a_store_model_by_name(tiny_artifacts, tmp_path):
+    gguf, _ = tiny_artifacts
+    env = {"EDGEKIT_HOME": str(tmp_path / "home")}
+    (tmp_path / "Modelfile").write_text(f"FROM {gguf}\n")
+    assert run_cli("create", "tiny-bench", "-f", str(tmp_path / "Modelfile"), env=env).returncode == 0
+    proc = run_cli("bench", "tiny-bench", *FAST, "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["rows"]
+    assert [r["test"] for r in rows] == ["pp32", "tg8"] and rows[0]["artifact"] == "tiny-bench"
+    assert rows[0]["size_bytes"] == os.path.getsize(gguf)

@@ -129,6 +129,7 @@ def test_ray_executor_gives_the_same_report(tiny_dir, local_report, tmp_path):
     ray_result = json.loads(proc.stdout)
     _, local = local_report
     assert ray_result["executor"] == "ray"
+    assert len({r["node"] for r in ray_result["rows"]}) == 2  # the targets were spread over both workers
     assert [r["target"] for r in ray_result["rows"]] == [r["target"] for r in local["rows"]]
     for a, b in zip(ray_result["rows"], local["rows"], strict=True):
         assert a["size_bytes"] == b["size_bytes"] and a["plan"] == b["plan"]

@@ -14,7 +14,7 @@ the constants were fitted on edgekit-tiny and a random 38M-parameter llama (hidd
   fp16 ones become fp32 (x2); MatMulNBits codes are prepacked (x0.6); an initializer both gathered and multiplied
   (a tied embedding and head) keeps its original beside the fp32 prepacked copy. A forward of ``chunk`` tokens
   holds the logits of every token twice (onnxruntime's output and ours), the KV cache as past and present (fp32),
-  the attention scores and the MLP's intermediates, plus a 30 MiB arena floor; the interpreter with onnxruntime
+  the attention scores and the MLP's intermediates, plus a 20 MiB arena floor; the interpreter with onnxruntime
   and the tokenizer: 97.5 MiB.
 * Core ML (not measurable here): the weight file, an fp16 KV state, 100 MiB of runtime.
 """
@@ -30,7 +30,7 @@ GGUF_BASE = 58 * MIB
 GGUF_VOCAB_BYTES = 340
 GGUF_REPACKED = {"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"}  # x86 AVX2 (ggml-cpu/repack.cpp)
 ONNX_BASE = int(97.5 * MIB)
-ONNX_ARENA_FLOOR = 30 * MIB
+ONNX_ARENA_FLOOR = 20 * MIB
 COREML_BASE = 100 * MIB
 
 

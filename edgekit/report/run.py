@@ -92,7 +92,7 @@ def _row(prepared: dict[str, Any], benched: dict[str, Any] | None, spec: Any, co
          n_gen: int) -> dict[str, Any]:
     from edgekit.report import memory, tasks
 
-    row = {k: v for k, v in prepared.items() if k != "node"}
+    row = dict(prepared)  # "node": where Ray built it (and benched it)
     row["parameters"] = spec.parameter_count()
     if "error" in row:
         return row

@@ -1,0 +1,1 @@
+"""`edgekit report`: convert, quantize, eval and bench every target of a model into one report card."""
