@@ -14,6 +14,8 @@ from edgekit.errors import EdgekitError
 
 @dataclass(frozen=True)
 class Device:
+    """One row of devices.json: the figures the predictions use and the sources they come from."""
+
     name: str                      # what users type: pixel-8, iphone-15, jetson-orin-nano, m2-8gb
     label: str
     kind: str                      # phone | mac | jetson | sbc
@@ -29,9 +31,9 @@ class Device:
 
 @functools.cache
 def table() -> dict[str, Device]:
-    """Every device of devices.json by name."""
-    data = json.loads((Path(__file__).parent / "devices.json").read_text())
-    out = {}
+    """Every device of devices.json (next to this module) by name, in file order; read once and cached."""
+    data = json.loads((Path(__file__).parent / "devices.json").read_text(encoding="utf-8"))
+    out: dict[str, Device] = {}
     for d in data["devices"]:
         out[d["name"]] = Device(**{**d, "accelerators": tuple(d["accelerators"]), "formats": tuple(d["formats"]),
                                    "sources": tuple(d["sources"])})
@@ -39,7 +41,8 @@ def table() -> dict[str, Device]:
 
 
 def resolve(names: Sequence[str]) -> list[Device]:
-    """The devices ``names`` name; the first unknown one raises EdgekitError listing the known names."""
+    """The devices ``names`` name, in order. Every name is checked before any is returned: the first unknown one
+    raises EdgekitError("unknown device 'x'", fix listing the known names)."""
     known = table()
     for name in names:
         if name not in known:
@@ -48,13 +51,15 @@ def resolve(names: Sequence[str]) -> list[Device]:
 
 
 def fits(device: Device, peak_bytes: int) -> bool:
-    """Whether a process peaking at ``peak_bytes`` fits the share of the device's RAM one app can use."""
+    """Whether a process peaking at ``peak_bytes`` fits the share of the device's RAM one app can use
+    (``ram_gib`` GiB x ``app_ram_fraction``, boundary included). A prediction, not a measurement."""
     return peak_bytes <= device.ram_gib * 2**30 * device.app_ram_fraction
 
 
 def predict_decode_tps(device: Device, bytes_per_token: int, efficiency: float) -> float:
     """Decode tokens/s on ``device``: decode is memory-bound (every weight byte read once per token), so its
-    bandwidth x ``efficiency`` (the share of the roofline measured where the bench ran) / ``bytes_per_token``."""
+    bandwidth x ``efficiency`` (the share of the roofline measured where the bench ran) / ``bytes_per_token``.
+    A prediction, not a measurement; ValueError if ``bytes_per_token`` is not positive."""
     if bytes_per_token <= 0:
         raise ValueError("bytes_per_token must be positive")
     return device.bandwidth_gbs * 1e9 * efficiency / bytes_per_token

@@ -11,7 +11,8 @@ the constants were fitted on edgekit-tiny and a random 38M-parameter llama (hidd
   llama.cpp's vocabulary tables (~340 bytes per token, BPE merges included); the interpreter with numpy and
   libllama loaded (58 MiB).
 * ONNX on the CPU provider: fp32 initializers are held once (MatMul weights prepacked in place of the original);
-  fp16 ones become fp32 (x2); MatMulNBits codes are prepacked (x0.6); an initializer both gathered and multiplied
+  fp16 ones become fp32 (x2); 4-bit MatMulNBits codes are prepacked (x0.6), 8-bit ones held and dequantized per
+  call (x1.5); an initializer both gathered and multiplied
   (a tied embedding and head) keeps its original beside the fp32 prepacked copy. A forward of ``chunk`` tokens
   holds the logits of every token twice (onnxruntime's output and ours), the KV cache as past and present (fp32),
   the attention scores and the MLP's intermediates, plus a 20 MiB arena floor; the interpreter with onnxruntime
@@ -32,6 +33,8 @@ GGUF_REPACKED = {"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"}  # x86 AVX2 (ggml-cpu/repack
 ONNX_BASE = int(97.5 * MIB)
 ONNX_ARENA_FLOOR = 20 * MIB
 COREML_BASE = 100 * MIB
+# MatMulNBits codes as held, by bit width: 4-bit prepacked smaller than stored; 8-bit kept and dequantized per call
+UINT8_HELD = {4: 0.6, 8: 1.5}
 
 
 def _kv_bytes(spec: Any, context: int, element: int) -> int:
@@ -55,9 +58,12 @@ def _onnx_weights(model_file: Path) -> int:
 
     model = onnx.load(str(model_file), load_external_data=False)
     users: dict[str, set[str]] = {}
+    bits: dict[str, int] = {}
     for node in model.graph.node:
         for name in node.input:
             users.setdefault(name, set()).add(node.op_type)
+        if node.op_type == "MatMulNBits":
+            bits[node.input[1]] = next((a.i for a in node.attribute if a.name == "bits"), 4)
     total = 0.0
     for init in model.graph.initializer:
         ext = {e.key: e.value for e in init.external_data}
@@ -65,7 +71,7 @@ def _onnx_weights(model_file: Path) -> int:
         if init.data_type == onnx.TensorProto.FLOAT16:
             held = 2.0 * size
         elif init.data_type == onnx.TensorProto.UINT8:
-            held = 0.6 * size
+            held = UINT8_HELD[bits.get(init.name, 4)] * size
         else:
             held = float(size)
         ops = users.get(init.name, set())
