@@ -77,10 +77,12 @@ def bench(refs: Sequence[str], *, n_prompt: int = 512, n_gen: int = 128, reps: i
     from edgekit.bench import roofline
     from edgekit.bench import system as system_mod
 
-    if threads is None:
-        from runtimes.devices import default_threads
+    if threads is None:  # the device profile's count, as `edgekit run` would use on this host
+        from runtimes.devices import default_threads, detect, host_facts
 
-        threads = [default_threads("cpu")]
+        # "coreml": the facts detect() reads, without loading onnxruntime or llama.cpp in this process
+        threads = [default_threads(detect(host_facts("coreml")) if device == "auto" else device)
+                   if device in DEVICES else 1]
     check_options(n_prompt, n_gen, reps, threads, depths, device)
     artifacts = resolve(refs)
     rows: list[dict[str, Any]] = []
