@@ -527,8 +527,9 @@ class Incremental:
 
 
 def search_clip(w: torch.Tensor, gram: torch.Tensor, grid: Any, rt: Callable) -> torch.Tensor:
-    """w [out, in] clamped per block to the ±max (of CLIP_STEPS shrinks) whose round trip errs least on the
-    block's share of the output, ``dᵀ G_b d`` with ``G_b`` the block's diagonal block of ``gram`` = XᵀX / n."""
+    """w [out, in] clamped per block to the ±max (of CLIP_STEPS shrinks, then quarter steps around the best) whose
+    round trip errs least on the block's share of the output, ``dᵀ G_b d`` with ``G_b`` the block's diagonal
+    block of ``gram`` = XᵀX / n."""
     block = grid.block_size
     n_out, n_in = w.shape
     nb = n_in // block
@@ -540,6 +541,17 @@ def search_clip(w: torch.Tensor, gram: torch.Tensor, grid: Any, rt: Callable) ->
     best_max = top.clone()
     for i in range(int(CLIP_MAX_SHRINK * CLIP_STEPS)):
         m = top * (1 - i / CLIP_STEPS)
+        cw = torch.max(torch.min(wb, m), -m)
+        d = rt(cw.reshape(n_out, n_in), diag).reshape(n_out, nb, block) - wb
+        err = torch.einsum("ogb,gbc,ogc->og", d, gb, d)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_max = torch.where(better[..., None], m, best_max)
+    centre = best_max.clone()
+    # then quarter steps around each block's best: edgekit-tiny, 40 windows, mean KLD q4_0 0.000979 -> 0.000953,
+    # int4 b32 0.000972 -> 0.000943, b128 0.001385 -> 0.001304, for 6 more round trips than the 20 coarse ones
+    for k in (-3, -2, -1, 1, 2, 3):
+        m = (centre + top * (k / (4 * CLIP_STEPS))).clamp(max=top)
         cw = torch.max(torch.min(wb, m), -m)
         d = rt(cw.reshape(n_out, n_in), diag).reshape(n_out, nb, block) - wb
         err = torch.einsum("ogb,gbc,ogc->og", d, gb, d)
