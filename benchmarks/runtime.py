@@ -298,14 +298,6 @@ class Side:
         self.err.close()
 
 
-def llama_bench_path() -> Path | None:
-    import importlib.metadata
-
-    version = importlib.metadata.version("llama_cpp_python")
-    exe = Path.home() / ".cache" / "edgekit" / f"llama.cpp-{version}" / "bin" / "llama-bench"
-    return exe if exe.exists() else None
-
-
 def llama_bench_rep(exe: Path, artifact: Path, n_prompt: int, n: int, threads: int) -> dict:
     """One repetition of pp{n_prompt}, tg{n} (empty cache) and tg{n}@d{n_prompt}: ``-r 1``, its own warm-up first.
     One process per repetition: llama-bench has no server mode, and its figures time only its decode calls."""
@@ -373,45 +365,22 @@ def measure(sides: list[str], artifact: Path, ids: list[int], n: int, threads: i
 # -- the system and the roofline -------------------------------------------------------------------------
 
 def system_header(threads: int, bench: Path | None) -> dict:
-    import importlib.metadata
-
-    sys.path.insert(0, str(ROOT))
+    from edgekit.bench import system
     from runtimes.devices import physical_cores
 
-    info: dict = {"cpu": platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(),
+    ram = system.ram_bytes()
+    info: dict = {"cpu": system.cpu_model(), "logical_cpus": os.cpu_count(),
                   "allowed_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-                  "physical_cores": physical_cores(), "threads": threads, "python": platform.python_version()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                info["ram_gib"] = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    versions = {}
-    for pkg in ("numpy", "llama_cpp_python", "onnxruntime", "onnxruntime-genai", "onnx", "gguf"):
-        try:
-            versions[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            versions[pkg] = None
-    info["versions"] = versions
+                  "physical_cores": physical_cores(), "threads": threads, "python": platform.python_version(),
+                  "ram_gib": round(ram / 2**30, 1) if ram else None, "versions": system.versions()}
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
         info["edgekit_commit"] = commit.stdout.strip() or None
     except OSError:
         info["edgekit_commit"] = None
-    try:  # in a child: loading llama_cpp here would not change what the sides see, but keep the parent clean
-        flags = subprocess.run([sys.executable, "-c", "import llama_cpp; print(llama_cpp.llama_print_system_info()"
-                                ".decode())"], capture_output=True, text=True, timeout=120)
-        info["llama_cpp_python_build"] = flags.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        info["llama_cpp_python_build"] = None
+    info["llama_cpp_python_build"] = system.llama_cpp_build()  # in a child: keeps llama_cpp out of this process
     info["llama_bench"] = str(bench) if bench else None
-    info["environment"] = {k: v for k, v in os.environ.items()
-                           if k.startswith(("OMP_", "GOMP_", "KMP_", "ORT_", "LLAMA_", "GGML_"))}
+    info["environment"] = system.engine_environment()
     info["loadavg_start"] = os.getloadavg()
     return info
 
@@ -538,7 +507,9 @@ def main() -> None:
     from runtimes.devices import physical_cores
 
     threads = args.threads or physical_cores()
-    bench = llama_bench_path()
+    from edgekit.testing import llama_tools
+
+    bench = llama_tools.find("llama-bench")
     info = system_header(threads, bench)
     bandwidth = copy_bandwidth(threads)
     print_header(info, bandwidth)

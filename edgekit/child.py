@@ -70,14 +70,7 @@ class Job(Generic[T]):
     def _answer(self) -> Any:
         assert self.proc is not None
         out, err = self.proc.communicate()
-        try:
-            answer = json.loads(out.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            last = (err.strip().splitlines() or [f"exit status {self.proc.returncode}"])[-1]
-            raise EdgekitError(f"{self.failed}: {last[:200]}", self.fix) from None
-        if "error" in answer:
-            raise EdgekitError(answer["error"], answer.get("fix"))
-        return answer["result"]
+        return answer(out, err, self.proc.returncode, self.failed, self.fix)
 
     def cancel(self) -> None:
         """Stop the job: a child is killed; a thread that has begun runs to its end (it may still write where the
@@ -91,6 +84,20 @@ class Job(Generic[T]):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.communicate()
+
+
+def answer(out: str, err: str, returncode: int | None, failed: str, fix: str | None) -> Any:
+    """The ``result`` of a child that printed one JSON line last ({"result": ...} or {"error", "fix"}). Its error
+    is raised as EdgekitError; a child that died without an answer raises EdgekitError(``failed`` + its last
+    stderr line, ``fix``)."""
+    try:
+        reply = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        last = (err.strip().splitlines() or [f"exit status {returncode}"])[-1]
+        raise EdgekitError(f"{failed}: {last[:200]}", fix) from None
+    if "error" in reply:
+        raise EdgekitError(reply["error"], reply.get("fix"))
+    return reply["result"]
 
 
 def serve(function: Callable[..., Any], args: Sequence[str]) -> NoReturn:

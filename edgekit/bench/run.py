@@ -58,13 +58,9 @@ def measure_in_child(path: Path, *, threads: int, n_prompt: int, n_gen: int, rep
     except subprocess.TimeoutExpired:
         return {"error": f"no answer in {timeout:.0f} s"}
     try:
-        answer = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        return {"error": f"the runtime died: {last[:300]}"}
-    if "error" in answer:
-        return {"error": answer["error"] + (f"; {answer['fix']}" if answer.get("fix") else "")}
-    return answer["result"]
+        return child.answer(proc.stdout, proc.stderr, proc.returncode, "the runtime died", None)
+    except EdgekitError as err:
+        return {"error": str(err)}
 
 
 def bench(refs: Sequence[str], *, n_prompt: int = 512, n_gen: int = 128, reps: int = 5,
@@ -85,6 +81,8 @@ def bench(refs: Sequence[str], *, n_prompt: int = 512, n_gen: int = 128, reps: i
                    if device in DEVICES else 1]
     check_options(n_prompt, n_gen, reps, threads, depths, device)
     artifacts = resolve(refs)
+    sizes = {path: roofline.artifact_bytes(path) for _, path in artifacts}
+    per_token: dict[Path, int | None] = {}
     rows: list[dict[str, Any]] = []
     jobs = [(ref, path, t) for ref, path in artifacts for t in threads]
     from tqdm import tqdm
@@ -92,23 +90,22 @@ def bench(refs: Sequence[str], *, n_prompt: int = 512, n_gen: int = 128, reps: i
     bar = tqdm(jobs, desc="bench", unit="run", disable=not progress, file=sys.stderr)
     for ref, path, t in bar:
         bar.set_postfix_str(f"{path.name} threads {t}")
-        base = {"artifact": ref, "path": str(path), "size_bytes": roofline.artifact_bytes(path), "threads": t}
+        base = {"artifact": ref, "path": str(path), "size_bytes": sizes[path], "threads": t}
         got = measure_in_child(path, threads=t, n_prompt=n_prompt, n_gen=n_gen, reps=reps, depths=depths,
                                device=device)
         if "error" in got:
             rows.append({**base, "error": got["error"]})
             continue
-        try:
-            per_token = roofline.weight_bytes_per_token(path)
-        except Exception:  # an artifact whose tables do not read gives no roofline, not a failed row  # noqa: BLE001
-            per_token = None
+        if path not in per_token:  # once per artifact, whatever the thread counts
+            try:
+                per_token[path] = roofline.weight_bytes_per_token(path)
+            except Exception:  # tables that do not read give no roofline, not a failed row  # noqa: BLE001
+                per_token[path] = None
         common = {**base, "format": got["kind"], "load_seconds": got["load_seconds"],
                   "peak_rss_bytes": got["peak_rss_bytes"], "rss_start_bytes": got["rss_start_bytes"],
-                  "context": got["context"], "bytes_per_token": per_token,
+                  "context": got["context"], "bytes_per_token": per_token[path],
                   "providers": got["engine"].get("providers"), "profile": got["engine"].get("profile")}
-        for test in got["tests"]:
-            row = {**common, **test}
-            rows.append(row)
+        rows.extend({**common, **test} for test in got["tests"])
     # the system header last: its bandwidth test moves a GiB, and the kernel's reclaim of it afterwards costs the
     # next seconds' measurements CPU time (measured: pp512 ~0.8x of llama-bench when it ran first)
     header = system if system is not None else system_mod.header(list(threads))

@@ -97,6 +97,11 @@ def onnxruntime_build() -> str | None:
     return f"providers: {', '.join(onnxruntime.get_available_providers())}"
 
 
+def engine_environment() -> dict[str, str]:
+    """The environment variables the engines read (OpenMP, onnxruntime, llama.cpp / ggml)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_", "KMP_", "ORT_", "LLAMA_", "GGML_"))}
+
+
 def header(threads: list[int], bandwidth_threads: int | None = None) -> dict[str, Any]:
     """The system header of a bench: CPU model, cores (physical, logical, allowed), RAM, OS, Python, package versions,
     llama.cpp and onnxruntime build facts, engine environment variables, load average, and the copy bandwidth
@@ -110,8 +115,7 @@ def header(threads: list[int], bandwidth_threads: int | None = None) -> dict[str
         "ram_bytes": ram_bytes(), "os": f"{platform.system()} {platform.release()}", "machine": platform.machine(),
         "python": platform.python_version(), "versions": versions(), "llama_cpp_build": llama_cpp_build(),
         "onnxruntime_build": onnxruntime_build(),
-        "environment": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_", "KMP_", "ORT_",
-                                                                              "LLAMA_", "GGML_"))},
+        "environment": engine_environment(),
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "bandwidth_threads": bw_threads, "bandwidth_bytes_per_s": copy_bandwidth(bw_threads),
     }

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError
+from edgekit.report.targets import Target, parse
 
 
 def _one_line(err: BaseException) -> str:
@@ -26,12 +27,9 @@ def runnable_here(fmt: str) -> str | None:
     return None
 
 
-def build(model: str, spec: str, dest: Path, calib: str | None, samples: int | None,
+def build(model: str, target: Target, dest: Path, calib: str | None, samples: int | None,
           seqlen: int | None) -> dict[str, Any]:
-    """``edgekit convert`` or ``edgekit quantize`` of ``model`` into ``dest`` for target ``spec``."""
-    from edgekit.report.targets import parse
-
-    target = parse(spec)
+    """``edgekit convert`` or ``edgekit quantize`` of ``model`` into ``dest`` for ``target``."""
     if target.command == "convert":
         import converters
 
@@ -50,14 +48,13 @@ def prepare(model: str, spec: str, artifacts_dir: str, calib: str | None, sample
     """Build target ``spec`` of ``model`` under ``artifacts_dir``, then score it with ``edgekit eval`` against the
     model on ``text``. Returns the artifact's facts and its quality, or the failure of either as ``error``."""
     from edgekit.bench.roofline import artifact_bytes, weight_bytes_per_token
-    from edgekit.report.targets import parse
 
     target = parse(spec)
     dest = Path(artifacts_dir) / target.filename
     out: dict[str, Any] = {"target": spec, "format": target.fmt, "method": target.method, "artifact": str(dest)}
     started = time.perf_counter()
     try:
-        built = build(model, spec, dest, calib, samples, seqlen)
+        built = build(model, target, dest, calib, samples, seqlen)
     except Exception as err:  # noqa: BLE001 - any failure is this target's row
         return {**out, "error": f"build: {_one_line(err)}"}
     out.update({"build_seconds": time.perf_counter() - started, "size_bytes": artifact_bytes(dest),
