@@ -13,8 +13,9 @@ function. The fold rules follow AutoAWQ's, but v -> o folds under GQA too (o's c
 its scale; AutoAWQ folds it only when v's outputs are o's inputs one to one): no fold across a non-linear
 activation (gpt2's c_fc -> c_proj), a MoE router reads the scaled norm too and is scaled with the experts, every
 expert's up -> down with the tokens routed to it. Optional clip search (AutoAWQ's
-auto_clip): per block, the clamp ``±max`` (shrinking by 1/20 steps down to half) whose grid round trip
-gives the least output error on sampled tokens; not for q/k (their errors pass through q·kᵀ).
+auto_clip, then Gauss-Seidel passes over each row's blocks): per block, the clamp ``±max`` whose grid round trip
+gives the least output error of the linear on sampled tokens, counting the other blocks' residuals through the
+inputs' correlations; for every quantized linear, q and k included.
 
 AWQ's output is an equivalent fp checkpoint (scaled, clipped) whose round to nearest on the grid is AWQ's
 codes; it can also precede llama.cpp's k-quants or NF4. Written by hand: no maintained CPU AWQ library
@@ -37,7 +38,14 @@ import torch
 from edgekit.errors import EdgekitError
 
 ALPHAS = tuple(i / 20 for i in range(20))  # AutoAWQ's grid: 0, 0.05, ..., 0.95
-CLIP_STEPS, CLIP_MAX_SHRINK = 20, 0.5
+CLIP_STEPS = 20  # the clip's coarse step: 1/20 of the block's max
+CLIP_COARSE = 10  # shrinks 0 .. 9/20, down to 55% of the block's max
+CLIP_REFINE = (-3, -2, -1, 1, 2, 3)  # quarter steps around the best shrink: tiny q4_0 40 windows 0.000979 -> 0.000953
+# Gauss-Seidel passes of the clip over a row's blocks (search_clip), stopping early when none moves. edgekit-tiny,
+# 40 windows, mean KLD q4_0 / int4 b32 / b128: 0 passes (own block's error only) 0.000953 / 0.000943 / 0.001304;
+# 1: 0.000860 / 0.000835 / 0.001299; 2: 0.000830 / 0.000827 / 0.001297; 3: 0.000822 / 0.000817 / 0.001262
+CLIP_SWEEPS = 3
+CLIP_SLAB_BYTES = 64 << 20  # the candidates' residuals per slab of rows (the 1B's down_proj: 128 rows)
 PER_BLOCK_MAX = 32  # widest run of input columns that takes one alpha (AWQ.per_block)
 # passes of the per-block alpha search (search_scale); 2: tiny q4_0 0.001011 vs 0.001053, twice the trials
 BLOCK_SWEEPS = 1
@@ -47,11 +55,13 @@ BLOCK_SWEEPS = 1
 # 0.00099 (README), 1024 -> 0.000949, 512 -> 0.001061. SmolLM2 128 x 512, quiet: ~9.5 s per layer at 512.
 BLOCK_TOKENS = 1024
 # How many alphas the norm-fed groups score on their attention / MLP output; the rest are ranked out by their linears'
-# own output error (Gram form). Fewer is faster but, measured (edgekit-tiny q4_0, quality table): 6 and 1 cost most of
-# the per-block gain (mean KLD 0.00118 vs 0.00107 with every alpha scored), and a block shortlist of 5 alone 0.001111
-# vs 0.001073, so every alpha is scored by default.
-GROUP_SHORTLIST = len(ALPHAS)  # of the group's alphas
-BLOCK_SHORTLIST = len(ALPHAS)  # per block of columns (scored incrementally: Block.incremental)
+# own output error (Gram form). Per block the scored trials are most of AWQ's time (SmolLM2: 47% with all 19). Before
+# the clip's Gauss-Seidel passes a shortlist cost quality (tiny q4_0, 12 windows: block shortlist 5 0.001111 vs
+# 0.001073); with them, 40 windows, mean KLD q4_0 / int4 b32 / b128: all scored 0.000575 / 0.000557 / 0.001080;
+# block 10 0.000615 / 0.000619 / 0.00108; block 5 0.000641 / 0.000651 / 0.00108; block 5 and group 10 0.000649 /
+# 0.000656 / 0.001065 (-50% / -48% / -44% vs RTN); block 5 and group 6 0.000652 / 0.000685 / 0.001058.
+GROUP_SHORTLIST = 10  # of the group's alphas
+BLOCK_SHORTLIST = 5  # per block of columns (scored incrementally: Block.incremental)
 
 
 class Mat:
@@ -527,36 +537,59 @@ class Incremental:
 
 
 def search_clip(w: torch.Tensor, gram: torch.Tensor, grid: Any, rt: Callable) -> torch.Tensor:
-    """w [out, in] clamped per block to the ±max (of CLIP_STEPS shrinks, then quarter steps around the best) whose
-    round trip errs least on the block's share of the output, ``dᵀ G_b d`` with ``G_b`` the block's diagonal
-    block of ``gram`` = XᵀX / n."""
-    block = grid.block_size
+    """w [out, in] clamped per block to the ±max whose round trip errs least on the linear's output
+    ``Σ (ΔW G) ⊙ ΔW``, ``G`` = ``gram`` = XᵀX / n. Candidates per block: :data:`CLIP_STEPS` shrinks, then quarter
+    steps around the shrink whose error on the block's own share ``d G_bb dᵀ`` is least (AutoAWQ's auto_clip
+    stops there). From that pick, :data:`CLIP_SWEEPS` Gauss-Seidel passes over the blocks give each block the
+    candidate that minimises the whole row's error with the other blocks' residuals as they stand: ``d G_bb dᵀ +
+    2 d · Σ_c≠b G_bc d_c``, so a block's clip can offset its neighbours' rounding through the inputs'
+    correlations (a pass never raises the error). Rows are independent: done in slabs of rows so the candidates'
+    residuals stay within :data:`CLIP_SLAB_BYTES`."""
+    n_out, n_in = w.shape
+    rows = max(1, CLIP_SLAB_BYTES // (4 * n_in * (CLIP_COARSE + len(CLIP_REFINE))))
+    return torch.cat([_clip_rows(w[r:r + rows], gram, grid.block_size, rt) for r in range(0, n_out, rows)])
+
+
+def _clip_rows(w: torch.Tensor, gram: torch.Tensor, block: int, rt: Callable) -> torch.Tensor:
     n_out, n_in = w.shape
     nb = n_in // block
     wb = w.reshape(n_out, nb, block)
     gb = torch.stack([gram[i * block:(i + 1) * block, i * block:(i + 1) * block] for i in range(nb)])
     diag = torch.diagonal(gram)
     top = wb.abs().amax(dim=-1, keepdim=True)  # [out, nb, 1]
-    best_err = torch.full((n_out, nb), float("inf"))
-    best_max = top.clone()
 
-    def consider(m: torch.Tensor) -> None:  # keep, per block, the ±max whose round trip errs least so far
-        nonlocal best_err, best_max
-        cw = torch.max(torch.min(wb, m), -m)
-        d = rt(cw.reshape(n_out, n_in), diag).reshape(n_out, nb, block) - wb
-        err = torch.einsum("ogb,gbc,ogc->og", d, gb, d)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_max = torch.where(better[..., None], m, best_max)
+    def residuals(ms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:  # [k, out, nb, block], own error
+        d = torch.stack([rt(torch.max(torch.min(wb, m), -m).reshape(n_out, n_in), diag).reshape(n_out, nb, block) - wb
+                         for m in ms])
+        return d, torch.einsum("kogb,gbc,kogc->kog", d, gb, d)
 
-    for i in range(int(CLIP_MAX_SHRINK * CLIP_STEPS)):
-        consider(top * (1 - i / CLIP_STEPS))
-    centre = best_max.clone()
-    # then quarter steps around each block's best: edgekit-tiny, 40 windows, mean KLD q4_0 0.000979 -> 0.000953,
-    # int4 b32 0.000972 -> 0.000943, b128 0.001385 -> 0.001304, for 6 more round trips than the 20 coarse ones
-    for k in (-3, -2, -1, 1, 2, 3):
-        consider((centre + top * (k / (4 * CLIP_STEPS))).clamp(max=top))
-    return torch.max(torch.min(wb, best_max), -best_max).reshape(n_out, n_in)
+    maxes = [top * (1 - i / CLIP_STEPS) for i in range(CLIP_COARSE)]
+    res, own = residuals(maxes)
+    centre = torch.gather(torch.cat(maxes, -1), -1, own.argmin(0)[..., None])
+    maxes += [(centre + top * (k / (4 * CLIP_STEPS))).clamp(max=top) for k in CLIP_REFINE]
+    more, more_own = residuals(maxes[CLIP_COARSE:])
+    res, own = torch.cat([res, more]), torch.cat([own, more_own])
+    del more
+    pick = own.argmin(0)  # [out, nb]: the block-diagonal search's choice
+    ks = torch.arange(n_out)
+    cur = res[pick, ks[:, None], torch.arange(nb)[None, :]]  # [out, nb, block]
+    p = cur.reshape(n_out, n_in) @ gram  # ΔW G, kept current
+    for _ in range(CLIP_SWEEPS):
+        moved = False
+        for b in range(nb):
+            lo, hi = b * block, (b + 1) * block
+            cross = p[:, lo:hi] - cur[:, b] @ gb[b]  # Σ_c≠b G_bc d_c, per row
+            err = own[:, :, b] + 2 * (res[:, :, b] * cross).sum(-1)  # [k, out]
+            new = err.argmin(0)
+            if torch.equal(new, pick[:, b]):
+                continue
+            d = res[new, ks, b]
+            p += (d - cur[:, b]) @ gram[lo:hi]
+            cur[:, b], pick[:, b], moved = d, new, True
+        if not moved:
+            break
+    best = torch.gather(torch.cat(maxes, -1), -1, pick[..., None])
+    return torch.max(torch.min(wb, best), -best).reshape(n_out, n_in)
 
 
 def sample_rows(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -585,16 +618,15 @@ def fold_group(g: Group, x_mean: torch.Tensor, gram: torch.Tensor, rt: Callable,
 
 
 def clip_group(g: Group, gram: torch.Tensor, s: torch.Tensor, grid: Any, rt: Callable) -> list[str]:
-    """Clip search for the group's quantized linears but q and k (their errors pass through q·kᵀ; AutoAWQ skips
-    them too; a fused qkv holds them); ``gram`` is of the unscaled input, the linears now read X / s: it is scaled
-    in place (the 1B's down_proj: a 256 MiB Gram, not two more), so the caller's is spent."""
+    """Clip search for the group's quantized linears, q and k included (AutoAWQ skips them, their errors passing
+    through q·kᵀ: with the clip's block-diagonal error alone, a clip of q/k measured worse on edgekit-tiny, -7.4%
+    vs -13% for the scales; with search_clip's Gauss-Seidel passes it measured far better: 40 windows, mean KLD
+    q4_0 0.000822 -> 0.000575, int4 b32 0.000817 -> 0.000557, b128 0.001262 -> 0.00108). ``gram`` is of the
+    unscaled input, the linears now read X / s: it is scaled in place (the 1B's down_proj: a 256 MiB Gram, not two
+    more), so the caller's is spent."""
     done = []
-    scaled = None
+    scaled = gram.div_(s[:, None]).div_(s[None, :])
     for m in g.quantized:
-        if m.role in ("q", "k", "qkv"):
-            continue
-        if scaled is None:
-            scaled = gram.div_(s[:, None]).div_(s[None, :])
         m.assign(search_clip(m.weight(), scaled, grid, rt))
         done.append(m.name)
     return done
