@@ -321,10 +321,9 @@ def search_scale(x_mean: torch.Tensor, gram: torch.Tensor, mats: list[Mat], rt: 
     if block is not None and GROUP_SHORTLIST < len(cands):
         # the block output (a forward of the attention / MLP per alpha) only for the alphas whose linears' own
         # output error is among the least; the others are recorded as inf (not evaluated)
-        qss = [effective(c) for c in cands]
-        short = set(np.argsort([own(qs) for qs in qss])[:GROUP_SHORTLIST].tolist())
-        errors = [block(qs) if i in short else float("inf") for i, qs in enumerate(qss)]
-        del qss
+        # one candidate's weights at a time: all 20 of the 1B's gate / up together are 2.7 GB
+        short = set(np.argsort([own(effective(c)) for c in cands])[:GROUP_SHORTLIST].tolist())
+        errors = [block(effective(c)) if i in short else float("inf") for i, c in enumerate(cands)]
     else:
         errors = [error(c) for c in cands]
     best = int(np.argmin(errors))
