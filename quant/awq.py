@@ -45,7 +45,9 @@ CLIP_REFINE = (-3, -2, -1, 1, 2, 3)  # quarter steps around the best shrink: tin
 # 40 windows, mean KLD q4_0 / int4 b32 / b128: 0 passes (own block's error only) 0.000953 / 0.000943 / 0.001304;
 # 1: 0.000860 / 0.000835 / 0.001299; 2: 0.000830 / 0.000827 / 0.001297; 3: 0.000822 / 0.000817 / 0.001262
 CLIP_SWEEPS = 3
-CLIP_SLAB_BYTES = 64 << 20  # the candidates' residuals per slab of rows (the 1B's down_proj: 128 rows)
+# memory per slab: the clip's candidate residuals (the 1B's down_proj: 128 rows a slab), the final round trip's rows,
+# a scaled-checkpoint shard (the 1B's peak sat at a layer's end: 2127 MiB against 2106 MiB of fp16 checkpoint)
+SLAB_BYTES = 64 << 20
 PER_BLOCK_MAX = 32  # widest run of input columns that takes one alpha (AWQ.per_block)
 # passes of the per-block alpha search (search_scale); 2: tiny q4_0 0.001011 vs 0.001053, twice the trials
 BLOCK_SWEEPS = 1
@@ -543,10 +545,13 @@ def search_clip(w: torch.Tensor, gram: torch.Tensor, grid: Any, rt: Callable) ->
     candidate that minimises the whole row's error with the other blocks' residuals as they stand: ``d G_bb dᵀ +
     2 d · Σ_c≠b G_bc d_c``, so a block's clip can offset its neighbours' rounding through the inputs'
     correlations (a pass never raises the error). Rows are independent: done in slabs of rows so the candidates'
-    residuals stay within :data:`CLIP_SLAB_BYTES`."""
+    residuals stay within :data:`SLAB_BYTES`."""
     n_out, n_in = w.shape
-    rows = max(1, CLIP_SLAB_BYTES // (4 * n_in * (CLIP_COARSE + len(CLIP_REFINE))))
-    return torch.cat([_clip_rows(w[r:r + rows], gram, grid.block_size, rt) for r in range(0, n_out, rows)])
+    rows = _row_slab(rt, w, 4 * n_in * (CLIP_COARSE + len(CLIP_REFINE)))
+    out = torch.empty_like(w)
+    for r in range(0, n_out, rows):
+        out[r:r + rows] = _clip_rows(w[r:r + rows], gram, grid.block_size, rt)
+    return out
 
 
 def _clip_rows(w: torch.Tensor, gram: torch.Tensor, block: int, rt: Callable) -> torch.Tensor:
@@ -557,18 +562,21 @@ def _clip_rows(w: torch.Tensor, gram: torch.Tensor, block: int, rt: Callable) ->
     diag = torch.diagonal(gram)
     top = wb.abs().amax(dim=-1, keepdim=True)  # [out, nb, 1]
 
-    def residuals(ms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:  # [k, out, nb, block], own error
-        d = torch.stack([rt(torch.max(torch.min(wb, m), -m).reshape(n_out, n_in), diag).reshape(n_out, nb, block) - wb
-                         for m in ms])
-        return d, torch.einsum("kogb,gbc,kogc->kog", d, gb, d)
+    res = torch.empty(CLIP_COARSE + len(CLIP_REFINE), n_out, nb, block)  # each candidate's residual
+    own = torch.empty(res.shape[:3])  # and its error on its own block, d G_bb dᵀ
+
+    def residual(k: int, m: torch.Tensor) -> None:
+        torch.sub(rt(torch.max(torch.min(wb, m), -m).reshape(n_out, n_in), diag).reshape(n_out, nb, block), wb,
+                  out=res[k])
+        own[k] = torch.einsum("ogb,gbc,ogc->og", res[k], gb, res[k])
 
     maxes = [top * (1 - i / CLIP_STEPS) for i in range(CLIP_COARSE)]
-    res, own = residuals(maxes)
-    centre = torch.gather(torch.cat(maxes, -1), -1, own.argmin(0)[..., None])
+    for k, m in enumerate(maxes):
+        residual(k, m)
+    centre = torch.gather(torch.cat(maxes, -1), -1, own[:CLIP_COARSE].argmin(0)[..., None])
     maxes += [(centre + top * (k / (4 * CLIP_STEPS))).clamp(max=top) for k in CLIP_REFINE]
-    more, more_own = residuals(maxes[CLIP_COARSE:])
-    res, own = torch.cat([res, more]), torch.cat([own, more_own])
-    del more
+    for k in range(CLIP_COARSE, len(maxes)):
+        residual(k, maxes[k])
     pick = own.argmin(0)  # [out, nb]: the block-diagonal search's choice
     ks = torch.arange(n_out)
     cur = res[pick, ks[:, None], torch.arange(nb)[None, :]]  # [out, nb, block]
@@ -589,6 +597,24 @@ def _clip_rows(w: torch.Tensor, gram: torch.Tensor, block: int, rt: Callable) ->
             break
     best = torch.gather(torch.cat(maxes, -1), -1, pick[..., None])
     return torch.max(torch.min(wb, best), -best).reshape(n_out, n_in)
+
+
+def _row_slab(rt: Callable, w: torch.Tensor, row_bytes: int) -> int:
+    """Rows of ``w`` per slab of :data:`SLAB_BYTES` at ``row_bytes`` a row, or all of them when the grid does not
+    round each row on its own (NF4's double quantization shares statistics across rows): checked once per grid and
+    width, two random rows against the whole."""
+    n_out, n_in = w.shape
+    rows = max(1, SLAB_BYTES // row_bytes)
+    if rows >= n_out:
+        return n_out
+    key = (id(rt), n_in)
+    if key not in _ROWS_APART:
+        probe = torch.randn(min(n_out, 512), n_in, generator=torch.Generator().manual_seed(0)) * w.std()
+        _ROWS_APART[key] = torch.equal(rt(probe)[:2], rt(probe[:2].contiguous()))
+    return rows if _ROWS_APART[key] else n_out
+
+
+_ROWS_APART: dict[tuple[int, int], bool] = {}
 
 
 def sample_rows(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -727,13 +753,16 @@ class AWQ:
         self.blocks = {}
         if self.clip:
             for g in self.plan.groups:
-                if g.key in self.done:
-                    self.clipped += len(clip_group(g, *self.done[g.key], self.grid, self.rt))
-        self.done.clear()  # the Grams (the 1B's down_proj: 256 MiB), before the scaled layer is serialised
+                if g.key in self.done:  # each Gram let go once used (the 1B's down_proj: 256 MiB)
+                    self.clipped += len(clip_group(g, *self.done.pop(g.key), self.grid, self.rt))
+        self.done.clear()  # the Grams, before the scaled layer is serialised
         if self.keep is not None:
             self.keep(ctx)
         for m in self.plan.quantized:
-            m.assign(self.rt(m.weight()))
+            w = m.weight()
+            rows = _row_slab(self.rt, w, 4 * w.shape[1])
+            for r in range(0, w.shape[0], rows):  # the round trip's numpy temporaries: a slab's, not the matrix's
+                m.view()[r:r + rows].copy_(self.rt(w[r:r + rows]))
         self.seen = {}
 
 
@@ -769,9 +798,20 @@ class ScaledCheckpoint:
                         None)
             if name is not None:  # buffers such as rotary frequencies are not checkpoint tensors
                 tensors[name] = p
-        file = f"model-layer-{ctx.index:05d}.safetensors"
-        save_file({n: t.detach().float().contiguous() for n, t in tensors.items()}, str(self.out / file))
-        self.weight_map.update(dict.fromkeys(tensors, file))
+        # shards of at most SLAB_BYTES (one tensor may pass it): save_file copies a shard's bytes in memory first,
+        # and a whole 1B layer is 243 MB
+        shards: list[dict[str, torch.Tensor]] = [{}]
+        size = 0
+        for n, t in tensors.items():
+            if shards[-1] and size + t.numel() * 4 > SLAB_BYTES:
+                shards.append({})
+                size = 0
+            shards[-1][n] = t.detach().float().contiguous()
+            size += t.numel() * 4
+        for k, shard in enumerate(shards):
+            file = f"model-layer-{ctx.index:05d}-{k:03d}.safetensors"
+            save_file(shard, str(self.out / file))
+            self.weight_map.update(dict.fromkeys(shard, file))
 
     def finish(self) -> None:
         from safetensors.torch import save_file

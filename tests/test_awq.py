@@ -49,6 +49,29 @@ def test_fold_is_exact_before_quantization(random_model, arch, tmp_path):
         assert sum(k.startswith("expert") for k in res.alphas[0]) >= 2
 
 
+@pytest.mark.parametrize("target", ["gguf:q4_0", "nf4"])
+def test_slabs_change_nothing(random_model, tmp_path, monkeypatch, target):
+    """Slabs of a few rows (clip, the final round trip) and one tensor per shard give the same scaled checkpoint,
+    clip and next layer's inputs included, as whole matrices; NF4's double quantization shares statistics across
+    rows, so its round trip stays whole."""
+    from edgekit.checkpoint import open_checkpoint
+
+    d = random_model("llama")
+    cfg = json.loads((d / "config.json").read_text())
+    tokens = np.random.default_rng(0).integers(0, cfg["vocab_size"], size=(3, 24))
+    g = grid("gguf:q4_0") if target == "gguf:q4_0" else grid("onnx:nf4", double_quant=True)
+    awq.run(d, tokens, g, tmp_path / "whole", alphas=(0.0, 0.5), progress=False)
+    monkeypatch.setattr(awq, "SLAB_BYTES", 4 * 64 * 5)  # 5 rows of 64 columns
+    awq.run(d, tokens, g, tmp_path / "slabs", alphas=(0.0, 0.5), progress=False)
+    whole, slabs = open_checkpoint(str(tmp_path / "whole")), open_checkpoint(str(tmp_path / "slabs"))
+    assert len(set(json.loads((tmp_path / "slabs" / "model.safetensors.index.json").read_text())["weight_map"]
+                   .values())) > len(set(json.loads((tmp_path / "whole" / "model.safetensors.index.json").read_text())
+                                         ["weight_map"].values()))
+    assert sorted(whole.names()) == sorted(slabs.names())
+    for n in whole.names():
+        assert np.array_equal(np.asarray(whole.array(n)), np.asarray(slabs.array(n))), n
+
+
 def _scaled(directory: Path, name: str) -> np.ndarray:
     from edgekit.checkpoint import open_checkpoint
 
@@ -130,7 +153,7 @@ def test_clip_passes_offset_neighbouring_blocks(monkeypatch):
     passes = awq.search_clip(w, gram, q4_0, rt)
     assert err(passes) < 0.9 * err(diagonal) < 0.9 * err(w), (err(passes), err(diagonal), err(w))
     assert bool((passes.abs() <= w.abs()).all())
-    monkeypatch.setattr(awq, "CLIP_SLAB_BYTES", 4 * n_in * 16 * 7)  # 7 rows a slab: 6 slabs, the last of 5 rows
+    monkeypatch.setattr(awq, "SLAB_BYTES", 4 * n_in * 16 * 7)  # 7 rows a slab: 6 slabs, the last of 5 rows
     assert torch.equal(awq.search_clip(w, gram, q4_0, rt), passes)
 
 
