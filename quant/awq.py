@@ -607,14 +607,11 @@ def _row_slab(rt: Callable, w: torch.Tensor, row_bytes: int) -> int:
     rows = max(1, SLAB_BYTES // row_bytes)
     if rows >= n_out:
         return n_out
-    key = (id(rt), n_in)
-    if key not in _ROWS_APART:
+    apart = rt.__dict__.setdefault("rows_apart", {})  # on the round trip itself: an id() could be a dead one's
+    if n_in not in apart:
         probe = torch.randn(min(n_out, 512), n_in, generator=torch.Generator().manual_seed(0)) * w.std()
-        _ROWS_APART[key] = torch.equal(rt(probe)[:2], rt(probe[:2].contiguous()))
-    return rows if _ROWS_APART[key] else n_out
-
-
-_ROWS_APART: dict[tuple[int, int], bool] = {}
+        apart[n_in] = torch.equal(rt(probe)[:2], rt(probe[:2].contiguous()))
+    return rows if apart[n_in] else n_out
 
 
 def sample_rows(x: torch.Tensor, n: int) -> torch.Tensor:
