@@ -539,7 +539,7 @@ class Incremental:
 
 def search_clip(w: torch.Tensor, gram: torch.Tensor, grid: Any, rt: Callable) -> torch.Tensor:
     """w [out, in] clamped per block to the ±max whose round trip errs least on the linear's output
-    ``Σ (ΔW G) ⊙ ΔW``, ``G`` = ``gram`` = XᵀX / n. Candidates per block: :data:`CLIP_STEPS` shrinks, then quarter
+    ``Σ (ΔW G) ⊙ ΔW``, ``G`` = ``gram`` = XᵀX / n. Candidates per block: :data:`CLIP_COARSE` shrinks, then quarter
     steps around the shrink whose error on the block's own share ``d G_bb dᵀ`` is least (AutoAWQ's auto_clip
     stops there). From that pick, :data:`CLIP_SWEEPS` Gauss-Seidel passes over the blocks give each block the
     candidate that minimises the whole row's error with the other blocks' residuals as they stand: ``d G_bb dᵀ +
