@@ -729,13 +729,14 @@ class AWQ:
         from quant import layerwise
 
         in_stage = {id(lin.module.weight) for lin in stage.linears}
+        # the previous stage's search freed hundreds of MB that glibc keeps unless trimmed, and a group's join holds
+        # its rows and its Gram together (the 1B's down_proj: 384 MiB): the layer's peak sat there (2117 MiB).
+        # Once per stage: a MoE stage's experts each free a few MB, not worth a collection each.
+        layerwise.release_memory()
         for g in self.plan.groups:
             if g.key in self.done or not all(id(m.param) in in_stage for m in g.quantized):
                 continue
             seen = self.seen.pop(g.key, None)  # searched once: its rows are not needed after
-            # the previous group's search freed hundreds of MB that glibc keeps unless trimmed, and this join holds
-            # the rows and the Gram together (the 1B's down_proj: 384 MiB): the layer's peak sat there (2117 MiB)
-            layerwise.release_memory()
             st = seen.stats() if seen is not None else None
             if st is None:
                 continue

@@ -83,11 +83,13 @@ def run(model: str, fmt: str, output: str | None, *, then: str | None = None, qt
     encode, bos = imatrix.tokenizer_for(ckpt.path)
     tokens = calibration.samples(encode, text, samples or DEFAULT_SAMPLES, seqlen or DEFAULT_SEQLEN, bos=bos,
                                  source=f"calibration file {calib}" if calib else "the default calibration text")
-    tmp = (keep or dest).parent / f".{(keep or dest).name}.awq-{secrets.token_hex(4)}"
+    work = (keep or dest).parent / f".{(keep or dest).name}.awq-{secrets.token_hex(4)}"
+    # the converters name the model (GGUF general.name) after its directory: the source's name, not the work dir's
+    tmp = work / ckpt.path.name
     try:
         result = awq.run(ckpt.path, tokens, grid, tmp, clip=clip, progress=progress)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
         raise
     try:
         summary = pipeline.run(str(tmp), fmt, then, str(dest), qtype=qtype, group_size=group_size,
@@ -98,7 +100,7 @@ def run(model: str, fmt: str, output: str | None, *, then: str | None = None, qt
         if keep is not None:
             tmp.rename(keep)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     quant_info = {**summary["quant"], "method": "awq", "then": then, "search_grid": search_grid,
                   "search_grid_params": params, "clip": clip, "clipped_linears": result.clipped,
                   "calibration": {"source": source, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),

@@ -89,7 +89,12 @@ def awq_q4_0(tiny_dir, tmp_path_factory):
 
 def test_gguf_codes_are_awqs_own(awq_q4_0, tiny_dir):
     out, scaled, r = awq_q4_0
-    t = {x.name: x for x in gguf.GGUFReader(str(out)).tensors}
+    reader = gguf.GGUFReader(str(out))
+    t = {x.name: x for x in reader.tensors}
+    # named as llama.cpp's converter names the source (its directory), not after AWQ's work directory
+    name = reader.fields["general.name"]
+    assert bytes(name.parts[name.data[0]]).decode() == gguf.Metadata.load(None, tiny_dir, None, 0).name
+    assert not [p.name for p in out.parent.iterdir() if ".awq-" in p.name]  # the work directory is gone
     for blk, hf_name, gguf_name in ((1, "self_attn.v_proj", "attn_v"), (2, "mlp.down_proj", "ffn_down"),
                                     (3, "mlp.up_proj", "ffn_up")):
         w = _scaled(scaled, f"model.layers.{blk}.{hf_name}.weight")
